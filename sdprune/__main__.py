@@ -1,0 +1,3 @@
+from sdprune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""`sdprune` command line: one thin module per subcommand (parse, build a config, call)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdprune import __version__
+
+COMMANDS = ("models", "train", "stats", "prune", "eval", "export", "bench", "sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="sdprune", description="Train deep with stochastic depth, ship shallow.")
+    parser.add_argument("--version", action="version", version=f"sdprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"sdprune.cli.{name}")
+        except ModuleNotFoundError:
+            continue  # a command still being built
+        p = module.add_parser(sub)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sdprune.errors import SdpruneError
+    from sdprune.report import Reporter
+
+    args = build_parser().parse_args(argv)
+    reporter = Reporter(quiet=args.quiet, json_mode=args.json)
+    try:
+        return int(args.run(args, reporter) or 0)
+    except SdpruneError as err:
+        print(f"sdprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdprune {args.command}: interrupted", file=sys.stderr)
+        return 130

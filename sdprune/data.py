@@ -1,0 +1,153 @@
+"""Datasets as in-memory uint8 tensors, with a deterministic validation slice.
+
+Every dataset becomes three ``ImageSet`` splits of uint8 images (N, C, H, W):
+``train`` (the training set minus the validation slice), ``val`` (a fixed slice carved
+from the training set, used to choose blocks; the test split never chooses anything)
+and ``test``. Images stay uint8 until the batch reaches the device, where ``normalize``
+turns them into floats; augmentation works on whole uint8 batches (``augment``).
+
+Loading uses torchvision's dataset classes; nothing is downloaded unless asked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sdprune.errors import SdpruneError
+
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian: dataset-fashion-mnist
+VAL_FRACTION, VAL_MAX = 0.1, 5000
+SPLIT_SEED = 0  # the validation slice is a property of the dataset, not of a run
+
+
+@dataclass
+class ImageSet:
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def subset(self, index: Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index])
+
+
+@dataclass
+class Augment:
+    """The paper's augmentation for CIFAR/SVHN-like sets: pad + random crop, optional flip."""
+    pad: int = 0
+    flip: bool = False
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    augment: Augment = field(default_factory=Augment)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def meta(self) -> dict:
+        """What a checkpoint must remember about its data (JSON-able)."""
+        return {"dataset": self.name, "classes": self.classes, "input_shape": list(self.input_shape),
+                "mean": self.mean, "std": self.std}
+
+
+def load_data(name: str, data_dir: str | None = None, download: bool = False,
+              image_size: int | None = None, val_fraction: float = VAL_FRACTION) -> DataBundle:
+    """Load a dataset by name, split off the validation slice and compute normalisation."""
+    from sdprune import datasets
+
+    if name not in DATASETS:
+        raise SdpruneError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if data_dir is not None and name not in ("digits", "synthetic") and not download \
+            and not Path(data_dir).is_dir():
+        raise SdpruneError(f"data folder {data_dir} does not exist")
+    train, test, classes, augment = datasets.load_splits(name, data_dir, download, image_size)
+    if len(train) < 2 or len(test) < 1:
+        raise SdpruneError(f"dataset {name!r} is too small (train {len(train)}, test {len(test)})")
+    train, val = split_validation(train, val_fraction)
+    mean, std = channel_stats(train.images)
+    return DataBundle(name, train, val, test, classes, mean, std, augment)
+
+
+def split_validation(train: ImageSet, fraction: float = VAL_FRACTION) -> tuple[ImageSet, ImageSet]:
+    """Carve a fixed held-out slice (seeded by the dataset, not the run) off the training set."""
+    n_val = max(1, min(VAL_MAX, int(round(len(train) * fraction))))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
+
+
+def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images[:max_images].float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    std = x.std(dim=1).clamp_min(1e-3)
+    return [round(v, 6) for v in x.mean(dim=1).tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def normalize(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
+    """uint8 (N, C, H, W) -> normalised float32 on the images' device."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float().div_(255) - m) / s
+
+
+def augment(images: Tensor, spec: Augment, generator: torch.Generator) -> Tensor:
+    """Per-sample random crop after zero padding, and horizontal flip, on a uint8 batch.
+
+    Done on whole batches with an explicit generator (torchvision's v2 transforms would
+    apply one crop to the whole batch, and per-sample transforms in workers draw from
+    per-worker RNGs), so a resumed run reproduces every crop exactly.
+    """
+    if spec.pad <= 0 and not spec.flip:
+        return images
+    n, _, h, w = images.shape
+    out = images
+    if spec.pad > 0:
+        p = spec.pad
+        padded = F.pad(images, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, :]
+        out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if spec.flip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+    return out.contiguous()
+
+
+def iterate_batches(data: ImageSet, batch_size: int, generator: torch.Generator | None = None,
+                    drop_last: bool = False):
+    """Yield (images, labels) batches; shuffled when a generator is given."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = (n // batch_size) * batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        yield data.images[index], data.labels[index]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def default_data_dir(name: str) -> str:
+    """Where a dataset is looked for when --data-dir is not given."""
+    root = os.environ.get("SDPRUNE_DATA", os.path.join(os.path.expanduser("~"), ".cache", "sdprune", "data"))
+    return os.path.join(root, name)

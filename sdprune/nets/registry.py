@@ -1,0 +1,80 @@
+"""The model registry: one name -> one builder, plus what `sdprune models` shows."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from sdprune.errors import SdpruneError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    default_input: tuple[int, int, int]  # (channels, height, width) it is designed for
+    description: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register(name: str, default_input: tuple[int, int, int], description: str):
+    """Decorator: register a builder ``fn(num_classes, in_channels, **kwargs) -> nn.Module``."""
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(name, fn, default_input, description)
+        return fn
+    return wrap
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that importing sdprune does no work; the modules register on import.
+    from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY, key=_sort_key)
+
+
+def _sort_key(name: str) -> tuple[str, int]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (name.rstrip("0123456789_v").rstrip("_"), int(digits) if digits else 0)
+
+
+def model_info(name: str) -> ModelInfo:
+    _load_builtin()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SdpruneError(f"unknown model {name!r}{hint}; `sdprune models` lists them")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a registered architecture with fresh weights."""
+    if num_classes < 1 or in_channels < 1:
+        raise SdpruneError("num_classes and in_channels must be positive")
+    return model_info(name).builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def describe_model(name: str, num_classes: int = 10) -> dict:
+    """Blocks, parameters and FLOPs of a registered model at its default input."""
+    from sdprune.measure import count_flops, count_params
+    from sdprune.layers import gated_blocks
+
+    info = model_info(name)
+    model = create_model(name, num_classes=num_classes, in_channels=info.default_input[0])
+    return {
+        "name": name,
+        "blocks": len(gated_blocks(model)),
+        "params": count_params(model),
+        "flops": count_flops(model, info.default_input),
+        "input": list(info.default_input),
+        "description": info.description,
+    }

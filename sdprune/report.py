@@ -1,0 +1,122 @@
+"""The one place that talks to the user: progress, tables, messages, JSON.
+
+The library takes a ``Reporter`` and never prints. Human output goes to stderr (progress,
+messages) and stdout (tables); with ``json=True`` stdout carries exactly one JSON object
+and nothing else. On a terminal progress is a rich bar; when piped it is plain lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False, json_mode: bool = False, rich: bool | None = None) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.json_mode = json_mode
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.rich = self.err.is_terminal if rich is None else rich
+
+    # -- messages ---------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(message, markup=False) if not self.rich else self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}", markup=False, style="yellow")
+
+    # -- progress ---------------------------------------------------------------------
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator["Progress"]:
+        if self.quiet or not self.rich:
+            yield Progress(None, None, self if not self.quiet else None, description)
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                          console=self.err, transient=True) as bar:
+            task = bar.add_task(description, total=total, status="")
+            yield Progress(bar, task, None, description)
+
+    # -- results ----------------------------------------------------------------------
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+              caption: str | None = None) -> None:
+        if self.json_mode or self.quiet:
+            return
+        from rich.table import Table
+
+        table = Table(title=title, caption=caption)
+        for i, col in enumerate(columns):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*[fmt(v) for v in row])
+        self.out.print(table)
+
+    def bars(self, title: str, labels: Sequence[str], values: Sequence[float], width: int = 30) -> None:
+        """A compact horizontal bar per value in [0, 1] (e.g. survival per block)."""
+        if self.json_mode or self.quiet:
+            return
+        lines = [title]
+        pad = max((len(s) for s in labels), default=0)
+        for label, v in zip(labels, values):
+            n = int(round(max(0.0, min(1.0, v)) * width))
+            lines.append(f"  {label:<{pad}} {'█' * n}{'·' * (width - n)} {v:.3f}")
+        self.out.print("\n".join(lines), markup=False)
+
+    def result(self, obj: dict[str, Any]) -> None:
+        """The command's machine-readable result: printed only in --json mode."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+            sys.stdout.flush()
+
+
+class Progress:
+    """Handle for one progress bar: ``update(advance, **fields)``."""
+
+    def __init__(self, bar, task, plain: Reporter | None, description: str) -> None:
+        self.bar, self.task, self.plain, self.description = bar, task, plain, description
+        self.last_print = 0.0
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=advance, status=status)
+
+    def describe(self, description: str) -> None:
+        self.description = description
+        if self.bar is not None:
+            self.bar.update(self.task, description=description)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10000:
+        return human(v)
+    return str(v)
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def now() -> float:
+    return time.perf_counter()
