@@ -151,3 +151,21 @@ def default_data_dir(name: str) -> str:
     """Where a dataset is looked for when --data-dir is not given."""
     root = os.environ.get("SDPRUNE_DATA", os.path.join(os.path.expanduser("~"), ".cache", "sdprune", "data"))
     return os.path.join(root, name)
+
+
+def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | None = None) -> DataBundle:
+    """The dataset a checkpoint was trained on (or another one), normalised as it was.
+
+    Normalisation always comes from the checkpoint: the network was trained with it.
+    """
+    config = meta.get("config", {})
+    same = dataset is None or dataset == meta["data"]["dataset"]
+    name = meta["data"]["dataset"] if same else dataset
+    bundle = load_data(name, data_dir or (config.get("data_dir") if same else None),
+                       download=bool(config.get("download")) and same,
+                       image_size=meta["data"]["input_shape"][-1] if name in ("imagefolder", "synthetic") else None)
+    if tuple(bundle.input_shape) != tuple(meta["data"]["input_shape"]):
+        raise SdpruneError(f"dataset {name} has images of shape {list(bundle.input_shape)}, "
+                           f"the model expects {meta['data']['input_shape']}")
+    bundle.mean, bundle.std = list(meta["data"]["mean"]), list(meta["data"]["std"])
+    return bundle
