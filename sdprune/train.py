@@ -149,7 +149,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 if not math.isfinite(loss_value):
                     raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
                 if controller is not None:
-                    controller.observe(step, gates, loss_value, epoch / config.epochs)
+                    total = steps_per_epoch * config.epochs
+                    controller.observe(step, gates, loss_value, step / total, total)
                 n = len(y)
                 seen += n
                 loss_sum += loss_value * n
@@ -171,6 +172,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                "test_loss": test["loss"], "test_acc": test["acc"], "time_s": train_time,
                "images_per_s": seen / train_time, "executed_blocks": executed / steps_done,
                "survival": get_survival(model)}
+        if controller is not None:
+            row["importance"] = controller.summary()["importance"]
         history.append(row)
         extra = {"controller": controller.state_dict()} if controller is not None else {}
         save_checkpoint(run_dir / CHECKPOINT, model,
@@ -191,7 +194,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
 
 def _public(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "survival"}
+    return {k: v for k, v in row.items() if k not in ("survival", "importance")}
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
