@@ -26,7 +26,7 @@ from sdprune.errors import SdpruneError
 from sdprune.evaluate import evaluate, resolve_device
 from sdprune.gates import GateSampler, get_survival, set_survival, step_seed, survival_schedule
 from sdprune.layers import gated_blocks
-from sdprune.nets import create_model
+from sdprune.nets import create_model, model_info
 from sdprune.report import Reporter
 from sdprune.runs import CHECKPOINT, new_run_dir
 
@@ -91,6 +91,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
         saved = TrainConfig.from_dict(ckpt["meta"]["config"])
         config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
+    model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size)
     model, optimizer, sampler = build_training(config, data, device)
@@ -155,7 +156,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 seen += n
                 loss_sum += loss_value * n
                 correct += int((logits.argmax(1) == y).sum())
-                executed += float(gates.mean()) * blocks if gates.numel() else 0.0
+                # Row mode computes every branch (the mask only zeroes rows): all blocks run.
+                executed += blocks if sampler.mode == "row" else float(gates.sum()) if gates.numel() else 0.0
                 step += 1
                 bar.update(1, f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
                               f"{seen / (time.perf_counter() - t0):.0f} img/s "

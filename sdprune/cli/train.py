@@ -56,6 +56,10 @@ def run(args, reporter) -> int:
     resume = None
     if args.resume is not None:
         resume = resolve_checkpoint(None if args.resume == "latest" else args.resume)
+        ignored = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
+                   if v is not None and k not in ("device", "workers")]
+        if ignored or args.recipe:
+            reporter.warn(f"--resume continues the run's saved config; ignoring {', '.join(ignored) or '--recipe'}")
         config = TrainConfig(device=args.device or "auto", workers=args.workers or 0)
     else:
         config = resolve_config(args.recipe, overrides)

@@ -1,0 +1,24 @@
+"""Shared test set-up: one CPU thread, and a small trained run other tests can read."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def pytest_configure(config) -> None:
+    # The 2-core CI machine is shared: two OpenMP threads competing with other processes
+    # run a small net ~10x slower than one thread does. SDPRUNE_TEST_THREADS overrides.
+    torch.set_num_threads(int(os.environ.get("SDPRUNE_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m sdprune` subprocesses: same thread count, repo importable."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,239 @@
+"""B1 — training speed: does stochastic depth really save time? (docs: benchmarks.md)
+
+Time per optimisation step of the same network under several survival set-ups, measured
+in ONE process with the arms alternated round-robin (the starting arm rotates every
+repeat), after a warm-up; the figure is the median over repeats of the per-repeat ratio
+to plain training (each repeat's arms ran back to back, so slow drifts of a shared
+machine cancel). Both wall time and this process's CPU time are recorded: on a shared
+CPU with one torch thread, CPU time leaves out the time other processes held the core.
+
+Arms: plain (`--survival none`), linear p_L = 0.5 in batch mode (skips dropped branches),
+the same in row mode (per-sample mask: computes every branch), and learned survival at its
+default budget (when `sdprune.survival` exists). "Gates open" is the fraction of
+(block, step) gates drawn open (row mode: of (block, sample) pairs); in batch mode it is
+the fraction of branches computed, in row mode every branch is computed regardless.
+
+Each step is the training step of `sdprune train` (sdprune/train.py): the model, optimizer
+and gate sampler come from `sdprune.train.build_training`, and `train_step` below repeats
+the loop body line for line (augment, normalise, draw gates, forward, loss, backward, SGD
+step, loss read back, learned-survival update).
+
+    python tools/bench_train_speed.py --threads 2 --steps 2 --repeats 5
+    python tools/bench_train_speed.py --device cuda --steps 20 --repeats 10 --warmup 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sdprune.config import TrainConfig  # noqa: E402
+from sdprune.data import augment, load_data, normalize  # noqa: E402
+from sdprune.evaluate import resolve_device  # noqa: E402
+from sdprune.gates import step_seed  # noqa: E402
+from sdprune.train import AUGMENT_STREAM, build_training, lr_at  # noqa: E402
+
+ARMS = {  # name -> TrainConfig overrides
+    "plain": {"survival": "none"},
+    "batch": {"survival": "linear", "p_last": 0.5, "drop_mode": "batch"},
+    "row": {"survival": "linear", "p_last": 0.5, "drop_mode": "row"},
+    "learned": {"survival": "learned", "p_last": 0.5, "drop_mode": "batch"},
+}
+NOMINAL_STEPS_PER_EPOCH = 390  # CIFAR at batch 128: sets the lr schedule and learned's pace
+
+
+@dataclass
+class Arm:
+    name: str
+    config: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: object
+    controller: object | None
+    order: torch.Tensor
+    step: int = 0
+    open: list[float] = field(default_factory=list)  # fraction of gates open, per timed step
+    times: list[float] = field(default_factory=list)     # wall seconds per step, one per repeat
+    cpu: list[float] = field(default_factory=list)       # this process's CPU seconds per step
+
+
+def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm | None:
+    config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
+    model, optimizer, sampler = build_training(config, data, device)
+    controller = None
+    if config.survival == "learned":
+        try:
+            from sdprune.survival import LearnedSurvival
+        except ImportError:
+            print("learned: sdprune.survival is not there yet, arm skipped", file=sys.stderr)
+            return None
+        controller = LearnedSurvival(model, config, data.input_shape)
+    model.train()
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
+    return Arm(name, config, model, optimizer, sampler, controller, order)
+
+
+def train_step(arm: Arm, data, device: torch.device, gen_aug: torch.Generator) -> float:
+    """One optimisation step exactly as sdprune/train.py's loop body does it."""
+    config, step = arm.config, arm.step
+    bs = config.batch_size
+    start = (step * bs) % (len(arm.order) - bs + 1)
+    index = arm.order[start:start + bs]
+    images, labels = data.train.images[index], data.train.labels[index]
+    total = NOMINAL_STEPS_PER_EPOCH * config.epochs
+    lr = lr_at(config, step, NOMINAL_STEPS_PER_EPOCH)
+    for group in arm.optimizer.param_groups:
+        group["lr"] = lr
+    gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
+    images = augment(images, data.augment, gen_aug)
+    x = normalize(images.to(device, non_blocking=True), data.mean, data.std)
+    y = labels.to(device, non_blocking=True)
+    if device.type == "cuda" and config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gates = arm.sampler.apply(step, len(y), device)
+    use_amp = config.amp and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = arm.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    arm.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    arm.optimizer.step()
+    loss_value = float(loss.detach())  # the loop reads the loss back every step (a sync on GPU)
+    if arm.controller is not None:
+        # Mid-training (past learned survival's warm-up), on the paper's 500-epoch schedule.
+        arm.controller.observe(step, gates, loss_value, 0.5, total)
+    int((logits.argmax(1) == y).sum())  # the loop's accuracy bookkeeping
+    arm.open.append(float(gates.mean()) if gates.numel() else 1.0)
+    arm.step += 1
+    return loss_value
+
+
+def measure(arms: list[Arm], data, device, steps: int, repeats: int, warmup: int) -> None:
+    gen_aug = torch.Generator()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for arm in arms:
+        for _ in range(warmup):
+            train_step(arm, data, device, gen_aug)
+        arm.open.clear()
+    for r in range(repeats):
+        for arm in arms[r % len(arms):] + arms[:r % len(arms)]:  # rotate who goes first
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                train_step(arm, data, device, gen_aug)
+            sync()
+            arm.times.append((time.perf_counter() - t0) / steps)
+            arm.cpu.append((time.process_time() - c0) / steps)
+        print(f"repeat {r + 1}/{repeats}: " + "  ".join(f"{a.name} {1000 * a.times[-1]:.0f} ms" for a in arms),
+              file=sys.stderr, flush=True)
+
+
+def summarise(arms: list[Arm]) -> list[dict]:
+    plain = next((a for a in arms if a.name == "plain"), arms[0])
+    rows = []
+    for arm in arms:
+        ratios = [t / p for t, p in zip(arm.times, plain.times)]
+        # CPU time of this process: on a shared machine it does not count time spent
+        # waiting for other processes (meaningful with --threads 1 on the CPU).
+        cpu_ratios = [t / p for t, p in zip(arm.cpu, plain.cpu)]
+        survival = arm.sampler.survival()
+        rows.append({
+            "arm": arm.name, "survival": arm.config.survival, "drop_mode": arm.config.drop_mode,
+            "step_ms_median": 1000 * statistics.median(arm.times),
+            "ratio_to_plain_median": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "cpu_step_ms_median": 1000 * statistics.median(arm.cpu),
+            "cpu_ratio_to_plain_median": statistics.median(cpu_ratios),
+            "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
+            "open_fraction_measured": statistics.fmean(arm.open) if arm.open else math.nan,
+            "open_fraction_expected": float(survival.mean()) if survival.numel() else 1.0,
+        })
+    return rows
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "date": time.strftime("%Y-%m-%d")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
+    lines = ["| arm | survival | mode | wall ms/step | wall ratio to plain (range) | CPU ms/step | "
+             "CPU-time ratio to plain (range) | gates open (measured / expected) |",
+             "|---|---|---|---:|---|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['survival']} | {r['drop_mode']} | {r['step_ms_median']:.0f} | "
+                     f"**{r['ratio_to_plain_median']:.3f}** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
+                     f"{r['cpu_step_ms_median']:.0f} | **{r['cpu_ratio_to_plain_median']:.3f}** "
+                     f"({r['cpu_ratio_min']:.2f}–{r['cpu_ratio_max']:.2f}) | "
+                     f"{r['open_fraction_measured']:.3f} / {r['open_fraction_expected']:.3f} |")
+    where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch threads")
+    lines.append(f"\n{args.model}, {args.size}x{args.size} input, batch {args.batch_size}, {args.steps} steps "
+                 f"x {args.repeats} repeats per arm after {args.warmup} warm-up steps; {where}; "
+                 f"torch {info['torch']}; {info['date']}.")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--model", default="resnet110")
+    p.add_argument("--size", type=int, default=32, help="image side (default 32)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per arm per repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per arm first")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--arms", default="plain,batch,row,learned", help=f"comma-separated, of {','.join(ARMS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.arms.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ARMS]
+    if unknown or not names or min(args.steps, args.repeats) < 1 or args.warmup < 0:
+        print(f"bench_train_speed: bad arguments (unknown arms: {unknown})", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    data = load_data("synthetic", image_size=args.size)
+    base = TrainConfig(model=args.model, dataset="synthetic", image_size=args.size, batch_size=args.batch_size,
+                       epochs=500, lr_milestones=(250, 375), seed=args.seed, device=str(device))
+    arms = [a for a in (make_arm(n, base, data, device) for n in names) if a is not None]
+    measure(arms, data, device, args.steps, args.repeats, args.warmup)
+    rows, info = summarise(arms), machine(device)
+    print(markdown(rows, info, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "arms": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
