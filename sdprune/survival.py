@@ -28,13 +28,10 @@ without.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from sdprune.gates import get_survival, set_survival, survival_schedule
-from sdprune.layers import gated_blocks
 
 WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
 ANNEAL_END = 0.6     # prune-aware: excluded blocks reach survival 0 here
@@ -76,40 +73,34 @@ def shift_to_budget(survival: Tensor, target: float, weights: Tensor, p_min: flo
     return (survival + 0.5 * (lo + hi)).clamp(p_min, 1.0)
 
 
-def select_kept(importance: Tensor, stages: list[str], n_keep: int) -> list[int]:
-    """Indices of the n_keep most important blocks, the best of every stage first."""
-    order = sorted(range(len(importance)), key=lambda i: -float(importance[i]))
-    kept: list[int] = []
-    for stage in dict.fromkeys(stages):  # stages in forward order
-        if len(kept) < n_keep:
-            kept.append(next(i for i in order if stages[i] == stage))
-    kept += [i for i in order if i not in kept][: n_keep - len(kept)]
-    return sorted(kept)
+def select_kept(importance: Tensor, layout: list[dict], n_keep: int) -> list[int]:
+    """Indices of the blocks ``sdprune prune --keep-blocks n_keep`` would keep if survival
+    ranked them like ``importance``: the same selection code, so the two always agree."""
+    from sdprune.select import select_blocks
 
-
-def keep_count(keep: float, num_blocks: int) -> int:
-    """How many blocks a kept fraction means (round half up, at least one)."""
-    return max(1, min(num_blocks, math.floor(keep * num_blocks + 0.5)))
+    rows = [{**row, "survival": float(v)} for row, v in zip(layout, importance)]
+    kept = set(select_blocks(rows, "survival", keep_blocks=n_keep))
+    return [i for i, row in enumerate(layout) if row["name"] in kept]
 
 
 class LearnedSurvival:
     """Owns the survival probabilities of a model during training (see module doc)."""
 
     def __init__(self, model: nn.Module, config, input_shape: tuple[int, int, int]) -> None:
-        from sdprune.measure import block_costs
+        from sdprune.select import target_count
+        from sdprune.stats import block_layout
 
-        blocks = gated_blocks(model)
         self.model = model
-        self.names = [name for name, _ in blocks]
-        self.stages = [name.rpartition(".")[0] for name in self.names]
-        n = len(blocks)
-        flops = torch.tensor([float(c["flops"]) for c in block_costs(model, input_shape)])
+        self.layout = block_layout(model, input_shape)
+        self.names = [row["name"] for row in self.layout]
+        n = len(self.names)
+        flops = torch.tensor([float(row["flops"]) for row in self.layout])
         self.weights = flops if float(flops.sum()) > 0 else torch.ones(n)
         linear = torch.tensor(survival_schedule("linear", n, config.p_last))
         self.target = config.target_survival if config.target_survival is not None \
             else budget_mean(linear, self.weights)
         self.p_min = config.p_min
-        self.n_keep = keep_count(config.target_keep, n) if config.target_keep is not None else None
+        self.n_keep = target_count(n, config.target_keep, None) if config.target_keep is not None else None
         self.total_steps = None  # set by the trainer through observe()
         initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
         set_survival(model, initial.tolist())
@@ -155,7 +146,7 @@ class LearnedSurvival:
         if self.n_keep is None:
             return fit_budget(scores, self.target, w, self.p_min).double()
         if progress < ANNEAL_END or not self.excluded:
-            kept = select_kept(imp, self.stages, self.n_keep)
+            kept = select_kept(imp, self.layout, self.n_keep)
             self.excluded = [i for i in range(len(imp)) if i not in kept]
         kept = [i for i in range(len(imp)) if i not in self.excluded]
         p = torch.zeros(len(imp))

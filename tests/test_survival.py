@@ -10,8 +10,9 @@ from sdprune.errors import SdpruneError
 from sdprune.gates import GateSampler, get_survival
 from sdprune.layers import gated_blocks
 from sdprune.nets import create_model
-from sdprune.survival import (LearnedSurvival, budget_mean, fit_budget, keep_count, select_kept,
-                              shift_to_budget)
+from sdprune.select import target_count
+from sdprune.stats import block_layout
+from sdprune.survival import LearnedSurvival, budget_mean, fit_budget, select_kept, shift_to_budget
 
 
 def test_fit_budget_meets_weighted_target_and_bounds():
@@ -31,12 +32,11 @@ def test_shift_to_budget_keeps_order_and_meets_target():
     assert bool((p[:-1] >= p[1:]).all())
 
 
-def test_select_kept_keeps_one_block_per_stage():
-    importance = torch.tensor([5.0, 4.0, 3.0, 0.1, 0.2, 0.3])
-    stages = ["a", "a", "a", "b", "b", "c"]
-    kept = select_kept(importance, stages, 3)
-    assert kept == [0, 4, 5]  # the best of b and of c beat a's second block
-    assert keep_count(0.5, 15) == 8 and keep_count(0.01, 15) == 1 and keep_count(1.0, 15) == 15
+def test_select_kept_agrees_with_prune_and_keeps_every_stage():
+    layout = block_layout(create_model("resnet20", 10, 1), (1, 8, 8))  # 3 stages x 3 blocks
+    importance = torch.tensor([5.0, 4.0, 3.0, 2.5, 2.0, 0.1, 0.3, 0.2, 0.1])
+    assert select_kept(importance, layout, 3) == [0, 3, 6]  # the best of each stage
+    assert select_kept(importance, layout, 5) == [0, 1, 2, 3, 6]
 
 
 def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: int, seed: int = 0):
@@ -70,7 +70,7 @@ def test_prune_aware_drives_excluded_blocks_to_zero():
     effects = torch.tensor([0.4, 0.01, 0.2, 0.0, 0.3, 0.02, 0.1, 0.0, 0.25])
     _simulate(controller, model, effects, 1500)
     p = torch.tensor(get_survival(model))
-    n_keep = keep_count(0.5, 9)
+    n_keep = target_count(9, 0.5, None)
     assert int((p == 0).sum()) == 9 - n_keep
     assert set(torch.nonzero(p == 0).flatten().tolist()) == {1, 3, 5, 7}
 
