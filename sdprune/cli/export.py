@@ -1,0 +1,46 @@
+"""`sdprune export`: a checkpoint to a verified ONNX model (+ int8, + ONNX Runtime mobile format).
+
+Writes to <checkpoint folder>/export/ unless --out is given: model.onnx, model.int8.onnx
+(--int8), model.ort / model.int8.ort and required_operators.config (--ort), export.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub):
+    from sdprune.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES
+    from sdprune.quantize import DEFAULT_CALIB_BATCHES, TARGETS
+
+    p = sub.add_parser("export", help="export a checkpoint to verified ONNX (int8, mobile format)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("checkpoint", nargs="?", metavar="CKPT",
+      help="checkpoint or run folder (default: the newest pruned model, else the newest run)")
+    a("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/export)")
+    a("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    a("--atol", type=float, default=DEFAULT_ATOL,
+      help=f"largest |logit difference| ONNX Runtime may show against PyTorch (default {DEFAULT_ATOL:g})")
+    a("--samples", type=int, default=DEFAULT_SAMPLES,
+      help=f"test images used for the parity check (default {DEFAULT_SAMPLES})")
+    a("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, per-channel weights)")
+    a("--calib-batches", type=int, default=DEFAULT_CALIB_BATCHES,
+      help=f"batches of 32 training images that calibrate int8 (default {DEFAULT_CALIB_BATCHES})")
+    a("--target", choices=list(TARGETS), default="arm",
+      help="the device's CPU: arm (phones: int8 with s8 activations, .ort optimised for ARM) or x86 "
+           "(int8 with u8 activations and 7-bit weights for CPUs without VNNI, .ort for amd64); default arm")
+    a("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort) and its operator config")
+    return p
+
+
+def run(args, reporter) -> int:
+    from sdprune.deploy import export_checkpoint
+    from sdprune.runs import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint, prefer_pruned=True)
+    record = export_checkpoint(checkpoint, args.out, opset=args.opset, atol=args.atol, samples=args.samples,
+                               int8=args.int8, calib_batches=args.calib_batches, target=args.target,
+                               ort=args.ort, reporter=reporter)
+    reporter.result(record)
+    return 0
