@@ -1,0 +1,303 @@
+"""B2: what pruning costs in accuracy (docs: ../shared/docs/benchmarks.md).
+
+Fashion-MNIST (a fixed training subset, the full test split unless capped), a CIFAR-style
+ResNet, one schedule for every arm. Arms: plain, linear stochastic depth, learned
+survival (skipped if this sdprune cannot train it), each over several seeds. For each
+trained network: full-depth accuracy, then keep 0.75 / 0.5 / 0.25 chosen by every
+criterion on the validation slice, unhealed, BN-healed, and fine-tuned (distilled) for
+one epoch (by default only the criterion that is best on validation, per keep). Baseline:
+the CIFAR ResNet whose blocks per stage come closest to the kept count, trained from
+scratch with the same schedule.
+
+Resumable: every arm (one training and all its pruning) is cached as JSON under
+--out/arms/; rerun the same command to finish an interrupted protocol.
+
+    python tools/bench_prune_quality.py --out bench/b2 --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import struct
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdprune.checkpoint import build_model, load_checkpoint, write_json  # noqa: E402
+from sdprune.config import TrainConfig  # noqa: E402
+from sdprune.data import data_for_checkpoint  # noqa: E402
+from sdprune.heal import finetune, recalibrate_bn  # noqa: E402
+from sdprune.prune import assess  # noqa: E402
+from sdprune.select import CRITERIA, removed_blocks, select_blocks, target_count  # noqa: E402
+from sdprune.stats import collect_stats  # noqa: E402
+from sdprune.surgery import remove_blocks  # noqa: E402
+from sdprune.train import train  # noqa: E402
+
+SURVIVAL = {"plain": "none", "linear": "linear", "learned": "learned"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--out", required=True, help="folder for data subset, runs, per-arm JSON and the table")
+    a("--data-dir", help="Fashion-MNIST folder (default: sdprune's usual places)")
+    a("--model", default="resnet32")
+    a("--train-images", type=int, default=10000, help="fixed training subset (incl. the 10%% val slice)")
+    a("--test-images", type=int, default=0, help="cap the test split (0: all 10,000)")
+    a("--epochs", type=int, default=6)
+    a("--batch-size", type=int, default=128)
+    a("--lr", type=float, default=0.1)
+    a("--seeds", default="0,1,2")
+    a("--arms", default="plain,linear,learned")
+    a("--keeps", default="0.75,0.5,0.25")
+    a("--criteria", default=",".join(CRITERIA))
+    a("--finetune-epochs", type=float, default=1.0)
+    a("--finetune", choices=["best", "all", "none"], default="best",
+      help="fine-tune the val-best criterion per keep (default), every criterion, or none")
+    a("--device", default="auto")
+    a("--threads", type=int, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def write_subset(args, root: Path) -> Path:
+    """The fixed subset as idx files torchvision reads (seeded, the same for every arm)."""
+    from sdprune.datasets import load_splits
+
+    spec = {"train_images": args.train_images, "test_images": args.test_images, "seed": 0}
+    marker = root / "subset.json"
+    if marker.exists():
+        if json.loads(marker.read_text()) != spec:
+            raise SystemExit(f"{root} holds another subset {marker.read_text().strip()}; use another --out")
+        return root
+    train_set, test_set, _, _ = load_splits("fashion-mnist", args.data_dir, False, None)
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_images]
+    train_set = train_set.subset(pick.sort().values)
+    if args.test_images:
+        test_set = test_set.subset(torch.arange(min(args.test_images, len(test_set))))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, s in (("train", train_set), ("t10k", test_set)):
+        n, _, h, w = s.images.shape
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w)
+                                                         + s.images.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n)
+                                                         + s.labels.to(torch.uint8).numpy().tobytes())
+    write_json(marker, spec)
+    return root
+
+
+def config(args, data_root: Path, model: str, survival: str, seed: int, out: Path) -> TrainConfig:
+    return TrainConfig(model=model, dataset="fashion-mnist", data_dir=str(data_root), epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine", survival=survival,
+                       seed=seed, device=args.device, out=str(out))
+
+
+def trained(cfg: TrainConfig) -> tuple[Path, float]:
+    """Train (or resume, or reuse) a run; returns its checkpoint and training seconds."""
+    run = Path(cfg.out)
+    ckpt = run / "checkpoint.pt"
+    if ckpt.exists() and load_checkpoint(ckpt)["meta"]["epoch"] >= cfg.epochs:
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        return ckpt, sum(r["time_s"] for r in rows)
+    summary = train(cfg, resume=ckpt if ckpt.exists() else None)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return Path(summary["checkpoint"]), sum(r["time_s"] for r in rows)
+
+
+def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
+    """Every keep x criterion x healing stage for one trained network."""
+    ckpt = load_checkpoint(ckpt_path)
+    from sdprune.evaluate import resolve_device
+
+    dev = resolve_device(args.device)
+    full = build_model(ckpt).to(dev)
+    data = data_for_checkpoint(ckpt["meta"])
+    learned = ckpt["meta"]["config"]["survival"] == "learned"
+    criteria = [c for c in args.criteria.split(",") if c != "survival" or learned]
+    t0 = time.perf_counter()
+    rows = collect_stats(full, data, dev)  # ablation rows carry every statistic
+    stats_s = time.perf_counter() - t0
+    result = {"full": assess(full, data, dev), "stats_s": stats_s, "blocks": len(rows), "keeps": {}}
+    for keep in [float(k) for k in args.keeps.split(",")]:
+        per = {}
+        for criterion in criteria:
+            removed = removed_blocks(rows, select_blocks(rows, criterion, keep=keep, seed=seed))
+            model = remove_blocks(copy.deepcopy(full), removed)
+            entry = {"removed": removed, "unhealed": assess(model, data, dev)}
+            recalibrate_bn(model, data, dev, seed=seed)
+            entry["bn"] = assess(model, data, dev)
+            per[criterion] = (entry, model)
+        best = max(per, key=lambda c: per[c][0]["bn"]["val"]["acc"])
+        for criterion, (entry, model) in per.items():
+            if args.finetune == "all" or (args.finetune == "best" and criterion == best):
+                finetune(model, full, data, args.finetune_epochs, dev, seed=seed)
+                recalibrate_bn(model, data, dev, seed=seed)  # as `sdprune prune` does
+                entry["finetune"] = assess(model, data, dev)
+        result["keeps"][str(keep)] = {"kept": target_count(len(rows), keep, None), "best": best,
+                                      "criteria": {c: e for c, (e, _) in per.items()}}
+    return result
+
+
+def scratch_depth(kept: int) -> int:
+    """Depth 6n + 2 of the CIFAR ResNet whose 3n blocks come closest to ``kept`` (ties: deeper)."""
+    n = min(range(1, kept + 2), key=lambda n: (abs(3 * n - kept), -n))
+    return 6 * n + 2
+
+
+def ensure_registered(depth: int) -> str:
+    """Register resnet<depth> for this process if sdprune does not ship that depth."""
+    from sdprune.nets import list_models
+    from sdprune.nets.cifar_resnet import CifarResNet
+    from sdprune.nets.registry import register
+
+    name = f"resnet{depth}"
+    if name not in list_models():
+        register(name, (3, 32, 32), f"CIFAR ResNet depth {depth} (benchmark baseline)")(
+            lambda num_classes, in_channels, **kw: CifarResNet(depth, num_classes, in_channels, **kw))
+    return name
+
+
+def cached(path: Path, make) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    value = make()
+    write_json(path, value)
+    return value
+
+
+def learned_available() -> str | None:
+    try:
+        TrainConfig(survival="learned")
+        import sdprune.survival  # noqa: F401
+    except Exception as err:  # any failure means this sdprune cannot train the arm
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    data_root = write_subset(args, out / "data")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",")
+    if "learned" in arms and (why := learned_available()):
+        print(f"skipping the learned arm: {why}", file=sys.stderr)
+        arms.remove("learned")
+    results: dict[str, list[dict]] = {}
+    for arm in arms:
+        for seed in seeds:
+            key = f"{arm}-s{seed}"
+
+            def run_arm() -> dict:
+                ckpt, train_s = trained(config(args, data_root, args.model, SURVIVAL[arm], seed, out / "runs" / key))
+                return {"arm": arm, "seed": seed, "train_s": train_s, **prune_arm(args, ckpt, seed)}
+            try:
+                results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm))
+            except Exception as err:
+                if arm != "learned":
+                    raise
+                print(f"skipping the learned arm: {type(err).__name__}: {err}", file=sys.stderr)
+                results.pop(arm, None)
+                break
+            print(f"done {key}", file=sys.stderr)
+    any_arm = next(iter(results.values()))[0]
+    baselines: dict[str, list[dict]] = {}
+    for keep, info in any_arm["keeps"].items():
+        name = ensure_registered(scratch_depth(info["kept"]))
+        for seed in seeds:
+            key = f"scratch-{name}-s{seed}"
+
+            def run_scratch() -> dict:
+                ckpt, train_s = trained(config(args, data_root, name, "none", seed, out / "runs" / key))
+                meta = load_checkpoint(ckpt)["meta"]
+                return {"model": name, "seed": seed, "train_s": train_s, "blocks": len(meta["blocks"]),
+                        "test_acc": meta["metrics"]["test_acc"], "val_acc": meta["metrics"]["val_acc"]}
+            baselines.setdefault(keep, []).append(cached(out / "arms" / f"{key}.json", run_scratch))
+    table = markdown(args, results, baselines)
+    (out / "B2.md").write_text(table)
+    print(table)
+    return 0
+
+
+def ms(values: list[float], runs: int | None = None) -> str:
+    """Mean ± sample standard deviation over seeds (and how many seeds, if not all)."""
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}" + (f" (1/{runs} seeds)" if runs and runs > 1 else "")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.2f} ± {sd:.2f}" + (f" ({len(values)}/{runs} seeds)" if runs and len(values) < runs else "")
+
+
+def markdown(args, results: dict, baselines: dict) -> str:
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    lines = [f"Command: `python tools/bench_prune_quality.py {' '.join(sys.argv[1:])}`  ",
+             f"Machine: {os.cpu_count()} cores, {cpu}, torch {torch.__version__}, onnxruntime "
+             f"{onnxruntime.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+             f"{time.strftime('%Y-%m-%d')}  ",
+             f"Schedule (every arm): {args.model}, {args.train_images} Fashion-MNIST training images "
+             f"(10% of them the validation slice), {args.epochs} epochs, batch {args.batch_size}, cosine lr "
+             f"{args.lr}; test split {args.test_images or 'all 10,000'} images. Accuracy: test %, mean ± sd "
+             f"over seeds {args.seeds}; blocks chosen and 'best' picked on the validation slice.", ""]
+    for arm, runs in results.items():
+        lines += [f"**{arm}** — full depth {ms([r['full']['test']['acc'] for r in runs])} "
+                  f"({runs[0]['blocks']} blocks), training {ms([r['train_s'] for r in runs])} s", "",
+                  "| keep | criterion | unhealed | BN-healed | fine-tuned |", "|---|---|---|---|---|"]
+        for keep, info in runs[0]["keeps"].items():
+            for criterion in info["criteria"]:
+                cells = [ms([r["keeps"][keep]["criteria"][criterion][stage]["test"]["acc"]
+                             for r in runs if stage in r["keeps"][keep]["criteria"][criterion]], len(runs))
+                         for stage in ("unhealed", "bn", "finetune")]
+                lines.append(f"| {keep} ({info['kept']}) | {criterion} | " + " | ".join(cells) + " |")
+            picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
+            cells = [ms([p[s]["test"]["acc"] for p in picked if s in p]) for s in ("unhealed", "bn", "finetune")]
+            lines.append(f"| {keep} ({info['kept']}) | **best on val** | " + " | ".join(cells) + " |")
+            base = baselines.get(keep, [])
+            if base:
+                lines.append(f"| {keep} ({info['kept']}) | scratch {base[0]['model']} ({base[0]['blocks']} blocks) | "
+                             f"| | {ms([b['test_acc'] for b in base])} |")
+        lines.append("")
+    lines += targets(results, baselines)
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict, baselines: dict, keep: str = "0.5") -> list[str]:
+    """The issue's targets for the stochastic-depth arm at keep 0.5, best criterion on val."""
+    runs, base = results.get("linear"), baselines.get(keep)
+    if not runs or keep not in runs[0]["keeps"]:
+        return []
+    full = sum(r["full"]["test"]["acc"] for r in runs) / len(runs)
+    picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
+    bn = sum(p["bn"]["test"]["acc"] for p in picked) / len(picked)
+    lines = [f"Targets (linear arm, keep {keep}, best criterion on val; means over seeds):",
+             f"- BN-healed {bn:.2f} vs full {full:.2f}: {full - bn:+.2f} points lost "
+             f"({'met' if full - bn <= 3 else 'not met'}: within 3)"]
+    tuned = [p["finetune"]["test"]["acc"] for p in picked if "finetune" in p]
+    if len(tuned) == len(picked):
+        ft = sum(tuned) / len(tuned)
+        verdict = "met" if full - ft <= 0.5 else "not met"
+        lines.append(f"- fine-tuned {ft:.2f}: {full - ft:+.2f} points lost ({verdict}: within 0.5)")
+        if base:
+            scratch = sum(b["test_acc"] for b in base) / len(base)
+            lines.append(f"- vs scratch {base[0]['model']} {scratch:.2f}: {ft - scratch:+.2f} "
+                         f"({'met' if ft > scratch else 'not met'}: above)")
+    return lines + [""]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
