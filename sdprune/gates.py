@@ -85,10 +85,18 @@ class GateSampler:
         self.mode = mode
         self.seed = seed
         self.generator = torch.Generator(device="cpu")
+        self._survival = self._read()
+
+    def _read(self) -> Tensor:
+        return torch.tensor([float(b.survival) for b in self.blocks]) if self.blocks else torch.zeros(0)
 
     def survival(self) -> Tensor:
-        return torch.stack([b.survival.detach().float().cpu() for b in self.blocks]) \
-            if self.blocks else torch.zeros(0)
+        """The survival probabilities gates are drawn from (a CPU copy: no device sync per step)."""
+        return self._survival
+
+    def refresh(self, survival: Tensor | None = None) -> None:
+        """Take new survival probabilities (given, or read back from the blocks' buffers)."""
+        self._survival = survival.detach().float().cpu().clone() if survival is not None else self._read()
 
     def apply(self, step: int, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
         survival = self.survival()

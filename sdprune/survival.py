@@ -104,6 +104,7 @@ class LearnedSurvival:
         self.total_steps = None  # set by the trainer through observe()
         initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
         set_survival(model, initial.tolist())
+        self.current = initial.double()  # CPU copy: reading the buffers back would sync a GPU
         # regression sufficient statistics over x = [1, g_1..g_L, t]
         self.xtx = torch.zeros(n + 2, n + 2, dtype=torch.float64)
         self.xty = torch.zeros(n + 2, dtype=torch.float64)
@@ -111,11 +112,15 @@ class LearnedSurvival:
         self.excluded: list[int] = []
 
     # -- the trainer's hooks ---------------------------------------------------------
-    def observe(self, step: int, gates: Tensor, loss: float, progress: float, total_steps: int) -> None:
-        """Record one step's natural experiment and, after warm-up, move the survivals."""
+    def observe(self, step: int, gates: Tensor, loss: float, progress: float,
+                total_steps: int) -> Tensor | None:
+        """Record one step's natural experiment; after warm-up, move the survivals.
+
+        Returns the new survival probabilities when they changed (for the gate sampler).
+        """
         n = len(self.names)
         if n == 0:
-            return
+            return None
         g = gates.double() if gates.dim() == 1 else gates.double().mean(dim=1)
         x = torch.cat([torch.ones(1, dtype=torch.float64), g, torch.tensor([step / total_steps], dtype=torch.float64)])
         decay = 0.5 ** (1.0 / max(1.0, HALF_LIFE * total_steps))
@@ -123,16 +128,17 @@ class LearnedSurvival:
         self.xty.mul_(decay).add_(x * loss)
         every = max(1, total_steps // 400)
         if progress < WARMUP or step % every:
-            return
+            return None
         ridge = RIDGE * (float(self.xtx.diagonal().mean()) + 1e-12)
         coef = torch.linalg.solve(self.xtx + ridge * torch.eye(n + 2, dtype=torch.float64), self.xty)
         self.importance = -coef[1:n + 1]
         rate = min(1.0, every / max(1.0, RELAX * total_steps))
-        current = torch.tensor(get_survival(self.model), dtype=torch.float64)
-        new = current + rate * (self.targets(progress) - current)
+        new = self.current + rate * (self.targets(progress) - self.current)
         if progress >= ANNEAL_END and self.excluded:
             new[self.excluded] = 0.0  # exactly 0: these blocks now evaluate as removed
+        self.current = new
         set_survival(self.model, new.tolist())
+        return new
 
     def end_epoch(self, epoch: int, epochs: int) -> None:
         """Nothing to do per epoch today; kept so the trainer's contract is explicit."""
@@ -169,6 +175,7 @@ class LearnedSurvival:
         self.importance = state["importance"].clone()
         self.excluded = list(state["excluded"])
         self.target = float(state["target"])
+        self.current = torch.tensor(get_survival(self.model), dtype=torch.float64)  # restored weights
 
     def summary(self) -> dict:
         return {"importance": [round(float(v), 6) for v in self.importance],

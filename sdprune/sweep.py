@@ -91,7 +91,7 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
                                "heal": heal if len(kept) < present else "none", **cache[key]})
                 bar.update(1, f"{criterion} keep {keep:g}: {cache[key]['test_acc']:.2f}%")
     if onnx:
-        _onnx_costs(model, meta, data, points, present, bench_repeats, threads, reporter)
+        _onnx_costs(model, meta, data, points, rows_stats, bench_repeats, threads, reporter)
     out_dir = Path(out) if out else Path(ckpt["path"]).parent
     result = {"checkpoint": ckpt["path"], "model": meta["model"]["name"], "dataset": data.name,
               "survival": meta.get("config", {}).get("survival"), "heal": heal,
@@ -127,15 +127,16 @@ def _measure(model, data, dev, removed: list[str], heal: str, finetune_epochs: f
             "_model": pruned}
 
 
-def _onnx_costs(model, meta, data, points: list[dict], present: int, repeats: int, threads: int | None,
+def _onnx_costs(model, meta, data, points: list[dict], rows: list[dict], repeats: int, threads: int | None,
                 reporter: Reporter) -> None:
     """Export each distinct architecture once (verified) and time them all interleaved."""
     from sdprune.bench import bench_onnx
     from sdprune.export import export_onnx
 
+    layout = {r["name"]: (r["stage"], r["transition"]) for r in rows}
     by_arch: dict[tuple, list[dict]] = {}
     for p in sorted(points, key=lambda p: -p["blocks"]):  # the unpruned architecture first
-        by_arch.setdefault(_architecture(p), []).append(p)
+        by_arch.setdefault(_architecture(p, layout), []).append(p)
     with tempfile.TemporaryDirectory(prefix="sdprune-sweep-") as tmp:
         files = []
         with reporter.progress("exporting", len(by_arch)) as bar:
@@ -154,9 +155,13 @@ def _onnx_costs(model, meta, data, points: list[dict], present: int, repeats: in
         p.pop("_model", None)
 
 
-def _architecture(point: dict) -> tuple:
-    """What latency and file size depend on: which blocks are present, not their weights."""
-    return tuple(point["kept"])
+def _architecture(point: dict, layout: dict[str, tuple]) -> tuple:
+    """What latency and file size depend on: how many blocks of each kind each stage keeps.
+
+    Blocks of one stage (same output shape) are the same computation apart from the
+    transition block, so two kept sets with the same counts are the same graph.
+    """
+    return tuple(sorted(layout[name] for name in point["kept"]))
 
 
 def write_outputs(result: dict, out_dir: Path, reporter: Reporter) -> dict[str, str]:

@@ -108,7 +108,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         if controller is not None:
             controller.load_state_dict(ckpt.get("controller", {}))
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
-    elif (run_dir / CHECKPOINT).exists():
+    sampler.refresh()  # survival came from the controller or the resumed weights
+    if (run_dir / CHECKPOINT).exists() and ckpt is None:
         raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config.to_dict())
@@ -151,7 +152,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                     raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
                 if controller is not None:
                     total = steps_per_epoch * config.epochs
-                    controller.observe(step, gates, loss_value, step / total, total)
+                    changed = controller.observe(step, gates, loss_value, step / total, total)
+                    if changed is not None:
+                        sampler.refresh(changed)
                 n = len(y)
                 seen += n
                 loss_sum += loss_value * n

@@ -46,7 +46,9 @@ def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: 
     for step in range(steps):
         gates = sampler.apply(step, 8)
         loss = 2.0 - float((effects * gates).sum()) + 0.05 * float(torch.randn(1, generator=noise))
-        controller.observe(step, gates, loss, step / steps, steps)
+        changed = controller.observe(step, gates, loss, step / steps, steps)
+        if changed is not None:
+            sampler.refresh(changed)
     sampler.clear()
 
 
@@ -102,7 +104,9 @@ def test_a_useless_block_learns_low_survival_in_real_training():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            controller.observe(step, gates, float(loss.detach()), step / steps, steps)
+            changed = controller.observe(step, gates, float(loss.detach()), step / steps, steps)
+            if changed is not None:
+                sampler.refresh(changed)
             step += 1
     p = get_survival(model)
     names = [n for n, _ in gated_blocks(model)]

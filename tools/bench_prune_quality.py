@@ -42,7 +42,9 @@ from sdprune.stats import collect_stats  # noqa: E402
 from sdprune.surgery import remove_blocks  # noqa: E402
 from sdprune.train import train  # noqa: E402
 
-SURVIVAL = {"plain": "none", "linear": "linear", "learned": "learned"}
+# arm -> (survival schedule, prune-aware target keep)
+ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),
+        "aware": ("learned", 0.5)}
 
 
 def parse_args(argv=None):
@@ -57,7 +59,9 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=0.1)
     a("--seeds", default="0,1,2")
-    a("--arms", default="plain,linear,learned")
+    a("--arms", default="plain,linear,learned,aware",
+      help="plain, linear, learned, aware (learned, prune-aware with --target-keep 0.5)")
+    a("--no-scratch", dest="scratch", action="store_false", help="skip the from-scratch baselines")
     a("--keeps", default="0.75,0.5,0.25")
     a("--criteria", default=",".join(CRITERIA))
     a("--finetune-epochs", type=float, default=1.0)
@@ -95,10 +99,11 @@ def write_subset(args, root: Path) -> Path:
     return root
 
 
-def config(args, data_root: Path, model: str, survival: str, seed: int, out: Path) -> TrainConfig:
+def config(args, data_root: Path, model: str, arm: str, seed: int, out: Path) -> TrainConfig:
+    survival, target_keep = ARMS.get(arm, ("none", None))
     return TrainConfig(model=model, dataset="fashion-mnist", data_dir=str(data_root), epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine", survival=survival,
-                       seed=seed, device=args.device, out=str(out))
+                       target_keep=target_keep, seed=seed, device=args.device, out=str(out))
 
 
 def trained(cfg: TrainConfig) -> tuple[Path, float]:
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     data_root = write_subset(args, out / "data")
     seeds = [int(s) for s in args.seeds.split(",")]
-    arms = args.arms.split(",")
+    arms = [a for a in args.arms.split(",") if a]
     if "learned" in arms and (why := learned_available()):
         print(f"skipping the learned arm: {why}", file=sys.stderr)
         arms.remove("learned")
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
             key = f"{arm}-s{seed}"
 
             def run_arm() -> dict:
-                ckpt, train_s = trained(config(args, data_root, args.model, SURVIVAL[arm], seed, out / "runs" / key))
+                ckpt, train_s = trained(config(args, data_root, args.model, arm, seed, out / "runs" / key))
                 return {"arm": arm, "seed": seed, "train_s": train_s, **prune_arm(args, ckpt, seed)}
             try:
                 results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm))
@@ -211,10 +216,14 @@ def main(argv=None) -> int:
                 results.pop(arm, None)
                 break
             print(f"done {key}", file=sys.stderr)
-    any_arm = next(iter(results.values()))[0]
     baselines: dict[str, list[dict]] = {}
-    for keep, info in any_arm["keeps"].items():
-        name = ensure_registered(scratch_depth(info["kept"]))
+    from sdprune.layers import gated_blocks
+    from sdprune.nets import create_model
+
+    total = len(gated_blocks(create_model(args.model, 10, 1)))
+    for keep in (args.keeps.split(",") if args.scratch else []):
+        keep = str(float(keep))
+        name = ensure_registered(scratch_depth(target_count(total, float(keep), None)))
         for seed in seeds:
             key = f"scratch-{name}-s{seed}"
 

@@ -80,6 +80,7 @@ def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm | 
             print("learned: sdprune.survival is not there yet, arm skipped", file=sys.stderr)
             return None
         controller = LearnedSurvival(model, config, data.input_shape)
+        sampler.refresh()
     model.train()
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
     return Arm(name, config, model, optimizer, sampler, controller, order)
@@ -113,7 +114,9 @@ def train_step(arm: Arm, data, device: torch.device, gen_aug: torch.Generator) -
     loss_value = float(loss.detach())  # the loop reads the loss back every step (a sync on GPU)
     if arm.controller is not None:
         # Mid-training (past learned survival's warm-up), on the paper's 500-epoch schedule.
-        arm.controller.observe(step, gates, loss_value, 0.5, total)
+        changed = arm.controller.observe(step, gates, loss_value, 0.5, total)
+        if changed is not None:
+            arm.sampler.refresh(changed)
     int((logits.argmax(1) == y).sum())  # the loop's accuracy bookkeeping
     arm.open.append(float(gates.mean()) if gates.numel() else 1.0)
     arm.step += 1

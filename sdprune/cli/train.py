@@ -48,6 +48,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def run(args, reporter) -> int:
+    from sdprune.checkpoint import load_checkpoint
     from sdprune.config import TrainConfig, config_fields, resolve_config
     from sdprune.runs import resolve_checkpoint
     from sdprune.train import train
@@ -56,6 +57,7 @@ def run(args, reporter) -> int:
     resume = None
     if args.resume is not None:
         resume = resolve_checkpoint(None if args.resume == "latest" else args.resume)
+        load_checkpoint(resume)  # a bad file fails here, before any other message
         ignored = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
                    if v is not None and k not in ("device", "workers")]
         if ignored or args.recipe:

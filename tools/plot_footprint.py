@@ -1,0 +1,72 @@
+"""The README's footprint figure: several `sdprune sweep` results on one plot.
+
+For each sweep (one trained network each: plain, linear, learned, ...), the criterion
+picked on the validation slice at each keep value, test accuracy against parameters.
+
+    python tools/plot_footprint.py --out docs/footprint.png \\
+        plain=bench-out/sweep/plain/sweep.json linear=bench-out/sweep/linear/sweep.json ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def best_per_keep(result: dict) -> list[dict]:
+    """The point chosen on the validation slice for each keep value (never on test)."""
+    best: dict[float, dict] = {}
+    for p in result["points"]:
+        if p["keep"] not in best or p["val_acc"] > best[p["keep"]]["val_acc"]:
+            best[p["keep"]] = p
+    return [best[k] for k in sorted(best)]
+
+
+def main(argv=None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from sdprune.report import human
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweeps", nargs="+", help="LABEL=path/to/sweep.json")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = []
+    for item in args.sweeps:
+        label, path = item.split("=", 1)
+        result = json.loads(Path(path).read_text())
+        pts = best_per_keep(result)
+        line, = ax.plot([p["params"] for p in pts], [p["test_acc"] for p in pts], marker="o", label=label)
+        u = result["unpruned"]
+        ax.plot([u["params"]], [u["test_acc"]], marker="*", ms=13, color=line.get_color())
+        for p in pts:
+            rows.append((label, p["keep"], p["blocks"], p["criterion"], p["test_acc"], p["params"],
+                         p.get("latency_ratio")))
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (%)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("ResNet-32 on Fashion-MNIST, blocks removed + BN re-estimated (star: unpruned)")
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print("| network | keep | blocks | criterion (val) | test % | params | latency ratio |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for label, keep, blocks, crit, acc, params, ratio in rows:
+        r = f"{ratio:.2f}" if ratio is not None else "-"
+        print(f"| {label} | {keep:g} | {blocks} | {crit} | {acc:.2f} | {human(params)} | {r} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
