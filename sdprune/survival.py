@@ -140,9 +140,6 @@ class LearnedSurvival:
         set_survival(self.model, new.tolist())
         return new
 
-    def end_epoch(self, epoch: int, epochs: int) -> None:
-        """Nothing to do per epoch today; kept so the trainer's contract is explicit."""
-
     def targets(self, progress: float) -> Tensor:
         """Target survival of every block at this point of training."""
         imp = self.importance.float()

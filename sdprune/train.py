@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from sdprune import __version__
 from sdprune.checkpoint import load_checkpoint, save_checkpoint, write_json
@@ -62,8 +63,68 @@ def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, **s
     }
 
 
-def build_training(config: TrainConfig, data: DataBundle, device: torch.device):
-    """Model (with its initial survival), optimizer and gate sampler for a config."""
+@dataclass
+class StepResult:
+    loss: float      # mean loss of the batch
+    correct: int     # top-1 hits in the batch
+    executed: float  # branches computed this step
+    lr: float
+
+
+@dataclass
+class Trainer:
+    """One configured training: model, optimizer, gates and (learned) survival.
+
+    ``step`` is exactly one optimisation step of `sdprune train`; the B1 benchmark times
+    this same method, so what it measures is what users run.
+    """
+    config: TrainConfig
+    data: DataBundle
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: GateSampler
+    controller: Any = None          # LearnedSurvival for --survival learned
+    steps_per_epoch: int = 1
+    gen_aug: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def step(self, step: int, images: Tensor, labels: Tensor) -> StepResult:
+        config, device = self.config, self.device
+        lr = lr_at(config, step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
+        images = augment(images, self.data.augment, self.gen_aug)
+        x = normalize(images.to(device, non_blocking=True), self.data.mean, self.data.std)
+        y = labels.to(device, non_blocking=True)
+        if device.type == "cuda" and config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        gates = self.sampler.apply(step, len(y), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss_value = float(loss.detach())  # one sync per step: needed for divergence and learning
+        if not math.isfinite(loss_value):
+            raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+        if self.controller is not None:
+            changed = self.controller.observe(step, gates, loss_value, step / self.total_steps, self.total_steps)
+            if changed is not None:
+                self.sampler.refresh(changed)
+        # Row mode computes every branch (the mask only zeroes rows): all blocks run.
+        executed = float(len(self.sampler.blocks)) if self.sampler.mode == "row" else float(gates.sum())
+        return StepResult(loss_value, int((logits.argmax(1) == y).sum()), executed, lr)
+
+
+def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
+                   steps_per_epoch: int | None = None) -> Trainer:
+    """Model (with its initial survival), optimizer, gate sampler and survival controller."""
     torch.manual_seed(config.seed)  # weight initialisation
     c, _, _ = data.input_shape
     model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
@@ -78,8 +139,18 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device):
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    sampler = GateSampler(model, config.drop_mode, config.seed)
-    return model, optimizer, sampler
+    controller = None
+    if config.survival == "learned":
+        from sdprune.survival import LearnedSurvival
+        controller = LearnedSurvival(model, config, data.input_shape)
+    sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
+    if steps_per_epoch is None:
+        steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=_drop_last(config, data))
+    return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch)
+
+
+def _drop_last(config: TrainConfig, data: DataBundle) -> bool:
+    return len(data.train) > config.batch_size  # a ragged last batch only when it is the only one
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
@@ -94,11 +165,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size)
-    model, optimizer, sampler = build_training(config, data, device)
-    controller = None
-    if config.survival == "learned":
-        from sdprune.survival import LearnedSurvival
-        controller = LearnedSurvival(model, config, data.input_shape)
+    trainer = build_training(config, data, device)
+    model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
         new_run_dir(config.model, config.dataset, config.survival)
     start_epoch, step = 0, 0
@@ -116,14 +184,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     metrics_path = run_dir / "metrics.jsonl"
     history = _read_metrics(metrics_path, start_epoch)
 
-    steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=len(data.train) > config.batch_size)
-    drop_last = len(data.train) > config.batch_size
-    use_amp = config.amp and device.type == "cuda"
+    steps_per_epoch, drop_last = trainer.steps_per_epoch, _drop_last(config, data)
     blocks = len(sampler.blocks)
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
                   f"[{len(data.train)} train / {len(data.val)} val / {len(data.test)} test], "
                   f"survival {config.survival}, {config.drop_mode} mode, device {device}, run {run_dir}")
-    gen_aug, gen_order = torch.Generator(), torch.Generator()
+    gen_order = torch.Generator()
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -131,43 +197,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         t0, seen, loss_sum, correct, executed = time.perf_counter(), 0, 0.0, 0, 0.0
         with reporter.progress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
             for images, labels in iterate_batches(data.train, config.batch_size, gen_order, drop_last):
-                lr = lr_at(config, step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
-                images = augment(images, data.augment, gen_aug)
-                x = normalize(images.to(device, non_blocking=True), data.mean, data.std)
-                y = labels.to(device, non_blocking=True)
-                if device.type == "cuda" and config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                gates = sampler.apply(step, len(y), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
-                if controller is not None:
-                    total = steps_per_epoch * config.epochs
-                    changed = controller.observe(step, gates, loss_value, step / total, total)
-                    if changed is not None:
-                        sampler.refresh(changed)
-                n = len(y)
+                result = trainer.step(step, images, labels)
+                lr = result.lr
+                n = len(labels)
                 seen += n
-                loss_sum += loss_value * n
-                correct += int((logits.argmax(1) == y).sum())
-                # Row mode computes every branch (the mask only zeroes rows): all blocks run.
-                executed += blocks if sampler.mode == "row" else float(gates.sum()) if gates.numel() else 0.0
+                loss_sum += result.loss * n
+                correct += result.correct
+                executed += result.executed
                 step += 1
                 bar.update(1, f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
                               f"{seen / (time.perf_counter() - t0):.0f} img/s "
                               f"blocks {executed / max(1, step - epoch * steps_per_epoch):.1f}/{blocks}")
         sampler.clear()
-        if controller is not None:
-            controller.end_epoch(epoch + 1, config.epochs)
         train_time = time.perf_counter() - t0
         val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size)
         test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size)

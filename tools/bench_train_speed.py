@@ -9,14 +9,13 @@ CPU with one torch thread, CPU time leaves out the time other processes held the
 
 Arms: plain (`--survival none`), linear p_L = 0.5 in batch mode (skips dropped branches),
 the same in row mode (per-sample mask: computes every branch), and learned survival at its
-default budget (when `sdprune.survival` exists). "Gates open" is the fraction of
+default budget. "Gates open" is the fraction of
 (block, step) gates drawn open (row mode: of (block, sample) pairs); in batch mode it is
 the fraction of branches computed, in row mode every branch is computed regardless.
 
-Each step is the training step of `sdprune train` (sdprune/train.py): the model, optimizer
-and gate sampler come from `sdprune.train.build_training`, and `train_step` below repeats
-the loop body line for line (augment, normalise, draw gates, forward, loss, backward, SGD
-step, loss read back, learned-survival update).
+Each step is the training step of `sdprune train` itself: `sdprune.train.Trainer.step`
+(augment, normalise, draw gates, forward, loss, backward, SGD step, loss read back,
+learned-survival update), on a Trainer from `sdprune.train.build_training`.
 
     python tools/bench_train_speed.py --threads 2 --steps 2 --repeats 5
     python tools/bench_train_speed.py --device cuda --steps 20 --repeats 10 --warmup 10
@@ -37,13 +36,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from sdprune.config import TrainConfig  # noqa: E402
-from sdprune.data import augment, load_data, normalize  # noqa: E402
+from sdprune.data import load_data  # noqa: E402
 from sdprune.evaluate import resolve_device  # noqa: E402
-from sdprune.gates import step_seed  # noqa: E402
-from sdprune.train import AUGMENT_STREAM, build_training, lr_at  # noqa: E402
+from sdprune.train import Trainer, build_training  # noqa: E402
 
 ARMS = {  # name -> TrainConfig overrides
     "plain": {"survival": "none"},
@@ -57,85 +54,52 @@ NOMINAL_STEPS_PER_EPOCH = 390  # CIFAR at batch 128: sets the lr schedule and le
 @dataclass
 class Arm:
     name: str
-    config: TrainConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    sampler: object
-    controller: object | None
+    trainer: Trainer
     order: torch.Tensor
     step: int = 0
-    open: list[float] = field(default_factory=list)  # fraction of gates open, per timed step
+    open: list[float] = field(default_factory=list)  # fraction of branches executed, per timed step
     times: list[float] = field(default_factory=list)     # wall seconds per step, one per repeat
     cpu: list[float] = field(default_factory=list)       # this process's CPU seconds per step
 
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config
 
-def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm | None:
+    @property
+    def sampler(self):
+        return self.trainer.sampler
+
+
+def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm:
     config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
-    model, optimizer, sampler = build_training(config, data, device)
-    controller = None
-    if config.survival == "learned":
-        try:
-            from sdprune.survival import LearnedSurvival
-        except ImportError:
-            print("learned: sdprune.survival is not there yet, arm skipped", file=sys.stderr)
-            return None
-        controller = LearnedSurvival(model, config, data.input_shape)
-        sampler.refresh()
-    model.train()
+    trainer = build_training(config, data, device, steps_per_epoch=NOMINAL_STEPS_PER_EPOCH)
+    trainer.model.train()
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
-    return Arm(name, config, model, optimizer, sampler, controller, order)
+    return Arm(name, trainer, order)
 
 
-def train_step(arm: Arm, data, device: torch.device, gen_aug: torch.Generator) -> float:
-    """One optimisation step exactly as sdprune/train.py's loop body does it."""
-    config, step = arm.config, arm.step
-    bs = config.batch_size
-    start = (step * bs) % (len(arm.order) - bs + 1)
+def train_step(arm: Arm, data) -> None:
+    """One optimisation step: `sdprune train`'s own (Trainer.step), on the next batch."""
+    bs = arm.config.batch_size
+    start = (arm.step * bs) % (len(arm.order) - bs + 1)
     index = arm.order[start:start + bs]
-    images, labels = data.train.images[index], data.train.labels[index]
-    total = NOMINAL_STEPS_PER_EPOCH * config.epochs
-    lr = lr_at(config, step, NOMINAL_STEPS_PER_EPOCH)
-    for group in arm.optimizer.param_groups:
-        group["lr"] = lr
-    gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
-    images = augment(images, data.augment, gen_aug)
-    x = normalize(images.to(device, non_blocking=True), data.mean, data.std)
-    y = labels.to(device, non_blocking=True)
-    if device.type == "cuda" and config.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    gates = arm.sampler.apply(step, len(y), device)
-    use_amp = config.amp and device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        logits = arm.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-    arm.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    arm.optimizer.step()
-    loss_value = float(loss.detach())  # the loop reads the loss back every step (a sync on GPU)
-    if arm.controller is not None:
-        # Mid-training (past learned survival's warm-up), on the paper's 500-epoch schedule.
-        changed = arm.controller.observe(step, gates, loss_value, 0.5, total)
-        if changed is not None:
-            arm.sampler.refresh(changed)
-    int((logits.argmax(1) == y).sum())  # the loop's accuracy bookkeeping
-    arm.open.append(float(gates.mean()) if gates.numel() else 1.0)
+    result = arm.trainer.step(arm.step, data.train.images[index], data.train.labels[index])
+    arm.open.append(result.executed / max(1, len(arm.sampler.blocks)))
     arm.step += 1
-    return loss_value
 
 
 def measure(arms: list[Arm], data, device, steps: int, repeats: int, warmup: int) -> None:
-    gen_aug = torch.Generator()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for arm in arms:
         for _ in range(warmup):
-            train_step(arm, data, device, gen_aug)
+            train_step(arm, data)
         arm.open.clear()
     for r in range(repeats):
         for arm in arms[r % len(arms):] + arms[:r % len(arms)]:  # rotate who goes first
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
-                train_step(arm, data, device, gen_aug)
+                train_step(arm, data)
             sync()
             arm.times.append((time.perf_counter() - t0) / steps)
             arm.cpu.append((time.process_time() - c0) / steps)
@@ -229,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data("synthetic", image_size=args.size)
     base = TrainConfig(model=args.model, dataset="synthetic", image_size=args.size, batch_size=args.batch_size,
                        epochs=500, lr_milestones=(250, 375), seed=args.seed, device=str(device))
-    arms = [a for a in (make_arm(n, base, data, device) for n in names) if a is not None]
+    arms = [a for a in (make_arm(n, base, data, device) for n in names) ]
     measure(arms, data, device, args.steps, args.repeats, args.warmup)
     rows, info = summarise(arms), machine(device)
     print(markdown(rows, info, args))
