@@ -101,6 +101,8 @@ def validate(c: TrainConfig) -> None:
                 bad(f"{flag} must be in (0, 1], got {value}")
             if c.survival != "learned":
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
+    if c.workers < 0:
+        bad(f"--workers must be >= 0, got {c.workers}")
     if not 0.0 <= c.p_min < 1.0:
         bad(f"--p-min must be in [0, 1), got {c.p_min}")
     if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):

@@ -69,8 +69,12 @@ class DataBundle:
 
 
 def load_data(name: str, data_dir: str | None = None, download: bool = False,
-              image_size: int | None = None, val_fraction: float = VAL_FRACTION) -> DataBundle:
-    """Load a dataset by name, split off the validation slice and compute normalisation."""
+              image_size: int | None = None, val_fraction: float = VAL_FRACTION,
+              workers: int = 0) -> DataBundle:
+    """Load a dataset by name, split off the validation slice and compute normalisation.
+
+    ``workers`` processes decode image files (imagefolder); the other sets are read whole.
+    """
     from sdprune import datasets
 
     if name not in DATASETS:
@@ -78,7 +82,7 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     if data_dir is not None and name not in ("digits", "synthetic") and not download \
             and not Path(data_dir).is_dir():
         raise SdpruneError(f"data folder {data_dir} does not exist")
-    train, test, classes, augment = datasets.load_splits(name, data_dir, download, image_size)
+    train, test, classes, augment = datasets.load_splits(name, data_dir, download, image_size, workers)
     if len(train) < 2 or len(test) < 1:
         raise SdpruneError(f"dataset {name!r} is too small (train {len(train)}, test {len(test)})")
     train, val = split_validation(train, val_fraction)

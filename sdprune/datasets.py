@@ -19,8 +19,8 @@ from sdprune.errors import SdpruneError
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
 
-def load_splits(name: str, data_dir: str | None, download: bool,
-                image_size: int | None) -> tuple[ImageSet, ImageSet, list[str], Augment]:
+def load_splits(name: str, data_dir: str | None, download: bool, image_size: int | None,
+                workers: int = 0) -> tuple[ImageSet, ImageSet, list[str], Augment]:
     if name == "digits":
         train, test = load_digits()
         return train, test, DIGIT_CLASSES, Augment(pad=1)
@@ -30,7 +30,7 @@ def load_splits(name: str, data_dir: str | None, download: bool,
     if name == "imagefolder":
         if data_dir is None:
             raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
-        train, test, classes = load_imagefolder(Path(data_dir), image_size or 64)
+        train, test, classes = load_imagefolder(Path(data_dir), image_size or 64, workers)
         return train, test, classes, Augment(pad=max(1, (image_size or 64) // 8), flip=True)
     root = data_dir or default_data_dir(name)
     try:
@@ -142,8 +142,11 @@ def load_svhn(root: str, download: bool) -> tuple[ImageSet, ImageSet, list[str]]
     return train, test, [str(i) for i in range(10)]
 
 
-def load_imagefolder(root: Path, size: int) -> tuple[ImageSet, ImageSet, list[str]]:
-    """ROOT/train/<class>/*.png and ROOT/test (or val)/<class>/..., resized to size x size."""
+def load_imagefolder(root: Path, size: int, workers: int = 0) -> tuple[ImageSet, ImageSet, list[str]]:
+    """ROOT/train/<class>/*.png and ROOT/test (or val)/<class>/..., resized to size x size.
+
+    Decoded once (by ``workers`` DataLoader processes) into memory as uint8.
+    """
     from torchvision import datasets as tvd
     from torchvision.transforms import v2
 
@@ -160,7 +163,8 @@ def load_imagefolder(root: Path, size: int) -> tuple[ImageSet, ImageSet, list[st
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
 
     def read(ds) -> ImageSet:
-        items = [ds[i] for i in range(len(ds))]
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+        items = list(loader)
         channels = max(x.shape[0] for x, _ in items)
         images = torch.stack([x.expand(channels, -1, -1) if x.shape[0] == 1 else x[:channels] for x, _ in items])
         return ImageSet(images.contiguous(), torch.tensor([y for _, y in items], dtype=torch.long))

@@ -164,7 +164,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
     model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
-    data = load_data(config.dataset, config.data_dir, config.download, config.image_size)
+    data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
+                     workers=config.workers)
     trainer = build_training(config, data, device)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \

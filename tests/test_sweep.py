@@ -81,3 +81,12 @@ def test_cli_rejects_keep_above_an_already_pruned_model(run_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "already pruned" in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_without_matplotlib_everything_but_the_plot_is_written(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = sweep_checkpoint(run_dir, keeps=(1.0, 0.5), criteria=("depth",), onnx=False, out=run_dir / "s4")
+    out = run_dir / "s4"
+    assert "plot" not in result["files"] and not (out / "sweep.png").exists()
+    for name in ("sweep.csv", "sweep.json", "sweep.md"):
+        assert (out / name).stat().st_size > 0, name

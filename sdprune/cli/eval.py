@@ -19,6 +19,9 @@ def run(args, reporter) -> int:
 
     if args.batch_size < 1:
         raise SdpruneError("--batch-size must be at least 1")
+    if str(args.model).endswith(".ort"):
+        raise SdpruneError(f"{args.model}: .ort files carry no sdprune metadata; evaluate the .onnx "
+                           "it was converted from (same graph)")
     if str(args.model).endswith(".onnx"):
         from sdprune.artifact import evaluate_onnx
 
