@@ -136,3 +136,23 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     finally:
         model.eval()
     return {"steps": step, "loss": loss_sum / max(seen, 1)}
+
+
+def heal_network(model: nn.Module, data: DataBundle, device: torch.device | str = "cpu", bn: bool = True,
+                 finetune_epochs: float = 0.0, teacher: nn.Module | None = None, distill: bool = True,
+                 bn_batches: int = 20, seed: int = 0, reporter: Reporter | None = None) -> dict | None:
+    """Heal a network after block removal: BN statistics, then an optional distilled fine-tune.
+
+    With ``bn``, statistics are re-estimated before fine-tuning (removal shifted what every
+    later BatchNorm sees) and again after it (exact statistics for the new weights rather
+    than the fine-tune's moving average). Returns the fine-tune's record, if any.
+    """
+    if bn:
+        recalibrate_bn(model, data, device, bn_batches, seed=seed)
+    if finetune_epochs <= 0:
+        return None
+    tuned = finetune(model, teacher if distill else None, data, finetune_epochs, device, distill=distill,
+                     seed=seed, reporter=reporter)
+    if bn:
+        recalibrate_bn(model, data, device, bn_batches, seed=seed)
+    return tuned

@@ -88,7 +88,7 @@ def prune_checkpoint(ckpt_path: str | Path | None = None, keep: float | None = N
     from sdprune.data import data_for_checkpoint
     from sdprune.evaluate import resolve_device
     from sdprune.gates import get_survival
-    from sdprune.heal import finetune, recalibrate_bn
+    from sdprune.heal import heal_network, recalibrate_bn
     from sdprune.runs import resolve_checkpoint
     from sdprune.select import removed_blocks, select_blocks
     from sdprune.surgery import block_names, remove_blocks
@@ -139,13 +139,9 @@ def prune_checkpoint(ckpt_path: str | Path | None = None, keep: float | None = N
                 recalibrate_bn(model, data, dev, bn_batches, seed=seed)
             rows = score()
     unhealed = assess(model, data, dev) if removed and (heal != "none" or finetune_epochs > 0) else None
-    if removed and heal == "bn":  # nothing removed: nothing shifted, outputs stay identical
-        recalibrate_bn(model, data, dev, bn_batches, seed=seed)
-    tuned = None
-    if finetune_epochs > 0:
-        tuned = finetune(model, teacher, data, finetune_epochs, dev, distill=distill, seed=seed, reporter=reporter)
-        if heal == "bn":  # exact statistics for the fine-tuned weights, not a moving average
-            recalibrate_bn(model, data, dev, bn_batches, seed=seed)
+    # Nothing removed: nothing shifted, outputs stay identical (unless fine-tuned).
+    tuned = heal_network(model, data, dev, bn=bool(removed) and heal == "bn", finetune_epochs=finetune_epochs,
+                         teacher=teacher, distill=distill, bn_batches=bn_batches, seed=seed, reporter=reporter)
     after = assess(model, data, dev) if removed or tuned else before
     size_after = size_of(model, shape)
     kept_now = block_names(model)

@@ -109,17 +109,15 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
 def _measure(model, data, dev, removed: list[str], heal: str, finetune_epochs: float, seed: int,
              reporter: Reporter) -> dict[str, Any]:
     """Accuracy and size of ``model`` without the ``removed`` blocks, healed as asked."""
-    from sdprune.heal import finetune, recalibrate_bn
+    from sdprune.heal import heal_network
     from sdprune.prune import assess, size_of
     from sdprune.surgery import remove_blocks
 
     pruned = copy.deepcopy(model)
     if removed:  # nothing removed: the unpruned model exactly, no healing
         remove_blocks(pruned, removed)
-        if heal in ("bn", "finetune"):
-            recalibrate_bn(pruned, data, dev, seed=seed)
-        if heal == "finetune":
-            finetune(pruned, model, data, finetune_epochs, dev, distill=True, seed=seed, reporter=reporter)
+        heal_network(pruned, data, dev, bn=heal != "none", finetune_epochs=finetune_epochs if heal == "finetune" else 0,
+                     teacher=model, seed=seed, reporter=reporter)
     scores = assess(pruned, data, dev)
     size = size_of(pruned, tuple(data.input_shape))
     return {"val_acc": scores["val"]["acc"], "test_acc": scores["test"]["acc"],
