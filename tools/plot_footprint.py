@@ -26,6 +26,19 @@ def best_per_keep(result: dict) -> list[dict]:
     return [best[k] for k in sorted(best)]
 
 
+def scratch_points(b2: Path) -> dict[str, tuple[int, float]]:
+    """{model: (parameters, mean test accuracy)} of the B2 from-scratch baselines."""
+    from sdprune.measure import count_params
+    from sdprune.nets.cifar_resnet import CifarResNet
+
+    accs: dict[str, list[float]] = {}
+    for f in sorted(b2.glob("arms/scratch-*.json")):
+        r = json.loads(f.read_text())
+        accs.setdefault(r["model"], []).append(r["test_acc"])
+    return {name: (count_params(CifarResNet(int(name[len("resnet"):]), 10, 1)), sum(a) / len(a))
+            for name, a in accs.items()}
+
+
 def main(argv=None) -> int:
     import matplotlib
 
@@ -38,6 +51,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", help="LABEL=path/to/sweep.json")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--scratch", help="a B2 output folder: also plot its from-scratch baselines (mean over seeds)")
     args = ap.parse_args(argv)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = []
@@ -51,12 +65,17 @@ def main(argv=None) -> int:
         for p in pts:
             rows.append((label, p["keep"], p["blocks"], p["criterion"], p["test_acc"], p["params"],
                          p.get("latency_ratio")))
+    if args.scratch:
+        for name, (params, acc) in scratch_points(Path(args.scratch)).items():
+            ax.plot([params], [acc], marker="s", ms=7, color="grey", ls="none")
+            ax.annotate(f"{name} from scratch", (params, acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            rows.append((f"{name} from scratch", 1.0, None, "-", acc, params, None))
     ax.set_xlabel("parameters")
     ax.set_ylabel("test accuracy (%)")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("ResNet-32 on Fashion-MNIST, blocks removed + BN re-estimated (star: unpruned)")
+    ax.set_title("ResNet-32, Fashion-MNIST: blocks removed, BN re-estimated (star: unpruned)", fontsize=10)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
@@ -64,7 +83,8 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---|---:|---:|---:|")
     for label, keep, blocks, crit, acc, params, ratio in rows:
         r = f"{ratio:.2f}" if ratio is not None else "-"
-        print(f"| {label} | {keep:g} | {blocks} | {crit} | {acc:.2f} | {human(params)} | {r} |")
+        print(f"| {label} | {keep:g} | {blocks if blocks is not None else '-'} | {crit} | {acc:.2f} | "
+              f"{human(params)} | {r} |")
     return 0
 
 
