@@ -50,3 +50,39 @@ def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[floa
              device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, float]:
     """Loss and top-1 accuracy (%) of ``model`` on ``data``."""
     return score_logits(predict(model, data, mean, std, device, batch_size), data.labels)
+
+
+def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict:
+    """Loss and accuracy on the validation slice and the test split of a DataBundle."""
+    return {split: evaluate(model, getattr(data, split), data.mean, data.std, device, batch_size)
+            for split in ("val", "test")}
+
+
+def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None = None,
+                        device: str = "auto", batch_size: int = 512,
+                        reporter=None) -> dict:
+    """Accuracy and loss of a full or pruned checkpoint on a dataset's test split and
+    validation slice, with parameters and FLOPs."""
+    from sdprune.checkpoint import build_model, load_checkpoint
+    from sdprune.data import data_for_checkpoint
+    from sdprune.errors import SdpruneError
+    from sdprune.measure import size_of
+    from sdprune.report import Reporter
+    from sdprune.surgery import block_names
+
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    dev = resolve_device(device)
+    model = build_model(ckpt).to(dev)
+    data = data_for_checkpoint(meta, dataset, data_dir)
+    if len(data.classes) != meta["model"]["num_classes"]:
+        raise SdpruneError(f"dataset {data.name} has {len(data.classes)} classes, the model predicts "
+                           f"{meta['model']['num_classes']}")
+    (reporter or Reporter(quiet=True)).info(f"evaluating {ckpt['path']} on {data.name}")
+    result = assess(model, data, dev, batch_size)
+    blocks = block_names(model)
+    return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
+            "dataset": data.name, "test": result["test"], "val": result["val"],
+            "images": {"test": len(data.test), "val": len(data.val)},
+            "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
+            **size_of(model, data.input_shape)}

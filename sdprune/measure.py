@@ -27,3 +27,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
         model(x)
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def size_of(model: nn.Module, input_shape) -> dict[str, int]:
+    """{"params", "flops"} of a network at one input (what pruning shrinks)."""
+    return {"params": count_params(model), "flops": count_flops(model, tuple(input_shape))}

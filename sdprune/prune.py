@@ -39,20 +39,6 @@ def score_blocks(model: nn.Module, data, criterion: str, device: torch.device | 
     return block_layout(model, tuple(data.input_shape))
 
 
-def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, Any]:
-    """Loss and accuracy on the validation slice and the test split."""
-    from sdprune.evaluate import evaluate
-
-    return {split: evaluate(model, getattr(data, split), data.mean, data.std, device, batch_size)
-            for split in ("val", "test")}
-
-
-def size_of(model: nn.Module, input_shape) -> dict[str, int]:
-    from sdprune.measure import count_flops, count_params
-
-    return {"params": count_params(model), "flops": count_flops(model, tuple(input_shape))}
-
-
 def check_options(keep: float | None, keep_blocks: int | None, criterion: str | None, heal: str,
                   finetune_epochs: float, max_params: float | None, max_flops: float | None) -> None:
     """Reject bad options before anything is loaded or written."""
@@ -89,6 +75,8 @@ def prune_checkpoint(ckpt_path: str | Path | None = None, keep: float | None = N
     from sdprune.evaluate import resolve_device
     from sdprune.gates import get_survival
     from sdprune.heal import heal_network, recalibrate_bn
+    from sdprune.evaluate import assess
+    from sdprune.measure import size_of
     from sdprune.runs import resolve_checkpoint
     from sdprune.select import removed_blocks, select_blocks
     from sdprune.surgery import block_names, remove_blocks
@@ -169,31 +157,3 @@ def prune_checkpoint(ckpt_path: str | Path | None = None, keep: float | None = N
     write_json(out_dir / SUMMARY_FILE, summary)
     summary["summary"] = str(out_dir / SUMMARY_FILE)
     return summary
-
-
-def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                        device: str = "auto", batch_size: int = 512,
-                        reporter: Reporter | None = None) -> dict[str, Any]:
-    """Accuracy and loss of a full or pruned checkpoint on a dataset's test split and
-    validation slice, with parameters and FLOPs."""
-    from sdprune.checkpoint import build_model, load_checkpoint
-    from sdprune.data import data_for_checkpoint
-    from sdprune.evaluate import resolve_device
-    from sdprune.surgery import block_names
-
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    dev = resolve_device(device)
-    model = build_model(ckpt).to(dev)
-    data = data_for_checkpoint(meta, dataset, data_dir)
-    if len(data.classes) != meta["model"]["num_classes"]:
-        raise SdpruneError(f"dataset {data.name} has {len(data.classes)} classes, the model predicts "
-                           f"{meta['model']['num_classes']}")
-    (reporter or Reporter(quiet=True)).info(f"evaluating {ckpt['path']} on {data.name}")
-    result = assess(model, data, dev, batch_size)
-    blocks = block_names(model)
-    return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
-            "dataset": data.name, "test": result["test"], "val": result["val"],
-            "images": {"test": len(data.test), "val": len(data.val)},
-            "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
-            **size_of(model, data.input_shape)}

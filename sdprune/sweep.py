@@ -53,11 +53,11 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     from sdprune.checkpoint import build_model, load_checkpoint, write_json
     from sdprune.data import data_for_checkpoint
     from sdprune.evaluate import resolve_device
-    from sdprune.prune import assess, size_of
+    from sdprune.evaluate import assess
+    from sdprune.measure import size_of
     from sdprune.runs import resolve_checkpoint
     from sdprune.select import removed_blocks, select_blocks
     from sdprune.stats import collect_stats
-    from sdprune.surgery import block_names
 
     reporter = reporter or Reporter(quiet=True)
     check_sweep(keeps, criteria, heal)
@@ -110,7 +110,8 @@ def _measure(model, data, dev, removed: list[str], heal: str, finetune_epochs: f
              reporter: Reporter) -> dict[str, Any]:
     """Accuracy and size of ``model`` without the ``removed`` blocks, healed as asked."""
     from sdprune.heal import heal_network
-    from sdprune.prune import assess, size_of
+    from sdprune.evaluate import assess
+    from sdprune.measure import size_of
     from sdprune.surgery import remove_blocks
 
     pruned = copy.deepcopy(model)

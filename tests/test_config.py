@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdprune.config import TrainConfig, load_recipe, resolve_config
+from sdprune.config import TrainConfig, resolve_config
 from sdprune.errors import SdpruneError
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

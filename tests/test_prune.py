@@ -14,7 +14,8 @@ from sdprune.data import data_for_checkpoint
 from sdprune.errors import SdpruneError
 from sdprune.evaluate import evaluate, predict
 from sdprune.layers import GatedBlock, gated_blocks
-from sdprune.prune import default_criterion, evaluate_checkpoint, prune_checkpoint
+from sdprune.evaluate import evaluate_checkpoint
+from sdprune.prune import default_criterion, prune_checkpoint
 from sdprune.train import train
 
 

@@ -37,7 +37,7 @@ from sdprune.checkpoint import build_model, load_checkpoint, write_json  # noqa:
 from sdprune.config import TrainConfig  # noqa: E402
 from sdprune.data import data_for_checkpoint  # noqa: E402
 from sdprune.heal import finetune, recalibrate_bn  # noqa: E402
-from sdprune.prune import assess  # noqa: E402
+from sdprune.evaluate import assess  # noqa: E402
 from sdprune.select import CRITERIA, removed_blocks, select_blocks, target_count  # noqa: E402
 from sdprune.stats import collect_stats  # noqa: E402
 from sdprune.surgery import remove_blocks  # noqa: E402

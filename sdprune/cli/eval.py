@@ -28,7 +28,7 @@ def run(args, reporter) -> int:
         result = evaluate_onnx(args.model, dataset=args.dataset, data_dir=args.data_dir,
                                batch_size=args.batch_size, reporter=reporter)
     else:
-        from sdprune.prune import evaluate_checkpoint
+        from sdprune.evaluate import evaluate_checkpoint
         from sdprune.runs import resolve_checkpoint
 
         result = evaluate_checkpoint(resolve_checkpoint(args.model), args.dataset, args.data_dir,
