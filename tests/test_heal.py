@@ -11,7 +11,7 @@ from sdprune.checkpoint import build_model, load_checkpoint
 from sdprune.config import TrainConfig
 from sdprune.data import data_for_checkpoint, iterate_batches, normalize
 from sdprune.evaluate import evaluate
-from sdprune.heal import _deterministic_gates, finetune, recalibrate_bn
+from sdprune.heal import _deterministic_gates, finetune, heal_network, recalibrate_bn
 from sdprune.layers import GatedBlock
 from sdprune.surgery import remove_blocks
 from sdprune.train import train
@@ -89,3 +89,23 @@ def test_finetune_without_distillation_and_its_guard(trained):
     assert result["steps"] == round(0.25 * (len(data.train) // 64)) and result["loss"] > 0
     with pytest.raises(ValueError):
         finetune(model, None, data, epochs=0.1, distill=True)
+
+
+def test_heal_network_runs_bn_then_finetune_then_bn_again(trained):
+    model, data = damaged(trained)
+    untouched = copy.deepcopy(model)
+    assert heal_network(model, data, "cpu", bn=False, finetune_epochs=0) is None
+    for a, b in zip(model.state_dict().values(), untouched.state_dict().values()):
+        assert torch.equal(a, b)  # nothing asked, nothing done
+    healed = copy.deepcopy(model)
+    assert heal_network(healed, data, "cpu", bn=True, finetune_epochs=0) is None
+    bn_only = evaluate(healed, data.val, data.mean, data.std)
+    assert bn_only["loss"] < evaluate(model, data.val, data.mean, data.std)["loss"]
+    tuned = heal_network(model, data, "cpu", bn=True, finetune_epochs=0.5, teacher=trained[0])
+    assert tuned is not None and tuned["steps"] > 0
+    # The last step re-estimated BN exactly: doing it again changes nothing.
+    again = copy.deepcopy(model)
+    recalibrate_bn(again, data, "cpu")
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        if "running" in name:
+            assert torch.allclose(a, b, atol=1e-5), name
