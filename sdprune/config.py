@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,4 +136,4 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["TrainConfig", "load_recipe", "resolve_config", "validate", "field"]
+__all__ = ["TrainConfig", "config_fields", "load_recipe", "resolve_config", "validate"]

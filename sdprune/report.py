@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -27,7 +26,7 @@ class Reporter:
     # -- messages ---------------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message, markup=False) if not self.rich else self.err.print(message)
+            self.err.print(message, markup=self.rich)
 
     def warn(self, message: str) -> None:
         self.err.print(f"warning: {message}", markup=False, style="yellow")
@@ -36,7 +35,7 @@ class Reporter:
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator["Progress"]:
         if self.quiet or not self.rich:
-            yield Progress(None, None, self if not self.quiet else None, description)
+            yield Progress()  # piped or quiet: the per-epoch lines from info() are the progress
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                    TextColumn, TimeElapsedColumn, TimeRemainingColumn)
@@ -45,7 +44,7 @@ class Reporter:
                           TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                           console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=total, status="")
-            yield Progress(bar, task, None, description)
+            yield Progress(bar, task)
 
     # -- results ----------------------------------------------------------------------
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -80,20 +79,14 @@ class Reporter:
 
 
 class Progress:
-    """Handle for one progress bar: ``update(advance, **fields)``."""
+    """Handle for one progress bar (a no-op without one): ``update(advance, status)``."""
 
-    def __init__(self, bar, task, plain: Reporter | None, description: str) -> None:
-        self.bar, self.task, self.plain, self.description = bar, task, plain, description
-        self.last_print = 0.0
+    def __init__(self, bar=None, task=None) -> None:
+        self.bar, self.task = bar, task
 
     def update(self, advance: int = 1, status: str = "") -> None:
         if self.bar is not None:
             self.bar.update(self.task, advance=advance, status=status)
-
-    def describe(self, description: str) -> None:
-        self.description = description
-        if self.bar is not None:
-            self.bar.update(self.task, description=description)
 
 
 def fmt(v: Any) -> str:
@@ -117,6 +110,3 @@ def _json_default(o: Any) -> Any:
         return o.tolist()
     return str(o)
 
-
-def now() -> float:
-    return time.perf_counter()

@@ -7,7 +7,7 @@ from typing import Iterable
 from torch import nn
 
 from sdprune.errors import SdpruneError
-from sdprune.layers import GatedBlock, PrunedBlock, gated_blocks
+from sdprune.layers import PrunedBlock, gated_blocks
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
@@ -37,4 +37,4 @@ def block_names(model: nn.Module) -> list[str]:
     return [name for name, _ in gated_blocks(model)]
 
 
-__all__ = ["remove_blocks", "block_names", "GatedBlock"]
+__all__ = ["remove_blocks", "block_names"]

@@ -41,12 +41,11 @@ class GatedBlock(nn.Module):
         self.gate: float | Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.gate if self.training else None
-        if gate is None:
-            scale = self.survival if not self.training else None
-            out = self.branch(x)
-            out = out if scale is None else out * scale
-            return self.act(self.shortcut(x) + out)
+        if not self.training:  # deterministic: the branch's expected contribution
+            return self.act(self.shortcut(x) + self.branch(x) * self.survival)
+        gate = self.gate
+        if gate is None:  # plain training: every branch runs, unscaled
+            return self.act(self.shortcut(x) + self.branch(x))
         if isinstance(gate, Tensor):  # row mode: per-sample mask, branch always computed
             mask = gate.to(dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
             return self.act(self.shortcut(x) + self.branch(x) * mask)
