@@ -4,7 +4,7 @@ B3: ResNet-110 (CIFAR style, 3x32x32, 54 gated blocks) full and with keep 0.75 /
 0.25 (kept blocks evenly spaced in forward order: keep 0.5 is every other block), each
 exported to verified fp32 ONNX and to int8 (static QDQ, per-channel weights) for the two
 CPU targets of `sdprune export --int8-target`; ONNX Runtime CPU latency p50/p90 at batch 1
-and 32 of all twelve files measured INTERLEAVED in one run (`sdprune.bench`), as ratios
+and 32 of all twelve files measured INTERLEAVED in one run (`sdprune.deploy.latency`), as ratios
 to the full fp32 model; file sizes, parameters and FLOPs. Weights are random (latency does
 not depend on them) with BatchNorm statistics re-estimated on generated images, so
 activations have realistic ranges for calibration.
@@ -30,14 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from sdprune.bench import bench_onnx, cpu_flags, cpu_name  # noqa: E402
-from sdprune.data import iterate_batches, load_data, normalize  # noqa: E402
-from sdprune.export import export_onnx  # noqa: E402
-from sdprune.layers import gated_blocks  # noqa: E402
-from sdprune.nets import create_model  # noqa: E402
-from sdprune.quantize import quantize_int8  # noqa: E402
+from sdprune.data.bundle import load_data  # noqa: E402
+from sdprune.data.images import iterate_batches, normalize
+from sdprune.deploy.export import export_onnx  # noqa: E402
+from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name  # noqa: E402
+from sdprune.deploy.quantize import quantize_int8  # noqa: E402
+from sdprune.depth.structure import (
+    gated_blocks,  # noqa: E402
+    remove_blocks,  # noqa: E402
+)
+from sdprune.nets.registry import create_model  # noqa: E402
 from sdprune.report import Reporter, human  # noqa: E402
-from sdprune.surgery import remove_blocks  # noqa: E402
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
 HEADING = "## B3/B4"
@@ -119,10 +122,10 @@ def kernel_census(path: str) -> dict[str, int]:
 
 
 def b4(args, root: Path, reporter: Reporter) -> dict:
-    from sdprune.checkpoint import build_model, load_checkpoint
-    from sdprune.config import TrainConfig
-    from sdprune.data import data_for_checkpoint
-    from sdprune.train import train
+    from sdprune.data.bundle import data_for_checkpoint
+    from sdprune.train.checkpoint import build_model, load_checkpoint
+    from sdprune.train.config import TrainConfig
+    from sdprune.train.loop import train
 
     ckpt_path = args.ckpt
     if ckpt_path is None:
@@ -212,7 +215,7 @@ def markdown(args, res3: dict, res4: dict, info: dict) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's own section of BENCHMARKS.md (or append it); others stay as they are."""
-    from sdprune.checkpoint import atomic_write
+    from sdprune.train.checkpoint import atomic_write
 
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines(keepends=True)

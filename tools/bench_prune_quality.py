@@ -33,15 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdprune.checkpoint import build_model, load_checkpoint, write_json  # noqa: E402
-from sdprune.config import TrainConfig  # noqa: E402
-from sdprune.data import data_for_checkpoint  # noqa: E402
-from sdprune.heal import finetune, recalibrate_bn  # noqa: E402
-from sdprune.evaluate import assess  # noqa: E402
-from sdprune.select import CRITERIA, removed_blocks, select_blocks, target_count  # noqa: E402
-from sdprune.stats import collect_stats  # noqa: E402
-from sdprune.surgery import remove_blocks  # noqa: E402
-from sdprune.train import train  # noqa: E402
+from sdprune.data.bundle import data_for_checkpoint  # noqa: E402
+from sdprune.depth.select import CRITERIA, removed_blocks, select_blocks, target_count  # noqa: E402
+from sdprune.depth.structure import remove_blocks  # noqa: E402
+from sdprune.prune.heal import finetune, recalibrate_bn  # noqa: E402
+from sdprune.prune.stats import collect_stats  # noqa: E402
+from sdprune.train.checkpoint import build_model, load_checkpoint, write_json  # noqa: E402
+from sdprune.train.config import TrainConfig  # noqa: E402
+from sdprune.train.evaluate import assess  # noqa: E402
+from sdprune.train.loop import train  # noqa: E402
 
 # arm -> (survival schedule, prune-aware target keep)
 ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),
@@ -75,7 +75,7 @@ def parse_args(argv=None):
 
 def write_subset(args, root: Path) -> Path:
     """The fixed subset as idx files torchvision reads (seeded, the same for every arm)."""
-    from sdprune.datasets import load_splits
+    from sdprune.data.readers import load_splits
 
     spec = {"train_images": args.train_images, "test_images": args.test_images, "seed": 0}
     marker = root / "subset.json"
@@ -122,7 +122,7 @@ def trained(cfg: TrainConfig) -> tuple[Path, float]:
 def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
     """Every keep x criterion x healing stage for one trained network."""
     ckpt = load_checkpoint(ckpt_path)
-    from sdprune.evaluate import resolve_device
+    from sdprune.train.evaluate import resolve_device
 
     dev = resolve_device(args.device)
     full = build_model(ckpt).to(dev)
@@ -161,9 +161,8 @@ def scratch_depth(kept: int) -> int:
 
 def ensure_registered(depth: int) -> str:
     """Register resnet<depth> for this process if sdprune does not ship that depth."""
-    from sdprune.nets import list_models
     from sdprune.nets.cifar_resnet import CifarResNet
-    from sdprune.nets.registry import register
+    from sdprune.nets.registry import list_models, register
 
     name = f"resnet{depth}"
     if name not in list_models():
@@ -198,8 +197,8 @@ def main(argv=None) -> int:
                 return {"arm": arm, "seed": seed, "train_s": train_s, **prune_arm(args, ckpt, seed)}
             results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm))
             print(f"done {key}", file=sys.stderr)
-    from sdprune.layers import gated_blocks
-    from sdprune.nets import create_model
+    from sdprune.depth.structure import gated_blocks
+    from sdprune.nets.registry import create_model
 
     baselines: dict[str, list[dict]] = {}
     total = len(gated_blocks(create_model(args.model, 10, 1)))

@@ -20,12 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdprune.data import load_data  # noqa: E402
-from sdprune.evaluate import evaluate, resolve_device  # noqa: E402
-from sdprune.gates import set_survival, survival_schedule  # noqa: E402
-from sdprune.layers import gated_blocks  # noqa: E402
-from sdprune.nets import create_model  # noqa: E402
-from sdprune.stats import ablation_flop_ratio, block_layout, collect_stats  # noqa: E402
+from sdprune.data.bundle import load_data  # noqa: E402
+from sdprune.depth.schedule import set_survival, survival_schedule  # noqa: E402
+from sdprune.depth.structure import (
+    block_layout,  # noqa: E402
+    gated_blocks,  # noqa: E402
+)
+from sdprune.nets.registry import create_model  # noqa: E402
+from sdprune.prune.stats import ablation_flop_ratio, collect_stats
+from sdprune.train.evaluate import evaluate, resolve_device  # noqa: E402
 
 
 def main(argv=None) -> int:

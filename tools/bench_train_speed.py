@@ -13,9 +13,9 @@ default budget. "Gates open" is the fraction of
 (block, step) gates drawn open (row mode: of (block, sample) pairs); in batch mode it is
 the fraction of branches computed, in row mode every branch is computed regardless.
 
-Each step is the training step of `sdprune train` itself: `sdprune.train.Trainer.step`
+Each step is the training step of `sdprune train` itself: `sdprune.train.trainer.Trainer.step`
 (augment, normalise, draw gates, forward, loss, backward, SGD step, loss read back,
-learned-survival update), on a Trainer from `sdprune.train.build_training`.
+learned-survival update), on a Trainer from `sdprune.train.trainer.build_training`.
 
     python tools/bench_train_speed.py --threads 2 --steps 2 --repeats 5
     python tools/bench_train_speed.py --device cuda --steps 20 --repeats 10 --warmup 10
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from sdprune.config import TrainConfig  # noqa: E402
-from sdprune.data import load_data  # noqa: E402
-from sdprune.evaluate import resolve_device  # noqa: E402
-from sdprune.train import Trainer, build_training  # noqa: E402
+from sdprune.data.bundle import load_data  # noqa: E402
+from sdprune.train.config import TrainConfig  # noqa: E402
+from sdprune.train.evaluate import resolve_device  # noqa: E402
+from sdprune.train.trainer import Trainer, build_training  # noqa: E402
 
 ARMS = {  # name -> TrainConfig overrides
     "plain": {"survival": "none"},

@@ -28,8 +28,8 @@ def best_per_keep(result: dict) -> list[dict]:
 
 def scratch_points(b2: Path) -> dict[str, tuple[int, float]]:
     """{model: (parameters, mean test accuracy)} of the B2 from-scratch baselines."""
-    from sdprune.measure import count_params
     from sdprune.nets.cifar_resnet import CifarResNet
+    from sdprune.nets.measure import count_params
 
     accs: dict[str, list[float]] = {}
     for f in sorted(b2.glob("arms/scratch-*.json")):

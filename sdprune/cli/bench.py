@@ -10,7 +10,7 @@ import argparse
 
 
 def add_parser(sub):
-    from sdprune.bench import DEFAULT_REPEATS, DEFAULT_WARMUP
+    from sdprune.deploy.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
 
     p = sub.add_parser("bench", help="ONNX Runtime latency of exported models (p50/p90)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +34,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def run(args, reporter) -> int:
-    from sdprune.bench import bench_onnx
+    from sdprune.deploy.latency import bench_onnx
 
     result = bench_onnx(args.models, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                         batch_sizes=args.batch_sizes, reporter=reporter)

@@ -23,13 +23,13 @@ def run(args, reporter) -> int:
         raise SdpruneError(f"{args.model}: .ort files carry no sdprune metadata; evaluate the .onnx "
                            "it was converted from (same graph)")
     if str(args.model).endswith(".onnx"):
-        from sdprune.artifact import evaluate_onnx
+        from sdprune.deploy.runtime import evaluate_onnx
 
         result = evaluate_onnx(args.model, dataset=args.dataset, data_dir=args.data_dir,
                                batch_size=args.batch_size, reporter=reporter)
     else:
-        from sdprune.evaluate import evaluate_checkpoint
-        from sdprune.runs import resolve_checkpoint
+        from sdprune.train.evaluate import evaluate_checkpoint
+        from sdprune.train.runs import resolve_checkpoint
 
         result = evaluate_checkpoint(resolve_checkpoint(args.model), args.dataset, args.data_dir,
                                      args.device, args.batch_size, reporter)

@@ -10,8 +10,8 @@ import argparse
 
 
 def add_parser(sub):
-    from sdprune.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES
-    from sdprune.quantize import DEFAULT_CALIB_BATCHES, TARGETS
+    from sdprune.deploy.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES
+    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, TARGETS
 
     p = sub.add_parser("export", help="export a checkpoint to verified ONNX (int8, mobile format)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,8 +35,8 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
-    from sdprune.deploy import export_checkpoint
-    from sdprune.runs import resolve_checkpoint
+    from sdprune.deploy.package import export_checkpoint
+    from sdprune.train.runs import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint, prefer_pruned=True)
     record = export_checkpoint(checkpoint, args.out, opset=args.opset, atol=args.atol, samples=args.samples,

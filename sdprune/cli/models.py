@@ -10,7 +10,7 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
-    from sdprune.nets import describe_model, list_models
+    from sdprune.nets.registry import describe_model, list_models
     from sdprune.report import human
 
     rows = [describe_model(name, args.classes) for name in list_models()]

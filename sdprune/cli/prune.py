@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub):
-    from sdprune.select import CRITERIA
+    from sdprune.depth.select import CRITERIA
 
     p = sub.add_parser("prune", help="remove residual blocks and heal the smaller network", description=__doc__)
     a = p.add_argument
@@ -44,7 +44,7 @@ def _amount(text: str) -> float:
 
 def run(args, reporter) -> int:
     from sdprune.errors import SdpruneError
-    from sdprune.prune import check_options, prune_checkpoint
+    from sdprune.prune.pipeline import check_options, prune_checkpoint
     from sdprune.report import human
 
     check_options(args.keep, args.keep_blocks, args.criterion, args.heal, args.finetune_epochs,

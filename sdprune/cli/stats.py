@@ -17,9 +17,9 @@ def add_parser(sub):
 
 def run(args, reporter) -> int:
     from sdprune.errors import SdpruneError
+    from sdprune.prune.stats import score_checkpoint
     from sdprune.report import human
-    from sdprune.runs import resolve_checkpoint
-    from sdprune.stats import score_checkpoint
+    from sdprune.train.runs import resolve_checkpoint
 
     if args.batch_size < 1 or (args.images is not None and args.images < 1):
         raise SdpruneError("--batch-size and --images must be at least 1")

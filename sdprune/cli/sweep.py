@@ -17,7 +17,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub):
-    from sdprune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS
+    from sdprune.prune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS
 
     p = sub.add_parser("sweep", help="the footprint curve: accuracy vs size and latency", description=__doc__)
     a = p.add_argument
@@ -36,7 +36,7 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
-    from sdprune.sweep import sweep_checkpoint
+    from sdprune.prune.sweep import sweep_checkpoint
 
     result = sweep_checkpoint(args.checkpoint, args.keep, args.criteria, args.heal, args.finetune_epochs,
                               args.onnx, args.repeats, args.threads, args.device, args.seed, args.out, reporter)

@@ -48,10 +48,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def run(args, reporter) -> int:
-    from sdprune.checkpoint import load_checkpoint
-    from sdprune.config import TrainConfig, config_fields, resolve_config
-    from sdprune.runs import resolve_checkpoint
-    from sdprune.train import train
+    from sdprune.train.checkpoint import load_checkpoint
+    from sdprune.train.config import TrainConfig, config_fields, resolve_config
+    from sdprune.train.loop import train
+    from sdprune.train.runs import resolve_checkpoint
 
     overrides = {f.name: getattr(args, f.name, None) for f in config_fields()}
     resume = None

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sdprune.depth.block import GatedBlock
 from sdprune.errors import SdpruneError
-from sdprune.layers import GatedBlock
 from sdprune.nets.registry import register
 
 

@@ -8,7 +8,9 @@ from typing import Callable
 
 from torch import nn
 
+from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
+from sdprune.nets.measure import count_flops, count_params
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,7 @@ def register(name: str, default_input: tuple[int, int, int], description: str):
     return wrap
 
 
-def _load_builtin() -> None:
-    # Imported lazily so that importing sdprune does no work; the modules register on import.
-    from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY, key=_sort_key)
 
 
@@ -48,7 +44,6 @@ def _sort_key(name: str) -> tuple[str, int]:
 
 
 def model_info(name: str) -> ModelInfo:
-    _load_builtin()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -65,8 +60,6 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
 
 def describe_model(name: str, num_classes: int = 10) -> dict:
     """Blocks, parameters and FLOPs of a registered model at its default input."""
-    from sdprune.measure import count_flops, count_params
-    from sdprune.layers import gated_blocks
 
     info = model_info(name)
     model = create_model(name, num_classes=num_classes, in_channels=info.default_input[0])

@@ -12,7 +12,7 @@ from torchvision import models as tvm
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from sdprune.layers import GatedBlock
+from sdprune.depth.block import GatedBlock
 from sdprune.nets.registry import register
 
 

@@ -1,0 +1,163 @@
+"""int8 static quantization of an exported classifier with ONNX Runtime's own tools.
+
+ONNX Runtime's path for CNNs: ``quant_pre_process`` (shape inference and graph
+optimisation), then ``quantize_static`` in QDQ format with per-channel weights, its
+activation ranges calibrated on training images (never test images). The int8 model is
+judged against the fp32 one on the whole test split: top-1 agreement and accuracy change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdprune.errors import SdpruneError
+from sdprune.report import Reporter
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_CALIB_BATCHES = 8
+CALIB_BATCH_SIZE = 32
+CALIB_SEED = 0
+# Settings per target CPU, from quantize_static's own guidance: ARM (the phone) runs
+# symmetric int8 activations natively; x86 without VNNI multiplies u8 x s8 pairs with
+# 16-bit saturation (vpmaddubsw), so weights are cut to 7 bits there.
+TARGETS = {
+    "arm": {"activation": "QInt8", "weight": "QInt8", "reduce_range": False},
+    "x86": {"activation": "QUInt8", "weight": "QInt8", "reduce_range": True},
+}
+
+
+def calibration_batches(data, calib_batches: int, batch_size: int = CALIB_BATCH_SIZE) -> list[torch.Tensor]:
+    """Normalised float batches of training images (a fixed shuffle, so every class appears)."""
+    import torch
+
+    from sdprune.data.images import normalize
+
+    if calib_batches < 1:
+        raise SdpruneError(f"--calib-batches must be at least 1, got {calib_batches}")
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(CALIB_SEED))
+    order = order[:calib_batches * batch_size]
+    return [normalize(data.train.images[order[i:i + batch_size]], data.mean, data.std)
+            for i in range(0, len(order), batch_size)]
+
+
+def _reader(input_name: str, batches: list[torch.Tensor]):
+    """An onnxruntime CalibrationDataReader over ``batches`` (defined here: onnxruntime loads lazily)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ImageReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{input_name: b.numpy()} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    return ImageReader()
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, data, calib_batches: int = DEFAULT_CALIB_BATCHES,
+                  target: str = "arm", reporter: Reporter | None = None, compare: bool = True) -> dict[str, Any]:
+    """Write an int8 QDQ copy of ``fp32_path`` and measure it against the fp32 model.
+
+    ``data`` is the checkpoint's DataBundle: calibration draws ``calib_batches`` batches of
+    its training images; agreement and accuracy are measured on its test split (skipped
+    with ``compare=False``, for latency-only benchmarks of untrained weights).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from sdprune.deploy.runtime import check_classifier, open_session
+    from sdprune.train.checkpoint import atomic_write
+
+    reporter = reporter or Reporter(quiet=True)
+    if target not in TARGETS:
+        raise SdpruneError(f"unknown int8 target {target!r}; choose from {', '.join(TARGETS)}")
+    settings = TARGETS[target]
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    fp32 = open_session(fp32_path)
+    input_name, _ = check_classifier(fp32, fp32_path)
+    batches = calibration_batches(data, calib_batches)
+    fp32_proto = onnx.load(str(fp32_path))
+
+    def write(tmp: str) -> None:
+        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quant-") as work, \
+                contextlib.redirect_stdout(io.StringIO()):  # the tools log to stdout; --json owns it
+            prepared = os.path.join(work, "prepared.onnx")
+            quant_pre_process(str(fp32_path), prepared)
+            quantize_static(prepared, tmp, _reader(input_name, batches), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=settings["reduce_range"],
+                            activation_type=getattr(QuantType, settings["activation"]),
+                            weight_type=getattr(QuantType, settings["weight"]),
+                            calibrate_method=CalibrationMethod.MinMax)
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]  # carry the device metadata over, plus how it was quantized
+        proto.metadata_props.extend(fp32_proto.metadata_props)
+        proto.metadata_props.add(key="quantization", value=f"int8 static QDQ, per-channel weights, target {target}")
+        onnx.save(proto, tmp)
+
+    with reporter.progress(f"int8: calibrating on {len(batches)} batches of training images", 1) as bar:
+        try:
+            atomic_write(out_path, write)
+        except SdpruneError:
+            raise
+        except Exception as err:  # onnxruntime's tools raise many types
+            raise SdpruneError(f"int8 quantization failed: {str(err).strip().splitlines()[0][:200]}") from None
+        bar.update(1)
+    result = compare_int8(fp32, open_session(out_path), data, reporter) if compare else {}
+    result.update({
+        "file": str(out_path), "target": target, "format": "QDQ", "per_channel": True,
+        "activation_type": settings["activation"], "weight_type": settings["weight"],
+        "reduce_range": settings["reduce_range"], "calibration": {
+            "batches": len(batches), "batch_size": CALIB_BATCH_SIZE, "images": sum(len(b) for b in batches),
+            "split": "train", "method": "MinMax"},
+        "fp32_bytes": fp32_path.stat().st_size, "int8_bytes": out_path.stat().st_size,
+    })
+    result["size_ratio"] = result["int8_bytes"] / result["fp32_bytes"]
+    if compare:
+        _show(reporter, result, out_path.name, target, data.name)
+    return result
+
+
+def _show(reporter: Reporter, result: dict[str, Any], name: str, target: str, dataset: str) -> None:
+    reporter.table(f"int8 vs fp32 ({name}, target {target})", ["", "fp32", "int8", "change"], [
+        ["file size", _bytes(result["fp32_bytes"]), _bytes(result["int8_bytes"]),
+         f"x{result['size_ratio']:.3f}"],
+        ["test accuracy", f"{result['fp32_acc']:.2f}%", f"{result['int8_acc']:.2f}%", f"{result['acc_change']:+.2f}"],
+        ["top-1 agreement", "", f"{result['top1_agreement']:.2f}%", ""],
+    ], caption=f"{result['n']} test images of {dataset}; calibrated on {result['calibration']['images']} "
+               "training images")
+
+
+def compare_int8(fp32, int8, data, reporter: Reporter | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Top-1 agreement of two sessions and their accuracies on the test split."""
+    from sdprune.deploy.runtime import onnx_logits
+    from sdprune.train.evaluate import score_logits
+
+    test = data.test
+    steps = 2 * -(-len(test) // batch_size)
+    with (reporter or Reporter(quiet=True)).progress("int8: comparing with fp32 on the test split", steps) as bar:
+        a = onnx_logits(fp32, test.images, data.mean, data.std, batch_size, bar)
+        b = onnx_logits(int8, test.images, data.mean, data.std, batch_size, bar)
+    acc_a, acc_b = score_logits(a, test.labels)["acc"], score_logits(b, test.labels)["acc"]
+    return {"n": len(test), "split": "test", "dataset": data.name,
+            "top1_agreement": 100.0 * float((a.argmax(1) == b.argmax(1)).float().mean()),
+            "fp32_acc": acc_a, "int8_acc": acc_b, "acc_change": acc_b - acc_a,
+            "max_abs_logit_diff": float((a - b).abs().max())}
+
+
+def _bytes(n: int) -> str:
+    from sdprune.report import human
+
+    return f"{human(n)}B"

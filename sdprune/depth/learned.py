@@ -1,0 +1,178 @@
+"""Learned layer survival: the network's own training run decides which blocks it needs.
+
+Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
+
+* Natural experiments. In batch mode every step already is a randomised experiment: each
+  block was independently kept or dropped, and we observe the batch loss. An
+  exponentially-weighted least-squares fit  loss_t ~ a + sum_l b_l g_{t,l} + c t  over
+  recent steps estimates each block's effect; importance_l = -b_l is how much the loss
+  rises when block l is missing from the current (randomly thinned) network. It costs
+  nothing: no extra forward pass, no probe set. Independent gates make the estimate
+  unbiased; fitting all blocks jointly removes the other gates' noise, and the time term
+  removes the downward trend of the loss.
+* Budgeted mapping. Importances (z-scored) become target survivals
+  p_l = p_min + (1 - p_min) sigmoid(z_l - tau), with tau found by bisection so that the
+  FLOP-weighted mean survival equals the budget (default: linear's, so training costs
+  what linear costs). Survivals move towards their targets smoothly.
+* Prune-aware (``target_keep``): the lowest-ranked blocks (at least one block kept per
+  stage) are annealed to survival 0 between ``WARMUP`` and ``ANNEAL_END`` of training and
+  stay there; the rest of training then trains exactly the network that
+  ``sdprune prune --keep`` will cut out (with the paper's scaling a block at survival 0
+  evaluates to act(shortcut(x)), the removed block).
+
+The feedback is deliberate: a block that gets lower survival is dropped more often, the
+network learns to do without it, and its measured importance falls further. After
+training the blocks with low survival are the ones the network has learned to live
+without.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
+from sdprune.depth.select import select_blocks, target_count
+from sdprune.depth.structure import block_layout
+
+WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
+ANNEAL_END = 0.6     # prune-aware: excluded blocks reach survival 0 here
+HALF_LIFE = 0.08     # of total steps: memory of the regression
+RELAX = 0.05         # of total steps: time constant of survival moving to its target
+RIDGE = 1e-3
+
+
+def budget_mean(survival: Tensor, weights: Tensor) -> float:
+    """The FLOP-weighted mean survival: the expected fraction of block compute executed."""
+    return float((survival * weights).sum() / weights.sum())
+
+
+def fit_budget(scores: Tensor, target: float, weights: Tensor, p_min: float) -> Tensor:
+    """Survivals p_min + (1 - p_min) sigmoid(scores - tau) whose weighted mean is ``target``."""
+    if scores.numel() == 0:
+        return scores.clone()
+    target = min(max(target, p_min), 1.0)
+    lo, hi = float(scores.min()) - 50.0, float(scores.max()) + 50.0
+    for _ in range(80):  # bisection on tau: the weighted mean decreases as tau grows
+        tau = 0.5 * (lo + hi)
+        p = p_min + (1 - p_min) * torch.sigmoid(scores - tau)
+        if budget_mean(p, weights) > target:
+            lo = tau
+        else:
+            hi = tau
+    return p_min + (1 - p_min) * torch.sigmoid(scores - 0.5 * (lo + hi))
+
+
+def shift_to_budget(survival: Tensor, target: float, weights: Tensor, p_min: float) -> Tensor:
+    """Add one constant to every survival (clipped to [p_min, 1]) to meet the budget."""
+    lo, hi = -1.0, 1.0
+    for _ in range(60):
+        c = 0.5 * (lo + hi)
+        if budget_mean((survival + c).clamp(p_min, 1.0), weights) > target:
+            hi = c
+        else:
+            lo = c
+    return (survival + 0.5 * (lo + hi)).clamp(p_min, 1.0)
+
+
+def select_kept(importance: Tensor, layout: list[dict], n_keep: int) -> list[int]:
+    """Indices of the blocks ``sdprune prune --keep-blocks n_keep`` would keep if survival
+    ranked them like ``importance``: the same selection code, so the two always agree."""
+
+    rows = [{**row, "survival": float(v)} for row, v in zip(layout, importance)]
+    kept = set(select_blocks(rows, "survival", keep_blocks=n_keep))
+    return [i for i, row in enumerate(layout) if row["name"] in kept]
+
+
+class LearnedSurvival:
+    """Owns the survival probabilities of a model during training (see module doc)."""
+
+    def __init__(self, model: nn.Module, config, input_shape: tuple[int, int, int]) -> None:
+
+        self.model = model
+        self.layout = block_layout(model, input_shape)
+        self.names = [row["name"] for row in self.layout]
+        n = len(self.names)
+        flops = torch.tensor([float(row["flops"]) for row in self.layout])
+        self.weights = flops if float(flops.sum()) > 0 else torch.ones(n)
+        linear = torch.tensor(survival_schedule("linear", n, config.p_last))
+        self.target = config.target_survival if config.target_survival is not None \
+            else budget_mean(linear, self.weights)
+        self.p_min = config.p_min
+        self.n_keep = target_count(n, config.target_keep, None) if config.target_keep is not None else None
+        self.total_steps = None  # set by the trainer through observe()
+        initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
+        set_survival(model, initial.tolist())
+        self.current = initial.double()  # CPU copy: reading the buffers back would sync a GPU
+        # regression sufficient statistics over x = [1, g_1..g_L, t]
+        self.xtx = torch.zeros(n + 2, n + 2, dtype=torch.float64)
+        self.xty = torch.zeros(n + 2, dtype=torch.float64)
+        self.importance = torch.zeros(n, dtype=torch.float64)
+        self.excluded: list[int] = []
+
+    # -- the trainer's hooks ---------------------------------------------------------
+    def observe(self, step: int, gates: Tensor, loss: float, progress: float,
+                total_steps: int) -> Tensor | None:
+        """Record one step's natural experiment; after warm-up, move the survivals.
+
+        Returns the new survival probabilities when they changed (for the gate sampler).
+        """
+        n = len(self.names)
+        if n == 0:
+            return None
+        g = gates.double() if gates.dim() == 1 else gates.double().mean(dim=1)
+        x = torch.cat([torch.ones(1, dtype=torch.float64), g, torch.tensor([step / total_steps], dtype=torch.float64)])
+        decay = 0.5 ** (1.0 / max(1.0, HALF_LIFE * total_steps))
+        self.xtx.mul_(decay).add_(torch.outer(x, x))
+        self.xty.mul_(decay).add_(x * loss)
+        every = max(1, total_steps // 400)
+        if progress < WARMUP or step % every:
+            return None
+        ridge = RIDGE * (float(self.xtx.diagonal().mean()) + 1e-12)
+        coef = torch.linalg.solve(self.xtx + ridge * torch.eye(n + 2, dtype=torch.float64), self.xty)
+        self.importance = -coef[1:n + 1]
+        rate = min(1.0, every / max(1.0, RELAX * total_steps))
+        new = self.current + rate * (self.targets(progress) - self.current)
+        if progress >= ANNEAL_END and self.excluded:
+            new[self.excluded] = 0.0  # exactly 0: these blocks now evaluate as removed
+        self.current = new
+        set_survival(self.model, new.tolist())
+        return new
+
+    def targets(self, progress: float) -> Tensor:
+        """Target survival of every block at this point of training."""
+        imp = self.importance.float()
+        spread = float((imp - imp.median()).abs().median()) * 1.4826 + 1e-8  # robust std
+        scores = (imp - imp.median()) / spread
+        w = self.weights
+        if self.n_keep is None:
+            return fit_budget(scores, self.target, w, self.p_min).double()
+        if progress < ANNEAL_END or not self.excluded:
+            kept = select_kept(imp, self.layout, self.n_keep)
+            self.excluded = [i for i in range(len(imp)) if i not in kept]
+        kept = [i for i in range(len(imp)) if i not in self.excluded]
+        p = torch.zeros(len(imp))
+        p[kept] = fit_budget(scores[kept], self.target, w[kept], self.p_min)
+        anneal = max(0.0, 1.0 - (progress - WARMUP) / (ANNEAL_END - WARMUP))
+        if self.excluded:
+            ex = torch.tensor(self.excluded)
+            p[ex] = anneal * fit_budget(scores, self.target, w, self.p_min)[ex]
+        return p.double()
+
+    # -- resume ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"xtx": self.xtx, "xty": self.xty, "importance": self.importance,
+                "excluded": list(self.excluded), "target": self.target}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.xtx, self.xty = state["xtx"].clone(), state["xty"].clone()
+        self.importance = state["importance"].clone()
+        self.excluded = list(state["excluded"])
+        self.target = float(state["target"])
+        self.current = torch.tensor(get_survival(self.model), dtype=torch.float64)  # restored weights
+
+    def summary(self) -> dict:
+        return {"importance": [round(float(v), 6) for v in self.importance],
+                "target_survival": self.target, "excluded": [self.names[i] for i in self.excluded]}

@@ -1,0 +1,49 @@
+"""Survival schedules: the initial p_l of every block, and reading / writing them on a model.
+
+``linear`` is the paper's rule p_l = 1 - (l / L)(1 - p_L); ``uniform`` gives every block
+p_L; ``none`` is the plain baseline (p = 1 on the same code path); ``learned`` starts
+from the linear rule and adapts during training (``sdprune.depth.learned``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from sdprune.depth.structure import gated_blocks
+from sdprune.errors import SdpruneError
+
+SCHEDULES = ("linear", "uniform", "none", "learned")
+
+
+def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:
+    """Initial survival probabilities p_1..p_L for a schedule.
+
+    ``linear`` is the paper's rule p_l = 1 - (l / L) (1 - p_L); ``uniform`` gives every
+    block p_L; ``none`` is the plain baseline (p = 1, same code path). ``learned`` starts
+    from the linear rule and adapts during training (see ``sdprune.survival``).
+    """
+    if name not in SCHEDULES:
+        raise SdpruneError(f"unknown survival schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    if not 0.0 < p_last <= 1.0:
+        raise SdpruneError(f"--p-last must be in (0, 1], got {p_last}")
+    if name == "none":
+        return [1.0] * num_blocks
+    if name == "uniform":
+        return [p_last] * num_blocks
+    return [1.0 - (l / num_blocks) * (1.0 - p_last) for l in range(1, num_blocks + 1)]
+
+
+def get_survival(model: nn.Module) -> list[float]:
+    """The survival probability of each gated block, in forward order."""
+    return [float(block.survival) for _, block in gated_blocks(model)]
+
+
+def set_survival(model: nn.Module, survival: Sequence[float]) -> None:
+    """Write survival probabilities into the blocks (they scale the branch in eval mode)."""
+    blocks = gated_blocks(model)
+    if len(blocks) != len(survival):
+        raise ValueError(f"{len(survival)} survival values for {len(blocks)} blocks")
+    for (_, block), p in zip(blocks, survival):
+        block.survival.fill_(float(p))

@@ -1,0 +1,107 @@
+"""The structure of a gated network: its blocks in order, their layout, and removing them.
+
+Every architecture exposes its prunable units as ``GatedBlock`` modules, so everything
+here works on any registered network without knowing which one it is. These are the
+structural operations both training (the learned-survival controller needs the layout)
+and pruning (removal) build on, so they live beside the block, below both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from sdprune.depth.block import GatedBlock, PrunedBlock
+from sdprune.errors import SdpruneError
+
+
+def gated_blocks(model: nn.Module) -> list[tuple[str, GatedBlock]]:
+    """The model's gated blocks in forward order, as (qualified name, module) pairs."""
+    return list(_iter_gated(model))
+
+
+def _iter_gated(model: nn.Module) -> Iterator[tuple[str, GatedBlock]]:
+    for name, module in model.named_modules():
+        if isinstance(module, GatedBlock):
+            yield name, module
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Replace each named block by act(shortcut(x)), in place; returns the model.
+
+    A block whose shortcut and activation are both identities becomes ``nn.Identity``;
+    otherwise its shortcut (a projection keeps its parameters) and activation remain.
+    The branch and its parameters leave the module tree.
+    """
+    names = list(names)
+    blocks = dict(gated_blocks(model))
+    missing = [n for n in names if n not in blocks]
+    if missing:
+        raise SdpruneError(f"no gated block named {missing[0]!r} in this model")
+    for name in names:
+        block = blocks[name]
+        trivial = isinstance(block.shortcut, nn.Identity) and isinstance(block.act, nn.Identity)
+        replacement = nn.Identity() if trivial else PrunedBlock(block.shortcut, block.act)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, replacement)
+    return model
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Names of the gated blocks still in the model, in forward order."""
+    return [name for name, _ in gated_blocks(model)]
+
+
+def block_layout(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Structure of each gated block: stage, index in stage, transition, params, FLOPs.
+
+    A stage is a run of consecutive blocks with the same output shape, so every
+    architecture gets the same notion without naming its modules; a transition block
+    changes the shape (removing it leaves its projection shortcut in place).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    blocks = gated_blocks(model)
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = [b.register_forward_hook(_shape_hook(shapes, n)) for n, b in blocks]
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    rows, stage, index, previous = [], -1, 0, None
+    for position, (name, block) in enumerate(blocks):
+        shape_in, shape_out = shapes[name]
+        if shape_out != previous:
+            stage, index = stage + 1, 0
+        previous = shape_out
+        rows.append({
+            "name": name, "stage": stage, "index": index, "position": position,
+            "transition": shape_in != shape_out,
+            "survival": float(block.survival),
+            "params": sum(p.numel() for p in block.branch.parameters()),
+            "flops": int(sum(counts.get(f"{root}.{name}.branch", {}).values())),
+            "block_flops": int(sum(counts.get(f"{root}.{name}", {}).values())),
+        })
+        index += 1
+    total = int(counter.get_total_flops())
+    for row in rows:
+        row["model_flops"] = total
+    return rows
+
+
+def _shape_hook(store: dict, name: str):
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        store[name] = (tuple(args[0].shape[1:]), tuple(output.shape[1:]))
+    return hook

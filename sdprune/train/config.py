@@ -1,0 +1,140 @@
+"""Training hyperparameters in one place (with units), TOML recipes and CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdprune.depth.gates import DROP_MODES
+from sdprune.depth.schedule import SCHEDULES
+from sdprune.errors import SdpruneError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # what to train
+    model: str = "resnet32"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None          # pixels; imagefolder / synthetic only
+    # optimisation (the paper's: SGD, Nesterov 0.9, wd 1e-4, lr 0.1 / 10 at 50% and 75%)
+    epochs: int = 30
+    batch_size: int = 64                   # images per step (the paper: 128; recipes set it)
+    lr: float = 0.1                        # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lr_schedule: str = "step"              # "step" (divide by 10 at milestones) or "cosine"
+    lr_milestones: tuple[int, ...] | None = None  # epochs; None = 50% and 75% of training
+    warmup_epochs: float = 0.0             # linear warm-up, epochs
+    label_smoothing: float = 0.0
+    # stochastic depth
+    survival: str = "linear"               # linear | uniform | none | learned
+    p_last: float = 0.5                    # p_L of the linear rule, p of uniform
+    drop_mode: str = "batch"               # batch (skips compute) | row (per-sample mask)
+    target_survival: float | None = None   # learned: mean survival budget (None: linear's mean)
+    target_keep: float | None = None       # learned, prune-aware: fraction of blocks to keep
+    p_min: float = 0.05                    # learned: lower bound of a survival probability
+    # run
+    seed: int = 0
+    workers: int = 0                       # image decoding processes (imagefolder)
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    amp: bool = True                       # bfloat16 autocast on CUDA (ignored on the CPU)
+    channels_last: bool = True             # on CUDA
+    eval_batch_size: int = 512
+    out: str | None = None                 # run folder; None = runs/<model>-<dataset>-<survival>-<time>
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones) if self.lr_milestones is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SdpruneError(f"unknown config key(s): {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("lr_milestones") is not None:
+            d["lr_milestones"] = tuple(int(m) for m in d["lr_milestones"])
+        return cls(**d)
+
+
+def validate(c: TrainConfig) -> None:
+    """Reject values no run can use, with a message that names the flag."""
+
+    def bad(msg: str) -> None:
+        raise SdpruneError(msg)
+
+    if c.epochs < 1:
+        bad(f"--epochs must be at least 1, got {c.epochs}")
+    if c.batch_size < 1 or c.eval_batch_size < 1:
+        bad("--batch-size must be at least 1")
+    if not (c.lr > 0 and math.isfinite(c.lr)):
+        bad(f"--lr must be a positive number, got {c.lr}")
+    if not 0.0 < c.p_last <= 1.0:
+        bad(f"--p-last must be in (0, 1], got {c.p_last}")
+    if c.survival not in SCHEDULES:
+        bad(f"--survival must be one of {', '.join(SCHEDULES)}, got {c.survival!r}")
+    if c.drop_mode not in DROP_MODES:
+        bad(f"--drop-mode must be one of {', '.join(DROP_MODES)}, got {c.drop_mode!r}")
+    if c.lr_schedule not in ("step", "cosine"):
+        bad(f"--lr-schedule must be step or cosine, got {c.lr_schedule!r}")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        bad(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+    for flag, value in (("--target-survival", c.target_survival), ("--target-keep", c.target_keep)):
+        if value is not None:
+            if not 0.0 < value <= 1.0:  # also rejects NaN
+                bad(f"{flag} must be in (0, 1], got {value}")
+            if c.survival != "learned":
+                bad(f"{flag} needs --survival learned (got --survival {c.survival})")
+    if c.workers < 0:
+        bad(f"--workers must be >= 0, got {c.workers}")
+    if not 0.0 <= c.p_min < 1.0:
+        bad(f"--p-min must be in [0, 1), got {c.p_min}")
+    if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):
+        bad("--lr-milestones must be epochs >= 0")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe: flat keys named like TrainConfig fields."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SdpruneError(f"recipe {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SdpruneError(f"recipe {path} is not valid TOML: {err}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SdpruneError(f"recipe {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < recipe < command-line flags (None in overrides means 'not given')."""
+    values: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+__all__ = ["TrainConfig", "config_fields", "load_recipe", "resolve_config", "validate"]

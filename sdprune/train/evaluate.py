@@ -1,0 +1,87 @@
+"""Accuracy and loss of a network on an ImageSet (eval mode, deterministic)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sdprune.data.bundle import data_for_checkpoint
+from sdprune.data.images import ImageSet, iterate_batches, normalize
+from sdprune.depth.structure import block_names
+from sdprune.errors import SdpruneError
+from sdprune.nets.measure import size_of
+from sdprune.report import Reporter
+from sdprune.train.checkpoint import build_model, load_checkpoint
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SdpruneError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SdpruneError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
+            device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
+    """Logits (float32, CPU) for every image of ``data``, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for images, _ in iterate_batches(data, batch_size):
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def score_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy (in %) of logits against labels."""
+    if labels.numel() == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    return {"loss": float(F.cross_entropy(logits, labels)),
+            "acc": 100.0 * float((logits.argmax(1) == labels).float().mean())}
+
+
+def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
+             device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, float]:
+    """Loss and top-1 accuracy (%) of ``model`` on ``data``."""
+    return score_logits(predict(model, data, mean, std, device, batch_size), data.labels)
+
+
+def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict:
+    """Loss and accuracy on the validation slice and the test split of a DataBundle."""
+    return {split: evaluate(model, getattr(data, split), data.mean, data.std, device, batch_size)
+            for split in ("val", "test")}
+
+
+def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None = None,
+                        device: str = "auto", batch_size: int = 512,
+                        reporter=None) -> dict:
+    """Accuracy and loss of a full or pruned checkpoint on a dataset's test split and
+    validation slice, with parameters and FLOPs."""
+
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    dev = resolve_device(device)
+    model = build_model(ckpt).to(dev)
+    data = data_for_checkpoint(meta, dataset, data_dir)
+    if len(data.classes) != meta["model"]["num_classes"]:
+        raise SdpruneError(f"dataset {data.name} has {len(data.classes)} classes, the model predicts "
+                           f"{meta['model']['num_classes']}")
+    (reporter or Reporter(quiet=True)).info(f"evaluating {ckpt['path']} on {data.name}")
+    result = assess(model, data, dev, batch_size)
+    blocks = block_names(model)
+    return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
+            "dataset": data.name, "test": result["test"], "val": result["val"],
+            "images": {"test": len(data.test), "val": len(data.val)},
+            "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
+            **size_of(model, data.input_shape)}

@@ -1,0 +1,151 @@
+"""The training loop: stochastic depth that really skips compute, resumable exactly.
+
+Determinism contract (CPU): the data order of epoch e comes from a generator seeded by
+(seed, e), every augmentation draw and every gate of step s from generators seeded by
+(seed, s). A run resumed from its epoch-e checkpoint therefore sees the same batches,
+crops and gates as an uninterrupted one and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sdprune import __version__
+from sdprune.data.augment import augment
+from sdprune.data.bundle import DataBundle
+from sdprune.data.images import normalize, num_batches
+from sdprune.depth.gates import GateSampler, step_seed
+from sdprune.depth.learned import LearnedSurvival
+from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
+from sdprune.depth.structure import gated_blocks
+from sdprune.errors import SdpruneError
+from sdprune.nets.registry import create_model
+from sdprune.train.config import TrainConfig
+
+AUGMENT_STREAM, ORDER_STREAM = 0x5EED_A116, 0x5EED_0D3E  # independent seeds per purpose
+
+
+def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at an optimisation step (schedules are functions of the step)."""
+    epoch = step / steps_per_epoch
+    if config.warmup_epochs > 0 and epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1 / steps_per_epoch) / config.warmup_epochs
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, epoch / config.epochs)))
+    milestones = config.lr_milestones
+    if milestones is None:
+        milestones = (int(round(0.5 * config.epochs)), int(round(0.75 * config.epochs)))
+    return config.lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, **state: Any) -> dict:
+    """Everything needed to rebuild the model and know what it is, JSON-able."""
+    c, h, w = data.input_shape
+    return {
+        "sdprune_version": __version__,
+        "kind": "train",
+        "model": {"name": config.model, "num_classes": len(data.classes), "in_channels": c, "kwargs": {}},
+        "data": data.meta(),
+        "blocks": [name for name, _ in gated_blocks(model)],
+        "removed": [],
+        "survival": get_survival(model),
+        "config": config.to_dict(),
+        **state,
+    }
+
+
+@dataclass
+class StepResult:
+    loss: float      # mean loss of the batch
+    correct: int     # top-1 hits in the batch
+    executed: float  # branches computed this step
+    lr: float
+
+
+@dataclass
+class Trainer:
+    """One configured training: model, optimizer, gates and (learned) survival.
+
+    ``step`` is exactly one optimisation step of `sdprune train`; the B1 benchmark times
+    this same method, so what it measures is what users run.
+    """
+    config: TrainConfig
+    data: DataBundle
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: GateSampler
+    controller: Any = None          # LearnedSurvival for --survival learned
+    steps_per_epoch: int = 1
+    gen_aug: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def step(self, step: int, images: Tensor, labels: Tensor) -> StepResult:
+        config, device = self.config, self.device
+        lr = lr_at(config, step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
+        images = augment(images, self.data.augment, self.gen_aug)
+        x = normalize(images.to(device, non_blocking=True), self.data.mean, self.data.std)
+        y = labels.to(device, non_blocking=True)
+        if device.type == "cuda" and config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        gates = self.sampler.apply(step, len(y), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss_value = float(loss.detach())  # one sync per step: needed for divergence and learning
+        if not math.isfinite(loss_value):
+            raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+        if self.controller is not None:
+            changed = self.controller.observe(step, gates, loss_value, step / self.total_steps, self.total_steps)
+            if changed is not None:
+                self.sampler.refresh(changed)
+        # Row mode computes every branch (the mask only zeroes rows): all blocks run.
+        executed = float(len(self.sampler.blocks)) if self.sampler.mode == "row" else float(gates.sum())
+        return StepResult(loss_value, int((logits.argmax(1) == y).sum()), executed, lr)
+
+
+def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
+                   steps_per_epoch: int | None = None) -> Trainer:
+    """Model (with its initial survival), optimizer, gate sampler and survival controller."""
+    torch.manual_seed(config.seed)  # weight initialisation
+    c, _, _ = data.input_shape
+    model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
+    set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
+    model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    # Weight decay on conv/linear weights only (BN and biases are not decayed).
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    controller = None
+    if config.survival == "learned":
+        controller = LearnedSurvival(model, config, data.input_shape)
+    sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
+    if steps_per_epoch is None:
+        steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=_drop_last(config, data))
+    return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch)
+
+
+def _drop_last(config: TrainConfig, data: DataBundle) -> bool:
+    return len(data.train) > config.batch_size  # a ragged last batch only when it is the only one
+
+

@@ -1,0 +1,154 @@
+"""`sdprune export`: verified ONNX of full and pruned checkpoints, export.json, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from sdprune.cli import main
+from sdprune.data.bundle import load_data
+from sdprune.depth.structure import remove_blocks
+from sdprune.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from sdprune.train.config import TrainConfig
+from sdprune.train.loop import train
+
+REMOVED = ["stages.0.1", "stages.1.2", "stages.2.1", "stages.2.2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A trained resnet20 run on digits and a pruned checkpoint of it (as `sdprune prune` lays out)."""
+    root = tmp_path_factory.mktemp("export-runs")
+    train(TrainConfig(model="resnet20", epochs=1, out=str(root / "r20")))
+    ckpt = load_checkpoint(root / "r20" / "checkpoint.pt")
+    model = remove_blocks(build_model(ckpt), REMOVED)
+    meta = {**ckpt["meta"], "kind": "pruned", "removed": REMOVED}
+    save_checkpoint(root / "r20" / "pruned-keep0.50" / "checkpoint.pt", model, meta)
+    return root
+
+
+def call(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if "--json" in argv and rc == 0 else None), err
+
+
+def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monkeypatch):
+    monkeypatch.setenv("SDPRUNE_RUNS", str(runs))
+    rc, record, err = call(capsys, "export", "--json", "--int8", "--calib-batches", "2", "--ort", "--samples", "96")
+    assert rc == 0, err  # and stdout held exactly one JSON object: the exporter's chatter was kept off it
+    out = runs / "r20" / "pruned-keep0.50" / "export"
+    assert record["checkpoint"] == str(out.parent / "checkpoint.pt") and record["kind"] == "pruned"
+    assert record["opset"] == 18 and record["exporter"] == "dynamo"
+    assert set(record["versions"]) == {"torch", "onnx", "onnxruntime"}
+    # parity on real test images at two batch sizes, within the default tolerance
+    rows = {r["batch"]: r for r in record["parity"]["batches"]}
+    assert set(rows) == {1, 64} and all(r["images"] == 96 for r in rows.values())
+    assert all(r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] >= 99.0 for r in rows.values())
+    assert record["parity"]["dataset"] == "digits" and record["parity"]["split"] == "test"
+    # every file is there, with the size and hash export.json gives
+    names = {f["name"] for f in record["files"]}
+    assert names == {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "required_operators.config"}
+    for f in record["files"]:
+        data = (out / f["name"]).read_bytes()
+        assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+    assert json.loads((out / "export.json").read_text()) == record
+    assert sorted(p.name for p in out.iterdir()) == sorted(names | {"export.json"})  # no staging left
+    # the blocks and the preprocessing a device needs
+    assert record["blocks"]["removed"] == REMOVED and len(record["blocks"]["kept"]) == 5
+    assert record["preprocessing"]["input_shape"] == [1, 8, 8] and len(record["preprocessing"]["mean"]) == 1
+    assert record["int8"]["calibration"]["batches"] == 2 and record["int8"]["size_ratio"] < 0.5
+    assert all(c["output_shape"] == [1, 10] for c in record["ort"]["checks"])
+    assert record["target"] == "arm" and record["ort"]["target_platform"] == "arm"
+    assert record["int8"]["activation_type"] == "QInt8" and not record["int8"]["reduce_range"]
+
+
+def test_full_export_graph_metadata_size_and_stale_files(runs, capsys):
+    out = runs / "r20" / "export"
+    out.mkdir(exist_ok=True)
+    # a previous export that also made an int8 file: this one does not, so it must not linger
+    (out / "model.int8.onnx").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    (out / "export.json").write_text(json.dumps({"files": [{"name": "model.int8.onnx"}]}))
+    rc, record, err = call(capsys, "export", str(runs / "r20"), "--json", "--samples", "16")
+    assert rc == 0, err
+    assert record["kind"] == "train" and record["blocks"]["removed"] == []
+    assert not (out / "model.int8.onnx").exists() and (out / "notes.txt").read_text() == "mine"
+    proto = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert not {n.op_type for n in proto.graph.node} & {"Dropout", "Bernoulli", "RandomUniform", "RandomUniformLike"}
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert not list(out.glob("*.data"))  # one self-contained file
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = load_checkpoint(runs / "r20" / "checkpoint.pt")["meta"]
+    assert json.loads(props["classes"]) == meta["data"]["classes"]
+    assert json.loads(props["mean"]) == meta["data"]["mean"] and json.loads(props["std"]) == meta["data"]["std"]
+    assert json.loads(props["kept_blocks"]) == meta["blocks"] and props["sdprune_version"]
+    # the pruned model's file is smaller (4 of 9 blocks, most of them wide, are gone)
+    pruned = runs / "r20" / "pruned-keep0.50" / "export" / "model.onnx"
+    if not pruned.exists():  # this test may run alone
+        assert main(["export", str(pruned.parent.parent), "-q", "--samples", "16"]) == 0
+    assert pruned.stat().st_size < 0.75 * (out / "model.onnx").stat().st_size
+
+
+def test_parity_failure_leaves_no_model(runs, tmp_path, capsys):
+    out = tmp_path / "strict"
+    rc, _, err = call(capsys, "export", str(runs / "r20" / "pruned-keep0.50"), "--atol", "0", "--samples", "8", "-q",
+                      "--out", str(out))
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "parity check failed: max |logit diff|" in lines[0] and "> --atol 0" in lines[0]
+    assert not out.exists()  # no model, no staging folder, not even the folder it created
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+
+def _tiny_meta(data) -> dict:
+    return {"model": {"name": "tiny"}, "data": data.meta(), "blocks": [], "removed": []}
+
+
+def test_torchscript_exporter_is_the_fallback(monkeypatch, tmp_path):
+    from sdprune.deploy.export import export_onnx
+
+    data = load_data("digits")
+    model, meta = _tiny(), _tiny_meta(data)
+    real_export = torch.onnx.export
+
+    def dynamo_breaks(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("unsupported op")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
+    record = export_onnx(model, meta, tmp_path, data=data, samples=8)
+    assert record["exporter"] == "torchscript" and record["parity"]["ok"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("case", ["missing", "foreign", "opset", "atol", "unwritable"])
+def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys, case):
+    ckpt = str(runs / "r20" / "checkpoint.pt")
+    out = tmp_path / "out"
+    argv = {"missing": ["export", str(tmp_path / "nope.pt"), "--out", str(out)],
+            "foreign": ["export", str(tmp_path / "foreign.pt"), "--out", str(out)],
+            "opset": ["export", ckpt, "--opset", "13", "--out", str(out)],
+            "atol": ["export", ckpt, "--atol", "-1", "--out", str(out)],
+            "unwritable": ["export", ckpt, "--out", str(tmp_path / "a-file" / "out")]}[case]
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "a-file").write_text("x")
+    rc, _, err = call(capsys, *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sdprune export: error:")
+    assert {"missing": "not found", "foreign": "not a readable sdprune checkpoint",
+            "opset": "--opset 13", "atol": "--atol must be >= 0", "unwritable": "cannot write to output folder"}[case] in lines[0]
+    assert not out.exists()

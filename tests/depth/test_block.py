@@ -1,0 +1,159 @@
+"""The gated residual block: skipped branches cost nothing, eval is the expected value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdprune.depth.block import GatedBlock, PrunedBlock
+from sdprune.depth.gates import GateSampler
+from sdprune.depth.schedule import set_survival, survival_schedule
+from sdprune.depth.structure import gated_blocks, remove_blocks
+from sdprune.nets.cifar_resnet import basic_block
+from sdprune.nets.registry import create_model
+
+
+def count_calls(module: nn.Module) -> list[int]:
+    """Hook every submodule of ``module``; the returned list counts forward calls."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+    for m in module.modules():
+        m.register_forward_hook(hook)
+    return calls
+
+
+@pytest.fixture
+def block() -> GatedBlock:
+    torch.manual_seed(0)
+    return basic_block(8, 8, 1, "pad").train()
+
+
+@pytest.fixture
+def down_block() -> GatedBlock:
+    torch.manual_seed(1)
+    return basic_block(8, 16, 2, "pad").train()  # zero-padding projection shortcut
+
+
+def test_dropped_branch_runs_no_forward_and_gets_no_gradient(block):
+    calls = count_calls(block.branch)
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    block.gate = 0.0
+    y = block(x)
+    y.sum().backward()
+    assert calls[0] == 0
+    assert all(p.grad is None for p in block.branch.parameters())
+    assert torch.equal(y, F.relu(x))  # identity shortcut, ReLU
+    # BN running statistics of a skipped branch do not move either.
+    after = block.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("branch."))
+
+
+def test_kept_branch_runs_and_gets_gradients(block):
+    calls = count_calls(block.branch)
+    x = torch.randn(4, 8, 6, 6)
+    block.gate = 1.0
+    y = block(x)
+    y.sum().backward()
+    assert calls[0] > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.branch.parameters())
+    block.gate = None  # what plain training does; must compute the same function
+    assert torch.allclose(block(x), y)
+    assert torch.allclose(y, F.relu(x + block.branch(x)))
+
+
+def test_sampler_skips_exactly_the_closed_gates_of_a_resnet():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=3).train()
+    blocks = [b for _, b in gated_blocks(model)]
+    set_survival(model, survival_schedule("linear", len(blocks), 0.5))
+    counters = [count_calls(b.branch) for b in blocks]
+    sampler = GateSampler(model, "batch", seed=0)
+    step = next(s for s in range(100) if 0 < sampler.apply(s, 2).sum() < len(blocks))
+    gates = sampler.apply(step, 2).tolist()
+    F.cross_entropy(model(torch.randn(2, 3, 16, 16)), torch.tensor([1, 2])).backward()
+    for g, b, calls in zip(gates, blocks, counters):
+        assert (calls[0] > 0) == (g == 1.0)
+        assert all((p.grad is not None) == (g == 1.0) for p in b.branch.parameters())
+    # The stem and head always train.
+    assert all(p.grad is not None for p in model.stem.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_row_mode_masks_each_sample(down_block):
+    x = torch.randn(6, 8, 8, 8)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    down_block.gate = mask
+    y = down_block(x)
+    # Training-mode BN uses batch statistics: the branch sees the whole batch either way.
+    full = F.relu(down_block.shortcut(x) + down_block.branch(x))
+    skipped = F.relu(down_block.shortcut(x))
+    assert y.shape == (6, 16, 4, 4)
+    for i, m in enumerate(mask.tolist()):
+        assert torch.allclose(y[i], full[i] if m else skipped[i], atol=1e-6)
+
+
+def test_eval_ignores_gates_and_scales_the_branch_by_survival(down_block):
+    x = torch.randn(3, 8, 8, 8)
+    down_block(x)  # one training step's worth of BN statistics
+    down_block.survival.fill_(0.3)
+    down_block.gate = 0.0  # a trainer's leftover must not leak into eval
+    down_block.eval()
+    y1, y2 = down_block(x), down_block(x)
+    assert torch.equal(y1, y2)
+    expected = F.relu(down_block.shortcut(x) + 0.3 * down_block.branch(x))
+    assert torch.allclose(y1, expected, atol=1e-6)
+    down_block.gate = torch.ones(3)
+    assert torch.equal(down_block(x), y1)
+
+
+def test_eval_of_a_whole_net_is_deterministic_and_gate_free():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    set_survival(model, survival_schedule("linear", 9, 0.5))
+    x = torch.randn(2, 1, 8, 8)
+    model.eval()
+    clean = model(x)
+    GateSampler(model, "batch", seed=0).apply(step=1, batch_size=2)  # leave gates installed
+    assert torch.equal(model(x), clean)
+    assert torch.equal(model(x), clean)
+
+
+@pytest.mark.parametrize("which", ["block", "down_block"])
+def test_removed_block_computes_act_of_shortcut(which, request):
+    gated = request.getfixturevalue(which).eval()
+    model = nn.Sequential(gated)
+    x = torch.randn(2, 8, 8, 8)
+    expected = F.relu(gated.shortcut(x))
+    remove_blocks(model, ["0"])
+    assert isinstance(model[0], PrunedBlock)
+    assert not any(isinstance(m, GatedBlock) for m in model.modules())
+    assert torch.equal(model(x), expected)
+
+
+def test_survival_zero_in_eval_equals_the_pruned_network():
+    # The paper's scaling rule makes "survival -> 0" and "removed" the same function.
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    names = [n for n, _ in gated_blocks(model)]
+    gone = [names[1], names[3], names[6]]  # includes stage 2's downsampling block
+    for name, b in gated_blocks(model):
+        b.survival.fill_(0.0 if name in gone else 0.7)
+    model.eval()
+    pruned = remove_blocks(copy.deepcopy(model), gone).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(model(x), pruned(x), atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_survival_is_a_buffer_saved_in_the_state_dict(block):
+    block.survival.fill_(0.4)
+    state = block.state_dict()
+    assert float(state["survival"]) == pytest.approx(0.4)
+    assert "survival" not in dict(block.named_parameters())

@@ -1,0 +1,114 @@
+"""Every registered architecture trains and evaluates; the adapters are faithful."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+
+from sdprune.depth.gates import GateSampler
+from sdprune.depth.schedule import set_survival
+from sdprune.depth.structure import gated_blocks
+from sdprune.errors import SdpruneError
+from sdprune.nets.measure import count_params
+from sdprune.nets.registry import create_model, describe_model, list_models, model_info
+
+BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's block counts
+    "resnet20": 9, "resnet32": 15, "resnet44": 21, "resnet56": 27, "resnet110": 54,
+    "resnet1202": 600, "cifar_resnet152": 75, "tv_resnet18": 8, "tv_resnet34": 16,
+    "tv_resnet50": 16, "tv_resnet101": 33, "tv_resnet152": 50, "mobilenet_v2": 10,
+}
+
+
+def tiny_side(name: str) -> int:
+    """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32."""
+    return 8 if model_info(name).default_input[-1] <= 32 else 32
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_channels,classes,mode", [(1, 3, "batch"), (3, 7, None)])
+def test_every_model_trains_and_evaluates(name, in_channels, classes, mode):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes, in_channels=in_channels).train()
+    blocks = gated_blocks(model)
+    if name in BLOCKS:
+        assert len(blocks) == BLOCKS[name]
+    assert len(blocks) > 0
+    side = tiny_side(name)
+    x = torch.randn(2, in_channels, side, side)
+    skipped: set[int] = set()
+    if mode is not None:  # half the blocks dropped, as stochastic depth does it
+        set_survival(model, [0.5] * len(blocks))
+        gates = GateSampler(model, mode, seed=0).apply(step=0, batch_size=2)
+        skipped = {id(p) for (_, b), g in zip(blocks, gates.tolist()) if g == 0.0
+                   for p in b.branch.parameters()}
+        assert 0 < len(skipped) < count_params(model)
+    logits = model(x)
+    assert logits.shape == (2, classes)
+    F.cross_entropy(logits, torch.tensor([0, classes - 1])).backward()
+    for p in model.parameters():
+        assert (p.grad is None) == (id(p) in skipped)
+        assert p.grad is None or bool(torch.isfinite(p.grad).all())
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, classes) and bool(torch.isfinite(out).all())
+        assert torch.equal(model(x), out)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_torchvision_adapters_compute_torchvisions_function(arch):
+    # Same layers in the same order: copying the weights across must give the same logits.
+    torch.manual_seed(0)
+    ours = create_model(arch if arch == "mobilenet_v2" else f"tv_{arch}", num_classes=5).eval()
+    theirs = getattr(tvm, arch)(weights=None, num_classes=5).eval()
+    src = [v for k, v in ours.state_dict().items() if not k.endswith("survival")]
+    dst = theirs.state_dict()
+    assert [v.shape for v in src] == [v.shape for v in dst.values()]
+    theirs.load_state_dict(dict(zip(dst, src)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    assert count_params(ours) == count_params(theirs)
+
+
+@pytest.mark.parametrize("name,blocks,params,mflops", [
+    ("resnet20", 9, 269_722, 81.10),      # He et al. 2016: 0.27M parameters
+    ("resnet110", 54, 1_727_962, 505.78),  # 1.7M
+    ("mobilenet_v2", 10, 2_236_682, 599.01),
+    ("tv_resnet18", 8, 11_181_642, 3627.13),
+])
+def test_describe_model_counts(name, blocks, params, mflops):
+    d = describe_model(name, num_classes=10)
+    assert d["name"] == name
+    assert d["blocks"] == blocks
+    assert d["params"] == params
+    assert d["flops"] / 1e6 == pytest.approx(mflops, abs=0.01)
+    assert d["input"] == list(model_info(name).default_input)
+
+
+def test_paper_parameter_counts_of_cifar_resnets():
+    # He et al. 2016, Table 6 (option A shortcuts): 0.46M, 0.66M, 0.85M; ResNet-1202 19.4M.
+    for name, millions in (("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85)):
+        assert count_params(create_model(name, 10)) / 1e6 == pytest.approx(millions, abs=0.005)
+
+
+def test_names_are_unambiguous():
+    names = list_models()
+    assert len(names) == len(set(names))
+    assert {"cifar_resnet152", "tv_resnet152"} <= set(names)
+    assert "resnet152" not in names  # two different 152-layer networks: no bare name
+    with pytest.raises(SdpruneError, match="did you mean"):
+        model_info("resnet152")
+    assert "not torchvision" in model_info("cifar_resnet152").description
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(SdpruneError, match="unknown model"):
+        create_model("resnet21", num_classes=10)
+    with pytest.raises(SdpruneError, match="positive"):
+        create_model("resnet20", num_classes=0)
+    with pytest.raises(SdpruneError, match="6n \\+ 2"):
+        from sdprune.nets.cifar_resnet import CifarResNet
+        CifarResNet(depth=21)

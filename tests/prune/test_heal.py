@@ -1,0 +1,117 @@
+"""Healing: BatchNorm re-estimation and distilled fine-tuning repair a damaged network."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sdprune.data.bundle import data_for_checkpoint
+from sdprune.data.images import iterate_batches, normalize
+from sdprune.depth.block import GatedBlock
+from sdprune.depth.structure import remove_blocks
+from sdprune.prune.heal import (
+    _deterministic_gates,
+    finetune,
+    heal_network,
+    recalibrate_bn,
+)
+from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.config import TrainConfig
+from sdprune.train.evaluate import evaluate
+from sdprune.train.loop import train
+
+CUT = ["stages.0.1", "stages.1.1", "stages.1.2", "stages.2.1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("heal") / "run"
+    train(TrainConfig(model="resnet20", epochs=3, out=str(out)))
+    ckpt = load_checkpoint(out)
+    return build_model(ckpt), data_for_checkpoint(ckpt["meta"])
+
+
+def damaged(trained):
+    model, data = trained
+    return remove_blocks(copy.deepcopy(model), CUT), data
+
+
+def test_bn_recalibration_heals_a_pruned_network(trained):
+    model, data = damaged(trained)
+    before = evaluate(model, data.val, data.mean, data.std)
+    seen = recalibrate_bn(model, data, "cpu", batches=10, batch_size=64)
+    after = evaluate(model, data.val, data.mean, data.std)
+    assert seen == 640
+    assert after["loss"] < before["loss"] - 0.05
+    assert not model.training
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_bn_statistics_are_a_cumulative_average_of_eval_time_activations(trained):
+    model, data = damaged(trained)
+    recalibrate_bn(model, data, "cpu", batches=3, batch_size=50, seed=7)
+    # the stem's BatchNorm must hold the plain mean of its inputs over the 3 batches
+    gen = torch.Generator().manual_seed(7)
+    batches = [images for _, (images, _) in zip(range(3), iterate_batches(data.train, 50, gen))]
+    with torch.no_grad():
+        conv = model.stem[0](normalize(torch.cat(batches), data.mean, data.std))
+    assert torch.allclose(model.stem[1].running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_deterministic_gates_train_the_evaluated_function():
+    torch.manual_seed(0)
+    block = GatedBlock(torch.nn.Linear(4, 4))
+    block.survival.fill_(0.25)
+    x = torch.randn(3, 4)
+    expected = block.eval()(x)
+    block.train()
+    block.gate = 0.0
+    with _deterministic_gates(block):
+        assert torch.allclose(block(x), expected)
+        assert block.branch.training  # children keep their training mode
+    assert block.training and block.gate == 0.0
+
+
+def test_distilled_finetune_improves_a_damaged_network(trained):
+    teacher, _ = trained
+    model, data = damaged(trained)
+    recalibrate_bn(model, data, "cpu", batches=10)
+    before = evaluate(model, data.val, data.mean, data.std)
+    result = finetune(model, teacher, data, epochs=1, device="cpu", lr=0.02, batch_size=64)
+    after = evaluate(model, data.val, data.mean, data.std)
+    assert result["steps"] == len(data.train) // 64
+    assert after["loss"] < before["loss"] and after["acc"] >= before["acc"]
+    assert not model.training
+    # the teacher is only read
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
+                                                  trained[0].state_dict().values()))
+
+
+def test_finetune_without_distillation_and_its_guard(trained):
+    model, data = damaged(trained)
+    result = finetune(model, None, data, epochs=0.25, device="cpu", distill=False, batch_size=64)
+    assert result["steps"] == round(0.25 * (len(data.train) // 64)) and result["loss"] > 0
+    with pytest.raises(ValueError):
+        finetune(model, None, data, epochs=0.1, distill=True)
+
+
+def test_heal_network_runs_bn_then_finetune_then_bn_again(trained):
+    model, data = damaged(trained)
+    untouched = copy.deepcopy(model)
+    assert heal_network(model, data, "cpu", bn=False, finetune_epochs=0) is None
+    for a, b in zip(model.state_dict().values(), untouched.state_dict().values()):
+        assert torch.equal(a, b)  # nothing asked, nothing done
+    healed = copy.deepcopy(model)
+    assert heal_network(healed, data, "cpu", bn=True, finetune_epochs=0) is None
+    bn_only = evaluate(healed, data.val, data.mean, data.std)
+    assert bn_only["loss"] < evaluate(model, data.val, data.mean, data.std)["loss"]
+    tuned = heal_network(model, data, "cpu", bn=True, finetune_epochs=0.5, teacher=trained[0])
+    assert tuned is not None and tuned["steps"] > 0
+    # The last step re-estimated BN exactly: doing it again changes nothing.
+    again = copy.deepcopy(model)
+    recalibrate_bn(again, data, "cpu")
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        if "running" in name:
+            assert torch.allclose(a, b, atol=1e-5), name

@@ -1,0 +1,124 @@
+"""Training configuration: recipes, command-line overrides, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdprune.errors import SdpruneError
+from sdprune.train.config import TrainConfig, resolve_config
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+RECIPES = sorted(MODELS.glob("*.toml"))
+
+
+def test_there_are_recipes():
+    names = {p.name for p in RECIPES}
+    assert {"quickstart.toml", "cifar10-resnet110.toml", "cifar100-resnet110.toml",
+            "svhn-cifar_resnet152.toml", "fashion-mnist-resnet32.toml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_into_a_config(path):
+    config = resolve_config(str(path), {})
+    assert isinstance(config, TrainConfig)
+    assert path.read_text().startswith("#")  # every recipe says where it comes from
+    from sdprune.nets.registry import model_info
+    model_info(config.model)  # names a registered architecture
+
+
+def test_quickstart_is_the_default():
+    assert resolve_config(str(MODELS / "quickstart.toml"), {}) == TrainConfig()
+
+
+@pytest.mark.parametrize("name,dataset", [("cifar10-resnet110", "cifar10"), ("cifar100-resnet110", "cifar100")])
+def test_paper_cifar_recipes(name, dataset):
+    c = resolve_config(str(MODELS / f"{name}.toml"), {})
+    assert (c.model, c.dataset, c.epochs, c.batch_size) == ("resnet110", dataset, 500, 128)
+    assert (c.lr, c.lr_schedule, c.lr_milestones) == (0.1, "step", (250, 375))
+    assert (c.momentum, c.nesterov, c.weight_decay) == (0.9, True, 1e-4)
+    assert (c.survival, c.p_last, c.drop_mode) == ("linear", 0.5, "batch")
+
+
+def test_paper_svhn_recipe():
+    c = resolve_config(str(MODELS / "svhn-cifar_resnet152.toml"), {})
+    assert (c.model, c.dataset, c.epochs, c.batch_size) == ("cifar_resnet152", "svhn", 50, 128)
+    assert (c.lr, c.lr_milestones, c.survival, c.p_last) == (0.1, (30, 35), "linear", 0.5)
+    assert (c.momentum, c.nesterov, c.weight_decay, c.drop_mode) == (0.9, True, 1e-4, "batch")
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_flags_override_the_recipe_which_overrides_defaults(tmp_path):
+    recipe = write(tmp_path, 'model = "resnet56"\nepochs = 7\np_last = 0.7\nlr_milestones = [3, 5]\n')
+    c = resolve_config(recipe, {"epochs": 2, "p_last": None, "seed": 4})
+    assert (c.model, c.epochs, c.p_last, c.seed, c.lr_milestones) == ("resnet56", 2, 0.7, 4, (3, 5))
+    assert c.batch_size == TrainConfig().batch_size
+
+
+def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
+    """Through the real parser and `sdprune train`'s own mapping from flags to config."""
+    import sdprune.train.loop
+    from sdprune.cli import build_parser
+    from sdprune.report import Reporter
+
+    seen = {}
+
+    def fake_train(config, reporter=None, resume=None):
+        seen["config"] = config
+        return {"final": {}}
+
+    monkeypatch.setattr(sdprune.train.loop, "train", fake_train)
+    recipe = write(tmp_path, 'model = "resnet56"\ndataset = "synthetic"\nepochs = 9\nlr = 0.05\n'
+                             'drop_mode = "row"\namp = true\n')
+    args = build_parser().parse_args(["train", "--recipe", recipe, "--epochs", "3", "--lr-milestones", "1,2",
+                                      "--no-amp", "--drop-mode", "batch", "--download"])
+    assert args.run(args, Reporter(quiet=True)) == 0
+    c = seen["config"]
+    assert (c.model, c.dataset, c.lr) == ("resnet56", "synthetic", 0.05)       # from the recipe
+    assert (c.epochs, c.lr_milestones, c.amp, c.drop_mode, c.download) == (3, (1, 2), False, "batch", True)
+    assert c.seed == 0                                                         # default
+
+
+@pytest.mark.parametrize("text,message", [
+    ('model = "resnet20"\nepoch = 3\n', "unknown key.*epoch"),
+    ('model = "resnet20"\nepochs = \n', "not valid TOML"),
+    ('epochs = 0\n', "--epochs"),
+    ('p_last = 1.5\n', "--p-last"),
+    ('survival = "cubic"\n', "--survival"),
+])
+def test_bad_recipes_are_rejected(tmp_path, text, message):
+    with pytest.raises(SdpruneError, match=message):
+        resolve_config(write(tmp_path, text), {})
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(SdpruneError, match="not found"):
+        resolve_config(str(tmp_path / "nope.toml"), {})
+
+
+@pytest.mark.parametrize("values,flag", [
+    ({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"), ({"lr": 0.0}, "--lr"),
+    ({"lr": float("nan")}, "--lr"), ({"p_last": 0.0}, "--p-last"), ({"p_last": 1.5}, "--p-last"),
+    ({"drop_mode": "pixel"}, "--drop-mode"), ({"lr_schedule": "poly"}, "--lr-schedule"),
+    ({"label_smoothing": 1.0}, "--label-smoothing"), ({"target_keep": 0.5}, "needs --survival learned"),
+    ({"survival": "learned", "target_survival": 0.0}, "--target-survival"), ({"p_min": 1.0}, "--p-min"),
+    ({"lr_milestones": (5, -1)}, "--lr-milestones"),
+])
+def test_validation_names_the_flag(values, flag):
+    with pytest.raises(SdpruneError, match=flag):
+        TrainConfig(**values)
+
+
+def test_config_round_trips_through_a_dict():
+    c = TrainConfig(model="resnet44", lr_milestones=(3, 4), survival="uniform", p_last=0.9)
+    d = c.to_dict()
+    assert d["lr_milestones"] == [3, 4]
+    assert TrainConfig.from_dict(d) == c
+    with pytest.raises(SdpruneError, match="unknown config key"):
+        TrainConfig.from_dict({**d, "colour": "red"})

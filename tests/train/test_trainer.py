@@ -1,0 +1,150 @@
+"""The training loop: exact resume, self-describing checkpoints, metrics, drop modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdprune.data.bundle import data_for_checkpoint
+from sdprune.depth.schedule import survival_schedule
+from sdprune.errors import SdpruneError
+from sdprune.report import Reporter
+from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.config import TrainConfig
+from sdprune.train.evaluate import evaluate
+from sdprune.train.loop import train
+from sdprune.train.trainer import lr_at
+
+FAST = dict(model="resnet20", dataset="digits", batch_size=128, device="cpu")
+TIMING = {"time_s", "images_per_s", "wall_s"}
+FIELDS = {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+          "test_acc", "time_s", "images_per_s", "executed_blocks", "survival"}
+
+
+class Interrupt(Reporter):
+    """Pretends the user pressed Ctrl-C right after epoch ``after`` was saved."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(quiet=True)
+        self.after = after
+
+    def info(self, message: str) -> None:
+        if message.startswith(f"epoch {self.after}/"):
+            raise KeyboardInterrupt
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Two uninterrupted epochs (linear survival, batch mode) shared by several tests."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    summary = train(TrainConfig(epochs=2, out=str(out), **FAST))
+    return out, summary
+
+
+def test_resume_continues_exactly(full_run, tmp_path):
+    full, full_summary = full_run
+    run = tmp_path / "run"
+    config = TrainConfig(epochs=2, out=str(run), **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, Interrupt(after=1))
+    assert load_checkpoint(run)["meta"]["epoch"] == 1 and len(metrics(run)) == 1
+    resumed = train(TrainConfig(), resume=run)  # the run's own config, not this one, applies
+    a, b = load_checkpoint(full), load_checkpoint(run)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+    assert [untimed(r) for r in metrics(full)] == [untimed(r) for r in metrics(run)]
+    assert untimed(resumed["final"]) == untimed(full_summary["final"])
+    assert a["meta"]["step"] == b["meta"]["step"] == 20
+    # Only the device (and workers) may change on resume; the saved config says what ran.
+    assert json.loads((run / "config.json").read_text()) == {**config.to_dict(), "device": "auto"}
+
+
+def test_checkpoint_is_safe_and_rebuilds_the_model(full_run):
+    run, summary = full_run
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert raw["format"] == "sdprune-checkpoint"
+    meta = raw["meta"]
+    assert meta["kind"] == "train" and meta["epoch"] == 2 and meta["removed"] == []
+    assert meta["model"] == {"name": "resnet20", "num_classes": 10, "in_channels": 1, "kwargs": {}}
+    assert meta["data"]["input_shape"] == [1, 8, 8] and len(meta["data"]["classes"]) == 10
+    assert len(meta["blocks"]) == 9 and meta["blocks"][0] == "stages.0.0"
+    assert meta["survival"] == pytest.approx(survival_schedule("linear", 9, 0.5))
+    assert TrainConfig.from_dict(meta["config"]) == TrainConfig(epochs=2, out=str(run), **FAST)
+    json.dumps(meta)
+    model = build_model(load_checkpoint(run))
+    assert not model.training
+    data = data_for_checkpoint(meta)
+    result = evaluate(model, data.test, data.mean, data.std)
+    assert result["acc"] == pytest.approx(summary["final"]["test_acc"])
+    assert result["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-5)
+
+
+def test_metrics_have_one_line_per_epoch_with_the_documented_fields(full_run):
+    run, summary = full_run
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [10, 20]
+    for r in rows:
+        assert FIELDS <= set(r)
+        assert 0 <= r["train_acc"] <= 100 and 0 <= r["val_acc"] <= 100 and r["time_s"] > 0
+        assert 0 < r["executed_blocks"] < 9  # stochastic depth ran fewer blocks than 9
+        assert len(r["survival"]) == 9
+    assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] == pytest.approx(0.01)
+    assert summary["final"] == {k: v for k, v in rows[-1].items() if k in summary["final"]}
+    assert summary["blocks"] == 9 and summary["checkpoint"] == str(run / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("survival,mode", [("none", "batch"), ("linear", "row"), ("uniform", "batch")])
+def test_other_schedules_and_row_mode_train(tmp_path, survival, mode):
+    config = TrainConfig(epochs=1, survival=survival, drop_mode=mode, p_last=0.8,
+                         out=str(tmp_path / "run"), **FAST)
+    summary = train(config)
+    row = metrics(tmp_path / "run")[0]
+    assert summary["final"]["train_loss"] == pytest.approx(row["train_loss"])
+    assert torch.isfinite(torch.tensor(row["train_loss"]))
+    if survival == "none":
+        assert row["executed_blocks"] == 9.0 and row["survival"] == [1.0] * 9
+    elif mode == "row":  # a per-sample mask still computes every branch
+        assert row["executed_blocks"] == 9.0 and row["survival"] != [1.0] * 9
+    else:
+        assert 0 < row["executed_blocks"] < 9
+    meta = load_checkpoint(tmp_path / "run")["meta"]
+    assert meta["config"]["drop_mode"] == mode and meta["config"]["survival"] == survival
+
+
+def test_a_run_folder_is_never_overwritten(full_run):
+    run, _ = full_run
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(SdpruneError, match="already holds a run"):
+        train(TrainConfig(epochs=1, out=str(run), **FAST))
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SdpruneError, match="not a readable sdprune checkpoint"):
+        train(TrainConfig(), resume=bad)
+
+
+def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
+    c = TrainConfig(epochs=8, lr=0.4)
+    assert [lr_at(c, e * 10, 10) for e in (0, 3, 4, 5, 6, 7)] == pytest.approx([0.4, 0.4, 0.04, 0.04, 0.004, 0.004])
+    paper = TrainConfig(epochs=500, lr_milestones=(250, 375))
+    assert lr_at(paper, 249 * 391 + 390, 391) == pytest.approx(0.1)
+    assert lr_at(paper, 250 * 391, 391) == pytest.approx(0.01)
+    assert lr_at(paper, 375 * 391, 391) == pytest.approx(0.001)
+    cosine = TrainConfig(epochs=4, lr_schedule="cosine")
+    assert lr_at(cosine, 0, 10) == pytest.approx(0.1) and lr_at(cosine, 20, 10) == pytest.approx(0.05)
