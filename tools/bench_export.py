@@ -28,19 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import torch  # noqa: E402
+import torch
 
-from sdprune.data.bundle import load_data  # noqa: E402
+from sdprune.data.bundle import load_data
 from sdprune.data.images import iterate_batches, normalize
-from sdprune.deploy.export import export_onnx  # noqa: E402
-from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name  # noqa: E402
-from sdprune.deploy.quantize import quantize_int8  # noqa: E402
-from sdprune.depth.structure import (
-    gated_blocks,  # noqa: E402
-    remove_blocks,  # noqa: E402
-)
-from sdprune.nets.registry import create_model  # noqa: E402
-from sdprune.report import Reporter, human  # noqa: E402
+from sdprune.deploy.export import export_onnx
+from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name
+from sdprune.deploy.quantize import quantize_int8
+from sdprune.depth.structure import gated_blocks, remove_blocks
+from sdprune.nets.registry import create_model
+from sdprune.report import Reporter, human
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
 HEADING = "## B3/B4"

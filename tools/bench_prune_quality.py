@@ -33,15 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdprune.data.bundle import data_for_checkpoint  # noqa: E402
-from sdprune.depth.select import CRITERIA, removed_blocks, select_blocks, target_count  # noqa: E402
-from sdprune.depth.structure import remove_blocks  # noqa: E402
-from sdprune.prune.heal import finetune, recalibrate_bn  # noqa: E402
-from sdprune.prune.stats import collect_stats  # noqa: E402
-from sdprune.train.checkpoint import build_model, load_checkpoint, write_json  # noqa: E402
-from sdprune.train.config import TrainConfig  # noqa: E402
-from sdprune.train.evaluate import assess  # noqa: E402
-from sdprune.train.loop import train  # noqa: E402
+from sdprune.data.bundle import data_for_checkpoint
+from sdprune.depth.select import CRITERIA, removed_blocks, select_blocks, target_count
+from sdprune.depth.structure import remove_blocks
+from sdprune.prune.heal import finetune, recalibrate_bn
+from sdprune.prune.stats import collect_stats
+from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.train.config import TrainConfig
+from sdprune.train.evaluate import assess
+from sdprune.train.loop import train
 
 # arm -> (survival schedule, prune-aware target keep)
 ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),

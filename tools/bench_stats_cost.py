@@ -20,15 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdprune.data.bundle import load_data  # noqa: E402
-from sdprune.depth.schedule import set_survival, survival_schedule  # noqa: E402
-from sdprune.depth.structure import (
-    block_layout,  # noqa: E402
-    gated_blocks,  # noqa: E402
-)
-from sdprune.nets.registry import create_model  # noqa: E402
+from sdprune.data.bundle import load_data
+from sdprune.depth.schedule import set_survival, survival_schedule
+from sdprune.depth.structure import block_layout, gated_blocks
+from sdprune.nets.registry import create_model
 from sdprune.prune.stats import ablation_flop_ratio, collect_stats
-from sdprune.train.evaluate import evaluate, resolve_device  # noqa: E402
+from sdprune.train.evaluate import evaluate, resolve_device
 
 
 def main(argv=None) -> int:

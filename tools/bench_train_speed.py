@@ -35,12 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import torch  # noqa: E402
+import torch
 
-from sdprune.data.bundle import load_data  # noqa: E402
-from sdprune.train.config import TrainConfig  # noqa: E402
-from sdprune.train.evaluate import resolve_device  # noqa: E402
-from sdprune.train.trainer import Trainer, build_training  # noqa: E402
+from sdprune.data.bundle import load_data
+from sdprune.train.config import TrainConfig
+from sdprune.train.evaluate import resolve_device
+from sdprune.train.trainer import Trainer, build_training
 
 ARMS = {  # name -> TrainConfig overrides
     "plain": {"survival": "none"},
