@@ -37,14 +37,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     settings and the platform the ORT-format files are optimised for.
     """
     from sdprune.data.bundle import data_for_checkpoint
-    from sdprune.deploy.export import (
-        DEFAULT_ATOL,
-        DEFAULT_OPSET,
-        DEFAULT_SAMPLES,
-        check_export_args,
-        export_onnx,
-        prepare_dir,
-    )
+    from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
+        prepare_dir)
     from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, TARGETS, quantize_int8
     from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 

@@ -5,11 +5,6 @@ The lowest layer of sdprune: it knows nothing of architectures, data, training o
 """
 
 from sdprune.depth.block import GatedBlock, PrunedBlock
-from sdprune.depth.structure import (
-    block_layout,
-    block_names,
-    gated_blocks,
-    remove_blocks,
-)
+from sdprune.depth.structure import block_layout, block_names, gated_blocks, remove_blocks
 
 __all__ = ["GatedBlock", "PrunedBlock", "block_layout", "block_names", "gated_blocks", "remove_blocks"]

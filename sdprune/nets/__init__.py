@@ -6,12 +6,6 @@ model modules register themselves when this package is imported.
 """
 
 from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401  (registration)
-from sdprune.nets.registry import (
-    ModelInfo,
-    create_model,
-    describe_model,
-    list_models,
-    model_info,
-)
+from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 
 __all__ = ["ModelInfo", "create_model", "describe_model", "list_models", "model_info"]

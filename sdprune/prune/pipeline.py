@@ -17,24 +17,14 @@ from torch import nn
 
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.depth.schedule import get_survival
-from sdprune.depth.select import (
-    check_criterion,
-    check_keep,
-    removed_blocks,
-    select_blocks,
-)
+from sdprune.depth.select import check_criterion, check_keep, removed_blocks, select_blocks
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.prune.heal import HEAL_MODES, heal_network, recalibrate_bn
 from sdprune.prune.stats import collect_stats
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import (
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from sdprune.train.checkpoint import build_model, load_checkpoint, save_checkpoint, write_json
 from sdprune.train.evaluate import assess, resolve_device
 from sdprune.train.runs import resolve_checkpoint
 

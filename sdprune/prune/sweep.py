@@ -28,12 +28,7 @@ from sdprune.prune.heal import heal_network
 from sdprune.prune.stats import collect_stats
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import (
-    atomic_write,
-    build_model,
-    load_checkpoint,
-    write_json,
-)
+from sdprune.train.checkpoint import atomic_write, build_model, load_checkpoint, write_json
 from sdprune.train.evaluate import assess, resolve_device
 from sdprune.train.runs import resolve_checkpoint
 

@@ -22,21 +22,11 @@ from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import (
-    atomic_write,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT, new_run_dir
-from sdprune.train.trainer import (
-    ORDER_STREAM,
-    _drop_last,
-    build_training,
-    checkpoint_meta,
-)
+from sdprune.train.trainer import ORDER_STREAM, _drop_last, build_training, checkpoint_meta
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:

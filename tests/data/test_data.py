@@ -12,12 +12,7 @@ import pytest
 import torch
 
 from sdprune.data.augment import Augment, augment
-from sdprune.data.bundle import (
-    channel_stats,
-    data_for_checkpoint,
-    load_data,
-    split_validation,
-)
+from sdprune.data.bundle import channel_stats, data_for_checkpoint, load_data, split_validation
 from sdprune.data.images import ImageSet, iterate_batches, normalize
 from sdprune.errors import SdpruneError
 

@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from sdprune.depth.gates import GateSampler
-from sdprune.depth.learned import (
-    LearnedSurvival,
-    budget_mean,
-    fit_budget,
-    select_kept,
-    shift_to_budget,
-)
+from sdprune.depth.learned import LearnedSurvival, budget_mean, fit_budget, select_kept, shift_to_budget
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.select import target_count
 from sdprune.depth.structure import block_layout, gated_blocks

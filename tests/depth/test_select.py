@@ -6,13 +6,7 @@ import math
 
 import pytest
 
-from sdprune.depth.select import (
-    CRITERIA,
-    importance,
-    removed_blocks,
-    select_blocks,
-    target_count,
-)
+from sdprune.depth.select import CRITERIA, importance, removed_blocks, select_blocks, target_count
 from sdprune.errors import SdpruneError
 
 

@@ -11,12 +11,7 @@ from sdprune.data.bundle import data_for_checkpoint
 from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.structure import remove_blocks
-from sdprune.prune.heal import (
-    _deterministic_gates,
-    finetune,
-    heal_network,
-    recalibrate_bn,
-)
+from sdprune.prune.heal import _deterministic_gates, finetune, heal_network, recalibrate_bn
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate
