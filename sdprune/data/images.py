@@ -24,6 +24,17 @@ class ImageSet:
     def subset(self, index: Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index])
 
+    def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """A seeded random subset of ``n`` images in their original order (all of them if None).
+
+        Every place that uses part of a set takes it from here, never the first N: an image
+        folder is sorted by class, so its first images would all come from the first classes.
+        """
+        if n is None or n >= len(self):
+            return self
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:max(1, n)]
+        return self.subset(pick.sort().values)
+
 
 def normalize(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
     """uint8 (N, C, H, W) -> normalised float32 on the images' device."""

@@ -20,11 +20,21 @@ from torch import Tensor, nn
 class GatedBlock(nn.Module):
     """A residual block whose branch can be skipped (batch mode) or masked (row mode).
 
-    The trainer sets ``gate`` before each training forward:
-      * ``None``: the branch always runs (plain training, and eval),
-      * a Python float 0.0 or 1.0: one draw for the whole batch; 0.0 skips the branch,
-        so it costs no forward, no backward and gets no parameter gradient,
-      * a tensor of shape (N,): a per-sample 0/1 mask (row mode, computes the branch).
+    What the branch contributes is decided by the block's gate, which callers install
+    for the duration of one forward through ``sdprune.depth.gates.gating`` (never by
+    setting attributes by hand), so no gate outlives the forward it was drawn for:
+
+      * no gate (the default): in training every branch runs unscaled (plain training);
+        in eval the branch is scaled by ``survival``, its expected contribution;
+      * a Python float: 0.0 skips the branch (no forward, no backward, no parameter
+        gradient: batch-mode stochastic depth, and block removal in the statistics);
+        1.0 runs it unscaled;
+      * a tensor: the branch is multiplied by it, a scalar (``survival`` itself: the
+        evaluated function in train mode, for healing) or a per-sample (N,) 0/1 mask
+        (row mode; the branch is always computed).
+
+    ``replay`` is the statistics' shared-prefix shortcut: when a cached output is
+    installed the block returns it without computing anything.
     """
 
     def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None,
@@ -37,19 +47,26 @@ class GatedBlock(nn.Module):
         # travels with the state dict into checkpoints and the exported graph.
         self.register_buffer("survival", torch.ones(()))
         self.gate: float | Tensor | None = None
+        self.replay: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training:  # deterministic: the branch's expected contribution
-            return self.act(self.shortcut(x) + self.branch(x) * self.survival)
+        if self.replay is not None:
+            return self.replay
         gate = self.gate
-        if gate is None:  # plain training: every branch runs, unscaled
-            return self.act(self.shortcut(x) + self.branch(x))
-        if isinstance(gate, Tensor):  # row mode: per-sample mask, branch always computed
-            mask = gate.to(dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
-            return self.act(self.shortcut(x) + self.branch(x) * mask)
-        if gate == 0.0:  # batch mode, dropped: the branch is not executed at all
-            return self.act(self.shortcut(x))
-        return self.act(self.shortcut(x) + self.branch(x))
+        if gate is None:
+            if self.training:  # plain training: every branch runs, unscaled
+                return self.act(self.shortcut(x) + self.branch(x))
+            gate = self.survival  # eval: the branch's expected contribution
+        if isinstance(gate, float):  # batch mode: one draw for the whole batch
+            if gate == 0.0:  # dropped: the branch is not executed at all
+                return self.act(self.shortcut(x))
+            branch = self.branch(x)
+            return self.act(self.shortcut(x) + (branch if gate == 1.0 else branch * gate))
+        if gate.dim() == 0:  # a scale (survival)
+            return self.act(self.shortcut(x) + self.branch(x) * gate)
+        # row mode: a per-sample 0/1 mask; the branch is computed for every sample
+        mask = gate.to(dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return self.act(self.shortcut(x) + self.branch(x) * mask)
 
 
 class PrunedBlock(nn.Module):

@@ -1,12 +1,22 @@
-"""Survival schedules and gate sampling.
+"""Gates: drawing them, and installing them on a network for the span of one forward.
 
-Functional core (``survival_schedule``, ``sample_gates``) with a thin stateful wrapper
+Functional core (``sample_gates``, ``gating``) with a thin stateful wrapper
 (``GateSampler``) that the training loop owns. Every random draw of every gate comes from
 one ``torch.Generator`` re-seeded from (seed, step), so a resumed run, or every rank of a
 distributed run, draws exactly the same gates at the same step.
+
+Gates live on the blocks only inside a ``with gating(...)`` scope: the training step
+installs its draw for its forward, healing installs the survival scales (the evaluated
+function) while BatchNorm trains, the statistics install a removed block and the cached
+outputs of the blocks before it. Nobody patches a module, and nothing leaks from one
+forward into the next. Backward needs no gates: a skipped branch is simply not in the
+graph, and a row-mode mask is captured in it.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,11 +47,51 @@ def sample_gates(survival: Tensor, mode: str, generator: torch.Generator,
     raise SdpruneError(f"unknown drop mode {mode!r}; choose from {', '.join(DROP_MODES)}")
 
 
-class GateSampler:
-    """Draws and installs the gates of one training step.
+Gate = float | Tensor | None
 
-    ``apply(step, batch_size)`` returns the gates it installed (CPU tensor) so the caller
-    can log executed blocks or feed learned survival; ``clear()`` removes them.
+
+@contextmanager
+def gating(blocks: Sequence[GatedBlock], gates: Sequence[Gate] | None = None,
+           replay: Sequence[Tensor | None] | None = None) -> Iterator[None]:
+    """Install one gate (and optionally a cached output) per block for the scope's duration.
+
+    ``gates[i]`` is block i's gate (see ``GatedBlock``); ``replay[i]``, when not None, is
+    an output block i returns without computing. Both are removed on exit, error or not.
+    """
+    blocks = list(blocks)
+    for name, values in (("gates", gates), ("replay", replay)):
+        if values is not None and len(values) != len(blocks):
+            raise ValueError(f"{len(values)} {name} for {len(blocks)} blocks")
+    try:
+        for i, block in enumerate(blocks):
+            block.gate = gates[i] if gates is not None else None
+            block.replay = replay[i] if replay is not None else None
+        yield
+    finally:
+        for block in blocks:
+            block.gate = None
+            block.replay = None
+
+
+@contextmanager
+def expected_gates(model: nn.Module) -> Iterator[None]:
+    """Every block computes act(shortcut(x) + survival * branch(x)), even in train mode.
+
+    Healing trains BatchNorm statistics (and fine-tunes) on exactly the function that is
+    evaluated and exported, rather than on the stochastic training-time one.
+    """
+    blocks = [b for _, b in gated_blocks(model)]
+    with gating(blocks, [b.survival for b in blocks]):
+        yield
+
+
+class GateSampler:
+    """Draws the gates of one training step and installs them for its forward.
+
+    ``with sampler.install(step, batch_size, device) as gates: loss = ...(model(x))``;
+    ``gates`` (a CPU tensor: (L,) in batch mode, (L, N) in row mode) lets the caller count
+    executed blocks or feed learned survival. ``draw`` alone gives the same gates without
+    installing them.
     """
 
     def __init__(self, model: nn.Module, mode: str = "batch", seed: int = 0) -> None:
@@ -64,22 +114,27 @@ class GateSampler:
         """Take new survival probabilities (given, or read back from the blocks' buffers)."""
         self._survival = survival.detach().float().cpu().clone() if survival is not None else self._read()
 
-    def apply(self, step: int, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-        survival = self.survival()
-        if len(self.blocks) == 0 or bool((survival >= 1.0).all()):
-            self.clear()  # plain training: no draw, every branch runs
-            return torch.ones(len(self.blocks))
-        self.generator.manual_seed(step_seed(self.seed, step))
-        gates = sample_gates(survival, self.mode, self.generator, batch_size)
-        if self.mode == "batch":
-            for block, g in zip(self.blocks, gates.tolist()):
-                block.gate = g
-        else:
-            on_device = gates.to(device, non_blocking=True)
-            for i, block in enumerate(self.blocks):
-                block.gate = on_device[i]
-        return gates
+    def plain(self) -> bool:
+        """Every survival is 1: nothing to draw, every branch runs (the baseline)."""
+        return len(self.blocks) == 0 or bool((self.survival() >= 1.0).all())
 
-    def clear(self) -> None:
-        for block in self.blocks:
-            block.gate = None
+    def draw(self, step: int, batch_size: int) -> Tensor:
+        """The gates of ``step``, a function of (seed, step) alone (all ones when plain)."""
+        if self.plain():
+            return torch.ones(len(self.blocks)) if self.mode == "batch" else torch.ones(len(self.blocks), batch_size)
+        self.generator.manual_seed(step_seed(self.seed, step))
+        return sample_gates(self.survival(), self.mode, self.generator, batch_size)
+
+    @contextmanager
+    def install(self, step: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+        """Draw the gates of ``step`` and install them on the blocks for the scope."""
+        gates = self.draw(step, batch_size)
+        if self.plain():  # no gate at all: plain training, the cheapest path
+            yield gates
+            return
+        if self.mode == "batch":
+            per_block: list[Gate] = gates.tolist()  # Python floats: the skip is a host decision
+        else:
+            per_block = list(gates.to(device, non_blocking=True).unbind(0))
+        with gating(self.blocks, per_block):
+            yield gates

@@ -13,9 +13,6 @@ and exported rather than the stochastic training-time one.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,25 +20,11 @@ from torch import nn
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
 from sdprune.data.images import iterate_batches, normalize
-from sdprune.depth.structure import gated_blocks
+from sdprune.depth.gates import expected_gates
 from sdprune.report import Reporter
 
 HEAL_MODES = ("none", "bn")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-@contextmanager
-def _deterministic_gates(model: nn.Module) -> Iterator[None]:
-    """Gated blocks compute act(shortcut(x) + survival * branch(x)) even in train mode."""
-    blocks = [b for _, b in gated_blocks(model)]
-    saved = [(b.training, b.gate) for b in blocks]
-    for b in blocks:
-        b.training, b.gate = False, None  # only the block itself: its children keep their mode
-    try:
-        yield
-    finally:
-        for b, (training, gate) in zip(blocks, saved):
-            b.training, b.gate = training, gate
 
 
 @torch.no_grad()
@@ -109,7 +92,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     step, loss_sum, seen = 0, 0.0, 0
     model.train()
     try:
-        with _deterministic_gates(model), reporter.progress("fine-tune", total) as bar:
+        with expected_gates(model), reporter.progress("fine-tune", total) as bar:
             while step < total:
                 loss_sum, seen = 0.0, 0
                 for images, labels in iterate_batches(data.train, batch_size, gen_order, drop_last):

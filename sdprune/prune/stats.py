@@ -12,8 +12,9 @@ Per block, measured on the held-out validation slice (never the test split):
   * ``params`` / ``flops``: what removing the block saves (its branch).
 
 Drop-one ablation reuses the shared prefix: one recording pass keeps every block's output
-for a batch; ablating block l then replays the cached outputs of blocks < l (no compute)
-and runs only block l's shortcut and the blocks after it. The cost is about 1 + L/2
+for a batch; ablating block l then installs (``sdprune.depth.gates.gating``) the cached
+outputs of blocks < l as replays (no compute) and a 0 gate on block l, so only block l's
+shortcut and the blocks after it run. The cost is about 1 + L/2
 evaluation passes instead of L, and memory is bounded by one batch of activations.
 """
 
@@ -30,14 +31,16 @@ from torch import Tensor, nn
 
 from sdprune import __version__
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.data.images import ImageSet, iterate_batches, normalize
+from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
+from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.evaluate import evaluate, resolve_device
 
 STATS_FILE = "stats.json"
+SUBSET_SEED = 0  # --stats-images picks the same images every time
 
 
 @torch.no_grad()
@@ -56,7 +59,7 @@ def collect_stats(model: nn.Module, data: DataBundle, device: torch.device | str
         row.pop("model_flops")
         row.pop("block_flops")
     blocks = [b for _, b in gated_blocks(model)]
-    val = _capped(data.val, max_images)
+    val = data.val.sample(max_images, SUBSET_SEED)
     L, n = len(blocks), 0
     influence, ratio = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
     drop_loss, drop_correct = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
@@ -78,7 +81,9 @@ def collect_stats(model: nn.Module, data: DataBundle, device: torch.device | str
                 n += len(y)
                 bar.update(1)
                 for i in range(L if ablation else 0):
-                    with _replaying(blocks, rec.outputs, i):
+                    # blocks before i replay their cached outputs (no compute); block i is removed
+                    with gating(blocks, [None] * i + [0.0] + [None] * (L - i - 1),
+                                rec.outputs[:i] + [None] * (L - i)):
                         out = model(x).float()
                     drop_loss[i] += float(F.cross_entropy(out, y, reduction="sum"))
                     drop_correct[i] += float((out.argmax(1) == y).sum())
@@ -92,12 +97,6 @@ def collect_stats(model: nn.Module, data: DataBundle, device: torch.device | str
         row["delta_loss"] = float((drop_loss[i] - full_loss) / n) if ablation and n else None
         row["delta_acc"] = float(100.0 * (drop_correct[i] - full_correct) / n) if ablation and n else None
     return rows
-
-
-def _capped(data: ImageSet, max_images: int | None) -> ImageSet:
-    if max_images is None or max_images >= len(data):
-        return data
-    return data.subset(torch.arange(max(1, max_images)))
 
 
 class _Record:
@@ -147,24 +146,6 @@ def _reduce(rec: _Record, part: dict, i: int):
     return hook
 
 
-@contextmanager
-def _replaying(blocks: list[GatedBlock], outputs: list[Tensor | None], drop: int) -> Iterator[None]:
-    """Blocks before ``drop`` return their cached outputs; block ``drop`` is removed.
-
-    Overrides ``forward`` on the instances for the duration only (no module is swapped,
-    so the model is left exactly as it was).
-    """
-    for j in range(drop):
-        blocks[j].forward = (lambda cached: lambda x: cached)(outputs[j])
-    target = blocks[drop]
-    target.forward = lambda x: target.act(target.shortcut(x))
-    try:
-        yield
-    finally:
-        for j in range(drop + 1):
-            del blocks[j].forward
-
-
 def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 128,
                      max_images: int | None = None, ablation: bool = True, out: str | Path | None = None,
                      reporter: Reporter | None = None) -> dict[str, Any]:
@@ -179,7 +160,7 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(ckpt["meta"])
-    val = _capped(data.val, max_images)
+    val = data.val.sample(max_images, SUBSET_SEED)
     warm_up = val.subset(torch.arange(min(len(val), batch_size)))
     evaluate(model, warm_up, data.mean, data.std, dev, batch_size)
     t0 = time.perf_counter()

@@ -85,7 +85,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 bar.update(1, f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
                               f"{seen / (time.perf_counter() - t0):.0f} img/s "
                               f"blocks {executed / max(1, step - epoch * steps_per_epoch):.1f}/{blocks}")
-        sampler.clear()
         train_time = time.perf_counter() - t0
         val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size)
         test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size)

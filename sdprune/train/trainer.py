@@ -100,8 +100,8 @@ class Trainer:
         y = labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        gates = self.sampler.apply(step, len(y), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+        with self.sampler.install(step, len(y), device) as gates, \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)

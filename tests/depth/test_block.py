@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdprune.depth.block import GatedBlock, PrunedBlock
-from sdprune.depth.gates import GateSampler
+from sdprune.depth.gates import GateSampler, expected_gates, gating
 from sdprune.depth.schedule import set_survival, survival_schedule
 from sdprune.depth.structure import gated_blocks, remove_blocks
 from sdprune.nets.cifar_resnet import basic_block
@@ -44,8 +44,8 @@ def test_dropped_branch_runs_no_forward_and_gets_no_gradient(block):
     calls = count_calls(block.branch)
     x = torch.randn(4, 8, 6, 6, requires_grad=True)
     before = {k: v.clone() for k, v in block.state_dict().items()}
-    block.gate = 0.0
-    y = block(x)
+    with gating([block], [0.0]):
+        y = block(x)
     y.sum().backward()
     assert calls[0] == 0
     assert all(p.grad is None for p in block.branch.parameters())
@@ -58,13 +58,12 @@ def test_dropped_branch_runs_no_forward_and_gets_no_gradient(block):
 def test_kept_branch_runs_and_gets_gradients(block):
     calls = count_calls(block.branch)
     x = torch.randn(4, 8, 6, 6)
-    block.gate = 1.0
-    y = block(x)
+    with gating([block], [1.0]):
+        y = block(x)
     y.sum().backward()
     assert calls[0] > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.branch.parameters())
-    block.gate = None  # what plain training does; must compute the same function
-    assert torch.allclose(block(x), y)
+    assert torch.allclose(block(x), y)  # no gate (plain training) computes the same function
     assert torch.allclose(y, F.relu(x + block.branch(x)))
 
 
@@ -75,9 +74,11 @@ def test_sampler_skips_exactly_the_closed_gates_of_a_resnet():
     set_survival(model, survival_schedule("linear", len(blocks), 0.5))
     counters = [count_calls(b.branch) for b in blocks]
     sampler = GateSampler(model, "batch", seed=0)
-    step = next(s for s in range(100) if 0 < sampler.apply(s, 2).sum() < len(blocks))
-    gates = sampler.apply(step, 2).tolist()
-    F.cross_entropy(model(torch.randn(2, 3, 16, 16)), torch.tensor([1, 2])).backward()
+    step = next(s for s in range(100) if 0 < sampler.draw(s, 2).sum() < len(blocks))
+    with sampler.install(step, 2) as drawn:
+        loss = F.cross_entropy(model(torch.randn(2, 3, 16, 16)), torch.tensor([1, 2]))
+    loss.backward()  # after the scope: backward needs no installed gate
+    gates = drawn.tolist()
     for g, b, calls in zip(gates, blocks, counters):
         assert (calls[0] > 0) == (g == 1.0)
         assert all((p.grad is not None) == (g == 1.0) for p in b.branch.parameters())
@@ -89,8 +90,8 @@ def test_sampler_skips_exactly_the_closed_gates_of_a_resnet():
 def test_row_mode_masks_each_sample(down_block):
     x = torch.randn(6, 8, 8, 8)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
-    down_block.gate = mask
-    y = down_block(x)
+    with gating([down_block], [mask]):
+        y = down_block(x)
     # Training-mode BN uses batch statistics: the branch sees the whole batch either way.
     full = F.relu(down_block.shortcut(x) + down_block.branch(x))
     skipped = F.relu(down_block.shortcut(x))
@@ -99,18 +100,30 @@ def test_row_mode_masks_each_sample(down_block):
         assert torch.allclose(y[i], full[i] if m else skipped[i], atol=1e-6)
 
 
-def test_eval_ignores_gates_and_scales_the_branch_by_survival(down_block):
+def test_eval_scales_the_branch_by_survival_and_a_training_gate_does_not_leak(down_block):
     x = torch.randn(3, 8, 8, 8)
+    with gating([down_block], [0.0]):
+        down_block(x)  # a training step that dropped the block
     down_block(x)  # one training step's worth of BN statistics
     down_block.survival.fill_(0.3)
-    down_block.gate = 0.0  # a trainer's leftover must not leak into eval
     down_block.eval()
     y1, y2 = down_block(x), down_block(x)
     assert torch.equal(y1, y2)
     expected = F.relu(down_block.shortcut(x) + 0.3 * down_block.branch(x))
     assert torch.allclose(y1, expected, atol=1e-6)
-    down_block.gate = torch.ones(3)
-    assert torch.equal(down_block(x), y1)
+    # Installed explicitly, a gate wins in eval too: 0 is the removed block, survival the default.
+    with gating([down_block], [0.0]):
+        assert torch.equal(down_block(x), F.relu(down_block.shortcut(x)))
+    with gating([down_block], [down_block.survival]):
+        assert torch.equal(down_block(x), y1)
+
+
+def test_replay_returns_the_cached_output_without_computing(block):
+    calls = count_calls(block)
+    cached = torch.randn(2, 8, 4, 4)
+    with gating([block], replay=[cached]):
+        out = block(torch.randn(2, 8, 4, 4))
+    assert out is cached and calls[0] == 1  # only the block itself was entered
 
 
 def test_eval_of_a_whole_net_is_deterministic_and_gate_free():
@@ -118,11 +131,14 @@ def test_eval_of_a_whole_net_is_deterministic_and_gate_free():
     model = create_model("resnet20", num_classes=10, in_channels=1)
     set_survival(model, survival_schedule("linear", 9, 0.5))
     x = torch.randn(2, 1, 8, 8)
+    with GateSampler(model, "batch", seed=0).install(step=1, batch_size=2):
+        model.train()(x)  # a training forward with drawn gates
+    assert all(b.gate is None and b.replay is None for _, b in gated_blocks(model))
     model.eval()
     clean = model(x)
-    GateSampler(model, "batch", seed=0).apply(step=1, batch_size=2)  # leave gates installed
     assert torch.equal(model(x), clean)
-    assert torch.equal(model(x), clean)
+    with expected_gates(model):  # the evaluated function, installed explicitly
+        assert torch.equal(model(x), clean)
 
 
 @pytest.mark.parametrize("which", ["block", "down_block"])

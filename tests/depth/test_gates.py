@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from sdprune.depth.block import GatedBlock
-from sdprune.depth.gates import GateSampler, sample_gates, step_seed
+from sdprune.depth.gates import GateSampler, gating, sample_gates, step_seed
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.errors import SdpruneError
 
@@ -24,7 +24,7 @@ def chain(survival: list[float]) -> nn.Module:
 
 
 def draw(sampler: GateSampler, steps: range, batch_size: int = 1) -> torch.Tensor:
-    return torch.stack([sampler.apply(s, batch_size).clone() for s in steps])
+    return torch.stack([sampler.draw(s, batch_size) for s in steps])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -65,10 +65,11 @@ def test_row_gate_frequencies_match_survival(seed):
 
 def test_row_mode_installs_a_mask_per_block():
     model = chain([0.5, 0.5])
-    gates = GateSampler(model, "row", seed=3).apply(step=0, batch_size=8)
-    for i, block in enumerate(model):
-        assert isinstance(block.gate, torch.Tensor) and block.gate.shape == (8,)
-        assert torch.equal(block.gate, gates[i])
+    with GateSampler(model, "row", seed=3).install(step=0, batch_size=8) as gates:
+        for i, block in enumerate(model):
+            assert isinstance(block.gate, torch.Tensor) and block.gate.shape == (8,)
+            assert torch.equal(block.gate, gates[i])
+    assert all(b.gate is None for b in model)
 
 
 def test_same_seed_and_step_give_same_gates():
@@ -79,27 +80,37 @@ def test_same_seed_and_step_give_same_gates():
     forward = draw(a, range(50))
     backward = draw(b, range(49, -1, -1)).flip(0)
     assert torch.equal(forward, backward)
-    assert torch.equal(a.apply(13, 1), forward[13])
+    assert torch.equal(a.draw(13, 1), forward[13])
     # ... and different steps or seeds give different gates.
     assert len({tuple(g.tolist()) for g in forward}) > 10
     other_seed = draw(GateSampler(chain(survival), "batch", seed=8), range(50))
     assert not torch.equal(forward, other_seed)
 
 
-def test_gates_installed_on_blocks_are_the_returned_ones():
+def test_gates_live_on_the_blocks_only_inside_the_scope():
     model = chain([0.5] * 6)
     sampler = GateSampler(model, "batch", seed=1)
-    gates = sampler.apply(step=5, batch_size=4)
-    assert [b.gate for b in model] == gates.tolist()
-    assert all(isinstance(b.gate, float) for b in model)
-    sampler.clear()
+    with sampler.install(step=5, batch_size=4) as gates:
+        assert [b.gate for b in model] == gates.tolist()
+        assert all(isinstance(b.gate, float) for b in model)
     assert all(b.gate is None for b in model)
+    assert torch.equal(gates, sampler.draw(5, 4))  # installing draws exactly what draw() gives
+    with pytest.raises(RuntimeError, match="boom"), sampler.install(step=6, batch_size=4):
+        raise RuntimeError("boom")
+    assert all(b.gate is None and b.replay is None for b in model)  # removed on error too
 
 
 def test_plain_schedule_draws_nothing_and_runs_every_branch():
     model = chain(survival_schedule("none", 5))
-    gates = GateSampler(model, "batch", seed=0).apply(step=3, batch_size=4)
+    with GateSampler(model, "batch", seed=0).install(step=3, batch_size=4) as gates:
+        assert all(b.gate is None for b in model)
     assert gates.tolist() == [1.0] * 5
+
+
+def test_gating_checks_one_gate_per_block():
+    model = chain([0.5] * 3)
+    with pytest.raises(ValueError, match="2 gates for 3 blocks"), gating(list(model), [0.0, 1.0]):
+        pass
     assert all(b.gate is None for b in model)
 
 

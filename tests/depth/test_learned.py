@@ -44,12 +44,11 @@ def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: 
     sampler = GateSampler(model, "batch", seed)
     noise = torch.Generator().manual_seed(seed + 1)
     for step in range(steps):
-        gates = sampler.apply(step, 8)
+        gates = sampler.draw(step, 8)
         loss = 2.0 - float((effects * gates).sum()) + 0.05 * float(torch.randn(1, generator=noise))
         changed = controller.observe(step, gates, loss, step / steps, steps)
         if changed is not None:
             sampler.refresh(changed)
-    sampler.clear()
 
 
 def test_estimator_ranks_blocks_by_their_effect_and_holds_budget():
@@ -101,8 +100,8 @@ def test_a_useless_block_learns_low_survival_in_real_training():
             if step == steps:
                 break
             x = normalize(augment(images, data.augment, g), data.mean, data.std)
-            gates = sampler.apply(step, len(labels))
-            loss = torch.nn.functional.cross_entropy(model(x), labels)
+            with sampler.install(step, len(labels)) as gates:
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -11,7 +11,8 @@ from sdprune.data.bundle import data_for_checkpoint
 from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.structure import remove_blocks
-from sdprune.prune.heal import _deterministic_gates, finetune, heal_network, recalibrate_bn
+from sdprune.depth.gates import expected_gates
+from sdprune.prune.heal import finetune, heal_network, recalibrate_bn
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate
@@ -55,18 +56,18 @@ def test_bn_statistics_are_a_cumulative_average_of_eval_time_activations(trained
     assert torch.allclose(model.stem[1].running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
 
 
-def test_deterministic_gates_train_the_evaluated_function():
+def test_expected_gates_train_the_evaluated_function():
     torch.manual_seed(0)
     block = GatedBlock(torch.nn.Linear(4, 4))
     block.survival.fill_(0.25)
     x = torch.randn(3, 4)
     expected = block.eval()(x)
     block.train()
-    block.gate = 0.0
-    with _deterministic_gates(block):
+    with expected_gates(block):
         assert torch.allclose(block(x), expected)
-        assert block.branch.training  # children keep their training mode
-    assert block.training and block.gate == 0.0
+        assert block.training and block.branch.training  # nobody's mode is toggled
+    assert block.gate is None
+    assert torch.allclose(block(x), x + block.branch(x))  # plain training again after the scope
 
 
 def test_distilled_finetune_improves_a_damaged_network(trained):

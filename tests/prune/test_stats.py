@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -99,3 +100,25 @@ def test_score_checkpoint_writes_stats_next_to_it(model, data, tmp_path):
     assert doc["full"] == saved["full"]
     assert {"name", "stage", "index", "survival", "delta_loss", "delta_acc", "influence",
             "residual_ratio", "params", "flops"} <= set(saved["blocks"][0])
+
+
+def test_stats_on_fewer_images_sample_every_class(model, data):
+    """--stats-images on a class-sorted set (as an image folder is) must not see only the first classes."""
+    data = dataclasses.replace(data, val=data.val.subset(data.val.labels.argsort(stable=True)))
+    # ^ sorted by class, as ImageFolder reads a folder
+    seen = []
+    hook = model.stem.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        capped = data.val.sample(40)
+        assert len(set(capped.labels.tolist())) >= 5  # the first 40 sorted images hold 1-2 classes
+        assert torch.equal(capped.labels, data.val.sample(40).labels)  # seeded: the same every time
+        collect_stats(model, data, ablation=False, max_images=40)
+    finally:
+        hook.remove()
+    assert sum(seen[1:]) == 40  # after block_layout's one-image probe: exactly the 40 sampled
+    baseline = evaluate(model, capped, data.mean, data.std)
+    rows = collect_stats(model, data, max_images=40)
+    removed = copy.deepcopy(model)
+    remove_blocks(removed, [rows[0]["name"]])
+    assert rows[0]["delta_loss"] == pytest.approx(evaluate(removed, capped, data.mean, data.std)["loss"]
+                                                  - baseline["loss"], abs=1e-5)
