@@ -9,7 +9,12 @@ CPU with one torch thread, CPU time leaves out the time other processes held the
 
 Arms: plain (`--survival none`), linear p_L = 0.5 in batch mode (skips dropped branches),
 the same in row mode (per-sample mask: computes every branch), and learned survival at its
-default budget. "Gates open" is the fraction of
+default budget, timed in its ACTIVE phase: its controller is put on a short nominal
+schedule (LEARNED_STEPS steps, so it updates the survivals at every step, its most
+expensive setting) and fast-forwarded through its warm-up with real gate draws and
+synthetic losses (no network compute: only the regression's statistics are filled), so
+every timed step fits the regression and moves the survivals; the table reports how many
+timed steps did. "Gates open" is the fraction of
 (block, step) gates drawn open (row mode: of (block, sample) pairs); in batch mode it is
 the fraction of branches computed, in row mode every branch is computed regardless.
 
@@ -38,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 
 from sdprune.data.bundle import load_data
+from sdprune.depth.learned import WARMUP
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.trainer import Trainer, build_training
@@ -49,6 +55,7 @@ ARMS = {  # name -> TrainConfig overrides
     "learned": {"survival": "learned", "p_last": 0.5, "drop_mode": "batch"},
 }
 NOMINAL_STEPS_PER_EPOCH = 390  # CIFAR at batch 128: sets the lr schedule and learned's pace
+LEARNED_STEPS = 400  # the learned arm's nominal run: the controller updates every step (400 // 400)
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Arm:
     open: list[float] = field(default_factory=list)  # fraction of branches executed, per timed step
     times: list[float] = field(default_factory=list)     # wall seconds per step, one per repeat
     cpu: list[float] = field(default_factory=list)       # this process's CPU seconds per step
+    updates: list[bool] = field(default_factory=list)    # per timed step: did the survivals move?
 
     @property
     def config(self) -> TrainConfig:
@@ -72,13 +80,35 @@ class Arm:
 
 def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm:
     config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
-    trainer = build_training(config, data, device, steps_per_epoch=NOMINAL_STEPS_PER_EPOCH)
+    learned = config.survival == "learned"
+    if learned:
+        config = TrainConfig.from_dict({**config.to_dict(), "epochs": 1, "lr_milestones": None})
+    steps = LEARNED_STEPS if learned else NOMINAL_STEPS_PER_EPOCH
+    trainer = build_training(config, data, device, steps_per_epoch=steps)
     trainer.model.train()
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
-    return Arm(name, trainer, order)
+    arm = Arm(name, trainer, order)
+    if learned:
+        enter_active_phase(arm)
+    return arm
 
 
-def train_step(arm: Arm, data) -> None:
+def enter_active_phase(arm: Arm) -> None:
+    """Run the learned controller through its warm-up on real gate draws and synthetic
+    losses (no forward pass), so that the timed steps are in its active phase."""
+    controller, sampler, total = arm.trainer.controller, arm.sampler, arm.trainer.total_steps
+    end = int(WARMUP * total) + 1
+    noise = torch.Generator().manual_seed(1)
+    for step in range(end):
+        gates = sampler.draw(step, arm.config.batch_size)
+        loss = 2.0 - 0.01 * float(gates.sum()) + 0.01 * float(torch.randn(1, generator=noise))
+        changed = controller.observe(step, gates, loss, step / total, total)
+        if changed is not None:
+            sampler.refresh(changed)
+    arm.step = end
+
+
+def train_step(arm: Arm, data):
     """One optimisation step: `sdprune train`'s own (Trainer.step), on the next batch."""
     bs = arm.config.batch_size
     start = (arm.step * bs) % (len(arm.order) - bs + 1)
@@ -86,6 +116,7 @@ def train_step(arm: Arm, data) -> None:
     result = arm.trainer.step(arm.step, data.train.images[index], data.train.labels[index])
     arm.open.append(result.executed / max(1, len(arm.sampler.blocks)))
     arm.step += 1
+    return result
 
 
 def measure(arms: list[Arm], data, device, steps: int, repeats: int, warmup: int) -> None:
@@ -98,11 +129,13 @@ def measure(arms: list[Arm], data, device, steps: int, repeats: int, warmup: int
         for arm in arms[r % len(arms):] + arms[:r % len(arms)]:  # rotate who goes first
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
+            before = arm.sampler.survival()
             for _ in range(steps):
                 train_step(arm, data)
             sync()
             arm.times.append((time.perf_counter() - t0) / steps)
             arm.cpu.append((time.process_time() - c0) / steps)
+            arm.updates.append(not torch.equal(before, arm.sampler.survival()))
         print(f"repeat {r + 1}/{repeats}: " + "  ".join(f"{a.name} {1000 * a.times[-1]:.0f} ms" for a in arms),
               file=sys.stderr, flush=True)
 
@@ -126,6 +159,7 @@ def summarise(arms: list[Arm]) -> list[dict]:
             "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
             "open_fraction_measured": statistics.fmean(arm.open) if arm.open else math.nan,
             "open_fraction_expected": float(survival.mean()) if survival.numel() else 1.0,
+            "survival_moved_repeats": sum(arm.updates), "repeats": len(arm.updates),
         })
     return rows
 
@@ -152,6 +186,9 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
              "CPU-time ratio to plain (range) | gates open (measured / expected) |",
              "|---|---|---|---:|---|---:|---|---|"]
     for r in rows:
+        if r["survival"] == "learned":
+            r = {**r, "arm": f"{r['arm']} (active: survivals moved in {r['survival_moved_repeats']}/{r['repeats']} "
+                             "timed repeats)"}
         lines.append(f"| {r['arm']} | {r['survival']} | {r['drop_mode']} | {r['step_ms_median']:.0f} | "
                      f"**{r['ratio_to_plain_median']:.3f}** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
                      f"{r['cpu_step_ms_median']:.0f} | **{r['cpu_ratio_to_plain_median']:.3f}** "
