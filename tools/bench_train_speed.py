@@ -24,6 +24,12 @@ learned-survival update), on a Trainer from `sdprune.train.trainer.build_trainin
 
     python tools/bench_train_speed.py --threads 2 --steps 2 --repeats 5
     python tools/bench_train_speed.py --device cuda --steps 20 --repeats 10 --warmup 10
+    python tools/bench_train_speed.py --device cuda --compile branches ...   # torch.compile
+
+``--compile model`` compiles the whole network (``nn.Module.compile``): dynamo guards on
+each block's installed gate, so every new pattern of skipped blocks is a new graph.
+``--compile branches`` compiles each gated block's branch on its own: the skip decision
+stays in Python and every branch keeps one graph (it is always run whole).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import torch
 
 from sdprune.data.bundle import load_data
 from sdprune.depth.learned import WARMUP
+from sdprune.depth.structure import gated_blocks
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.trainer import Trainer, build_training
@@ -78,7 +85,7 @@ class Arm:
         return self.trainer.sampler
 
 
-def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm:
+def make_arm(name: str, base: TrainConfig, data, device: torch.device, compile_how: str = "none") -> Arm:
     config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
     learned = config.survival == "learned"
     if learned:
@@ -86,11 +93,21 @@ def make_arm(name: str, base: TrainConfig, data, device: torch.device) -> Arm:
     steps = LEARNED_STEPS if learned else NOMINAL_STEPS_PER_EPOCH
     trainer = build_training(config, data, device, steps_per_epoch=steps)
     trainer.model.train()
+    compile_model(trainer.model, compile_how)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
     arm = Arm(name, trainer, order)
     if learned:
         enter_active_phase(arm)
     return arm
+
+
+def compile_model(model: torch.nn.Module, how: str) -> None:
+    """In place, state dict keys unchanged: the whole network, or each gated branch."""
+    if how == "model":
+        model.compile()
+    elif how == "branches":
+        for _, block in gated_blocks(model):
+            block.branch.compile()
 
 
 def enter_active_phase(arm: Arm) -> None:
@@ -195,7 +212,7 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
                      f"({r['cpu_ratio_min']:.2f}–{r['cpu_ratio_max']:.2f}) | "
                      f"{r['open_fraction_measured']:.3f} / {r['open_fraction_expected']:.3f} |")
     where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch threads")
-    lines.append(f"\n{args.model}, {args.size}x{args.size} input, batch {args.batch_size}, {args.steps} steps "
+    lines.append(f"\n{args.model} (compile: {args.compile}), {args.size}x{args.size} input, batch {args.batch_size}, {args.steps} steps "
                  f"x {args.repeats} repeats per arm after {args.warmup} warm-up steps; {where}; "
                  f"torch {info['torch']}; {info['date']}.")
     return "\n".join(lines)
@@ -214,6 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default="plain,batch,row,learned", help=f"comma-separated, of {','.join(ARMS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--compile", choices=["none", "model", "branches"], default="none",
+                   help="torch.compile the whole model or each gated branch (default none)")
     return p.parse_args(argv)
 
 
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data("synthetic", image_size=args.size)
     base = TrainConfig(model=args.model, dataset="synthetic", image_size=args.size, batch_size=args.batch_size,
                        epochs=500, lr_milestones=(250, 375), seed=args.seed, device=str(device))
-    arms = [a for a in (make_arm(n, base, data, device) for n in names) ]
+    arms = [a for a in (make_arm(n, base, data, device, args.compile) for n in names) ]
     measure(arms, data, device, args.steps, args.repeats, args.warmup)
     rows, info = summarise(arms), machine(device)
     print(markdown(rows, info, args))

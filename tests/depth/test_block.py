@@ -173,3 +173,17 @@ def test_survival_is_a_buffer_saved_in_the_state_dict(block):
     state = block.state_dict()
     assert float(state["survival"]) == pytest.approx(0.4)
     assert "survival" not in dict(block.named_parameters())
+
+
+@pytest.mark.parametrize("case", ["eval", "plain", "dropped", "kept", "mask", "scale"])
+def test_block_traces_without_graph_breaks(case, down_block):
+    """torch.compile (dynamo, fullgraph) traces every gate case: the block stays compilable."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, 8, 8)
+    gate = {"eval": None, "plain": None, "dropped": 0.0, "kept": 1.0,
+            "mask": torch.tensor([1.0, 0.0, 1.0, 1.0]), "scale": down_block.survival}[case]
+    down_block.train(case != "eval")
+    compiled = torch.compile(down_block, backend="eager", fullgraph=True)
+    with torch.no_grad(), gating([down_block], [gate]):
+        expected = down_block(x)
+        assert torch.allclose(compiled(x), expected)
