@@ -11,7 +11,7 @@ import argparse
 
 def add_parser(sub):
     from sdprune.deploy.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES
-    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, TARGETS
+    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS
 
     p = sub.add_parser("export", help="export a checkpoint to verified ONNX (int8, mobile format)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,10 +23,13 @@ def add_parser(sub):
     a("--atol", type=float, default=DEFAULT_ATOL,
       help=f"largest |logit difference| ONNX Runtime may show against PyTorch (default {DEFAULT_ATOL:g})")
     a("--samples", type=int, default=DEFAULT_SAMPLES,
-      help=f"test images used for the parity check (default {DEFAULT_SAMPLES})")
+      help=f"test images (a seeded random subset) for the parity and .ort checks (default {DEFAULT_SAMPLES})")
     a("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, per-channel weights)")
     a("--calib-batches", type=int, default=DEFAULT_CALIB_BATCHES,
       help=f"batches of 32 training images that calibrate int8 (default {DEFAULT_CALIB_BATCHES})")
+    a("--int8-min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="PCT",
+      help="least top-1 agreement (%%) of int8 with fp32 on the test split; below it no file is written "
+           f"and the export fails (default {DEFAULT_MIN_AGREEMENT:g})")
     a("--target", choices=list(TARGETS), default="arm",
       help="the device's CPU: arm (phones: int8 with s8 activations, .ort optimised for ARM) or x86 "
            "(int8 with u8 activations and 7-bit weights for CPUs without VNNI, .ort for amd64); default arm")
@@ -41,6 +44,6 @@ def run(args, reporter) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint, prefer_pruned=True)
     record = export_checkpoint(checkpoint, args.out, opset=args.opset, atol=args.atol, samples=args.samples,
                                int8=args.int8, calib_batches=args.calib_batches, target=args.target,
-                               ort=args.ort, reporter=reporter)
+                               ort=args.ort, reporter=reporter, int8_min_agreement=args.int8_min_agreement)
     reporter.result(record)
     return 0

@@ -30,16 +30,20 @@ def default_out_dir(checkpoint: str | Path) -> Path:
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None, opset: int | None = None,
                       atol: float | None = None, samples: int | None = None, int8: bool = False,
                       calib_batches: int | None = None, target: str = "arm", ort: bool = False,
-                      reporter: Reporter | None = None) -> dict[str, Any]:
+                      reporter: Reporter | None = None, int8_min_agreement: float | None = None) -> dict[str, Any]:
     """Export a checkpoint (full or pruned) to verified device files and describe them in export.json.
 
     ``target`` is the device's CPU family ("arm" for phones, "x86"): it picks the int8
-    settings and the platform the ORT-format files are optimised for.
+    settings and the platform the ORT-format files are optimised for. Every file is
+    checked before anything is published: fp32 against PyTorch (``atol``), int8 against
+    fp32 (top-1 agreement of at least ``int8_min_agreement`` %), .ort files against the
+    ONNX files they came from.
     """
     from sdprune.data.bundle import data_for_checkpoint
     from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
         prepare_dir)
-    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, TARGETS, quantize_int8
+    from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
+        quantize_int8)
     from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 
     reporter = reporter or Reporter(quiet=True)
@@ -47,7 +51,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     atol = DEFAULT_ATOL if atol is None else atol
     samples = DEFAULT_SAMPLES if samples is None else samples
     calib_batches = DEFAULT_CALIB_BATCHES if calib_batches is None else calib_batches
+    int8_min_agreement = DEFAULT_MIN_AGREEMENT if int8_min_agreement is None else int8_min_agreement
     check_export_args(opset, atol, samples)  # before loading anything: bad flags fail fast
+    check_min_agreement(int8_min_agreement)
     if target not in TARGETS:
         raise SdpruneError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if int8 and calib_batches < 1:
@@ -68,13 +74,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
         int8_rec = None
         if int8:
             int8_rec = quantize_int8(stage / "model.onnx", stage / "model.int8.onnx", data, calib_batches,
-                                     target, reporter)
+                                     target, reporter, min_agreement=int8_min_agreement)
             made["model.int8.onnx"] = "int8 ONNX (QDQ)"
         ort_rec = None
         if ort:
             from sdprune.deploy.mobile import convert_to_ort
 
-            ort_rec = convert_to_ort([stage / n for n in made], stage, reporter,
+            ort_rec = convert_to_ort([stage / n for n in made], stage, data, samples, reporter,
                                      target_platform={"arm": "arm", "x86": "amd64"}[target])
             made.update({Path(f).name: "ORT format" for f in ort_rec["files"]})
             made[Path(ort_rec["config"]).name] = "operator config for a reduced ONNX Runtime build"
@@ -126,7 +132,8 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
 
     ort_rec = relocate(ort_rec, ("files", "config"))
     if ort_rec is not None:
-        ort_rec["checks"] = [{**c, "file": str(out / Path(c["file"]).name)} for c in ort_rec["checks"]]
+        ort_rec["checks"] = [{**c, "file": str(out / Path(c["file"]).name),
+                              "reference": str(out / Path(c["reference"]).name)} for c in ort_rec["checks"]]
     return {
         "sdprune_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

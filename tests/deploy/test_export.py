@@ -41,7 +41,8 @@ def call(capsys, *argv: str) -> tuple[int, dict | None, str]:
 
 def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monkeypatch):
     monkeypatch.setenv("SDPRUNE_RUNS", str(runs))
-    rc, record, err = call(capsys, "export", "--json", "--int8", "--calib-batches", "2", "--ort", "--samples", "96")
+    rc, record, err = call(capsys, "export", "--json", "--int8", "--calib-batches", "2", "--int8-min-agreement", "50",
+                           "--ort", "--samples", "96")
     assert rc == 0, err  # and stdout held exactly one JSON object: the exporter's chatter was kept off it
     out = runs / "r20" / "pruned-keep0.50" / "export"
     assert record["checkpoint"] == str(out.parent / "checkpoint.pt") and record["kind"] == "pruned"
@@ -52,6 +53,7 @@ def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monk
     assert set(rows) == {1, 64} and all(r["images"] == 96 for r in rows.values())
     assert all(r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] >= 99.0 for r in rows.values())
     assert record["parity"]["dataset"] == "digits" and record["parity"]["split"] == "test"
+    assert record["parity"]["sample"]["images"] == 96 and record["parity"]["sample"]["classes"] == 10
     # every file is there, with the size and hash export.json gives
     names = {f["name"] for f in record["files"]}
     assert names == {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "required_operators.config"}
@@ -64,7 +66,17 @@ def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monk
     assert record["blocks"]["removed"] == REMOVED and len(record["blocks"]["kept"]) == 5
     assert record["preprocessing"]["input_shape"] == [1, 8, 8] and len(record["preprocessing"]["mean"]) == 1
     assert record["int8"]["calibration"]["batches"] == 2 and record["int8"]["size_ratio"] < 0.5
-    assert all(c["output_shape"] == [1, 10] for c in record["ort"]["checks"])
+    # int8 passed its gate, and export.json says against what
+    assert record["int8"]["min_agreement"] == 50.0 and record["int8"]["top1_agreement"] >= 50.0
+    assert {"fp32_acc", "int8_acc", "n"} <= set(record["int8"])
+    # each .ort file was checked against the ONNX file it came from, on real test images
+    checks = {Path(c["file"]).name: c for c in record["ort"]["checks"]}
+    assert {n: Path(c["reference"]).name for n, c in checks.items()} == {
+        "model.ort": "model.onnx", "model.int8.ort": "model.int8.onnx"}
+    for c in checks.values():
+        assert Path(c["reference"]).parent == out and c["images"] == 96 and c["top1_agreement"] == 100.0
+        assert 0 <= c["max_abs_diff"] <= c["atol"]
+    assert checks["model.ort"]["atol"] == 1e-4 < checks["model.int8.ort"]["atol"]
     assert record["target"] == "arm" and record["ort"]["target_platform"] == "arm"
     assert record["int8"]["activation_type"] == "QInt8" and not record["int8"]["reduce_range"]
 
@@ -134,7 +146,92 @@ def test_torchscript_exporter_is_the_fallback(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
-@pytest.mark.parametrize("case", ["missing", "foreign", "opset", "atol", "unwritable"])
+def test_int8_below_its_agreement_gate_publishes_nothing(runs, tmp_path, capsys):
+    out = tmp_path / "gated"
+    assert main(["export", str(runs / "r20" / "pruned-keep0.50"), "-q", "--samples", "8", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, _, err = call(capsys, "export", str(runs / "r20" / "pruned-keep0.50"), "-q", "--samples", "8", "--out",
+                      str(out), "--int8", "--calib-batches", "1", "--int8-min-agreement", "100", "--ort")
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "int8 check failed: top-1 agreement with fp32" in lines[0], err
+    assert "< --int8-min-agreement 100%" in lines[0] and "accuracy fp32" in lines[0] and "int8 " in lines[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export, untouched
+
+
+def test_parity_sample_is_a_seeded_draw_across_classes(sorted_bundle, label_of, tmp_path, monkeypatch):
+    from sdprune.deploy import export
+
+    seen = []
+    real = export.verify_parity
+
+    def spy(model, session, images, *args):
+        seen.append(images.clone())
+        return real(model, session, images, *args)
+
+    monkeypatch.setattr(export, "verify_parity", spy)
+    data = sorted_bundle
+    first = export.export_onnx(_tiny(), _tiny_meta(data), tmp_path / "a", data=data, samples=20)
+    export.export_onnx(_tiny(), _tiny_meta(data), tmp_path / "b", data=data, samples=20)
+    classes = set(label_of(seen[0]))
+    assert len(seen[0]) == 20 and len(classes) >= 6  # the split's first 20 images are classes 0 and 1 only
+    assert torch.equal(seen[0], seen[1])  # a fixed seed: the same export checks the same images
+    test_rows = {tuple(x.flatten().tolist()) for x in data.test.images}
+    assert all(tuple(x.flatten().tolist()) in test_rows for x in seen[0])  # test images, no repeats
+    assert len({tuple(x.flatten().tolist()) for x in seen[0]}) == 20
+    assert first["parity"]["sample"] == {"split": "test", "images": 20, "of": 100, "draw": "seeded random subset",
+                                         "seed": export.SAMPLE_SEED, "classes": len(classes)}
+
+
+def test_non_finite_logits_fail_parity(sorted_bundle, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sdprune.deploy.export import export_onnx, verify_parity
+    from sdprune.errors import SdpruneError
+
+    data = sorted_bundle
+    broken = _tiny()
+    with torch.no_grad():
+        broken[-1].bias[3] = float("nan")  # PyTorch and ONNX Runtime both give NaN logits: 0 difference
+    with pytest.raises(SdpruneError, match="non-finite logits from PyTorch on 8 of 8 test images"):
+        export_onnx(broken, _tiny_meta(data), tmp_path / "out", data=data, samples=8)
+    assert list((tmp_path / "out").iterdir()) == []  # no model, no staging folder
+
+    class NanSession:  # ONNX Runtime's side going wrong while PyTorch is fine
+        def get_inputs(self):
+            return [SimpleNamespace(name="input")]
+
+        def run(self, _, feeds):
+            out = np.zeros((len(feeds["input"]), 10), np.float32)
+            out[0, 0] = np.inf
+            return [out]
+
+    parity = verify_parity(_tiny().eval(), NanSession(), data.test.images[:8], data, (1, 4), 1e9)
+    assert not parity["ok"]
+    assert [r["non_finite"] for r in parity["batches"]] == [{"pytorch": 0, "onnxruntime": 8},
+                                                            {"pytorch": 0, "onnxruntime": 2}]
+
+
+def test_export_leaves_the_callers_model_alone(sorted_bundle, tmp_path):
+    from sdprune.deploy.export import export_onnx
+
+    data = sorted_bundle
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 10)).double().train()
+    before = {k: (v, v.clone()) for k, v in model.state_dict(keep_vars=True).items()}
+    record = export_onnx(model, _tiny_meta(data), tmp_path, data=data, samples=8)
+    assert record["parity"]["ok"]
+    assert model.training and all(m.training for m in model.modules())
+    after = model.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for k, (tensor, values) in before.items():
+        assert after[k] is tensor and tensor.dtype == values.dtype and torch.equal(tensor, values), k
+    assert next(model.parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("case", ["missing", "foreign", "opset", "atol", "agreement", "unwritable"])
 def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys, case):
     ckpt = str(runs / "r20" / "checkpoint.pt")
     out = tmp_path / "out"
@@ -142,6 +239,7 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys, case):
             "foreign": ["export", str(tmp_path / "foreign.pt"), "--out", str(out)],
             "opset": ["export", ckpt, "--opset", "13", "--out", str(out)],
             "atol": ["export", ckpt, "--atol", "-1", "--out", str(out)],
+            "agreement": ["export", ckpt, "--int8", "--int8-min-agreement", "101", "--out", str(out)],
             "unwritable": ["export", ckpt, "--out", str(tmp_path / "a-file" / "out")]}[case]
     (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "a-file").write_text("x")
@@ -150,5 +248,6 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys, case):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sdprune export: error:")
     assert {"missing": "not found", "foreign": "not a readable sdprune checkpoint",
-            "opset": "--opset 13", "atol": "--atol must be >= 0", "unwritable": "cannot write to output folder"}[case] in lines[0]
+            "opset": "--opset 13", "atol": "--atol must be >= 0",
+            "agreement": "--int8-min-agreement must be between 0 and 100, got 101", "unwritable": "cannot write to output folder"}[case] in lines[0]
     assert not out.exists()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,29 +15,38 @@ from torch import nn
 from sdprune.data.bundle import load_data
 from sdprune.data.images import normalize
 from sdprune.deploy.export import export_onnx
-from sdprune.deploy.mobile import CONFIG_NAME, convert_to_ort, read_operator_config
+from sdprune.deploy.mobile import CONFIG_NAME, check_ort, convert_to_ort, read_operator_config
 from sdprune.errors import SdpruneError
+
+
+def _tiny(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """model.onnx of a tiny network, and another.onnx: the same graph with other weights."""
     root = tmp_path_factory.mktemp("mobile")
     data = load_data("digits")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
     meta = {"model": {"name": "tiny"}, "data": data.meta(), "blocks": [], "removed": []}
-    export_onnx(model, meta, root / "export", samples=8, data=data)
-    return root / "export" / "model.onnx", data
+    export_onnx(_tiny(0), meta, root / "export", samples=8, data=data)
+    export_onnx(_tiny(1), meta, root / "other", samples=8, data=data)
+    return root / "export" / "model.onnx", data, root / "other" / "model.onnx"
 
 
 def test_ort_file_loads_and_computes_what_the_onnx_file_does(exported, tmp_path):
-    path, data = exported
-    r = convert_to_ort([path], tmp_path)
+    path, data, _ = exported
+    r = convert_to_ort([path], tmp_path, data, samples=64)
     ort_file = tmp_path / "model.ort"
     assert r["files"] == [str(ort_file)] and r["config"] == str(tmp_path / CONFIG_NAME)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG_NAME, "model.ort"])  # no work folder left
-    assert r["checks"][0]["output_shape"] == [1, 10]
+    # checked on 64 real test images against the file it came from
+    (check,) = r["checks"]
+    assert check["file"] == str(ort_file) and check["reference"] == str(path) and check["images"] == 64
+    assert check["top1_agreement"] == 100.0 and 0 <= check["max_abs_diff"] <= check["atol"] == 1e-4
+    assert check["sample"]["split"] == "test" and check["sample"]["classes"] == 10
     x = normalize(data.test.images[:5], data.mean, data.std).numpy()
     got = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -45,7 +58,37 @@ def test_ort_file_loads_and_computes_what_the_onnx_file_does(exported, tmp_path)
     assert str(tmp_path) not in (tmp_path / CONFIG_NAME).read_text()  # no temporary paths inside
 
 
-def test_missing_model_is_an_error(tmp_path):
+def test_ort_file_that_computes_something_else_is_not_written(exported, tmp_path, monkeypatch):
+    path, data, other = exported
+    real_run = subprocess.run
+
+    def converter_swaps_the_model(cmd, **kwargs):  # a converter that runs fine on a zero input, but wrongly
+        src = Path(cmd[3]) / "model.onnx"
+        src.unlink()  # a link to the caller's file: replace it, never write through it
+        shutil.copyfile(other, src)
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", converter_swaps_the_model)
+    with pytest.raises(SdpruneError, match=r"model\.ort does not compute what model\.onnx does: max \|logit diff\|"):
+        convert_to_ort([path], tmp_path, data, samples=16)
+    assert list(tmp_path.iterdir()) == []  # neither the .ort file nor the operator config
+
+
+def test_non_finite_logits_fail_the_ort_check(exported, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    path, data, _ = exported
+    proto = onnx.load(str(path))
+    bias = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).shape == (10,))  # the classifier's
+    bias.CopyFrom(numpy_helper.from_array(np.full(10, np.nan, np.float32), bias.name))
+    onnx.save(proto, str(tmp_path / "nan.onnx"))
+    with pytest.raises(SdpruneError, match="non-finite logits on 8 of 8 test images"):
+        check_ort(tmp_path / "nan.onnx", path, data.test.images[:8], data)
+
+
+def test_missing_model_is_an_error(exported, tmp_path):
+    _, data, _ = exported
     with pytest.raises(SdpruneError, match="not found"):
-        convert_to_ort([tmp_path / "none.onnx"], tmp_path)
+        convert_to_ort([tmp_path / "none.onnx"], tmp_path, data)
     assert list(tmp_path.iterdir()) == []
