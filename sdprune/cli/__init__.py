@@ -18,10 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"sdprune.cli.{name}")
-        except ModuleNotFoundError:
-            continue  # a command still being built
+        # No fallback: a command whose import fails must fail loudly, not vanish from --help.
+        module = importlib.import_module(f"sdprune.cli.{name}")
         p = module.add_parser(sub)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")

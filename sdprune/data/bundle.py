@@ -25,6 +25,7 @@ from sdprune.errors import SdpruneError
 DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 VAL_FRACTION, VAL_MAX = 0.1, 5000
 SPLIT_SEED = 0  # the validation slice is a property of the dataset, not of a run
+STATS_SEED = 0  # the images normalisation is measured on: likewise the dataset's
 
 
 @dataclass
@@ -77,8 +78,15 @@ def split_validation(train: ImageSet, fraction: float = VAL_FRACTION) -> tuple[I
 
 
 def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    x = images[:max_images].float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    """Per-channel mean and std of uint8 images, in [0, 1] units.
+
+    Above ``max_images`` a fixed random subset is measured: image sets are often sorted by
+    class (imagefolder), so the first images would describe the first classes only.
+    """
+    if len(images) > max_images:
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(STATS_SEED))[:max_images]
+        images = images[pick.sort().values]
+    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
     std = x.std(dim=1).clamp_min(1e-3)
     return [round(v, 6) for v in x.mean(dim=1).tolist()], [round(v, 6) for v in std.tolist()]
 

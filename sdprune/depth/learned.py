@@ -9,7 +9,9 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
   rises when block l is missing from the current (randomly thinned) network. It costs
   nothing: no extra forward pass, no probe set. Independent gates make the estimate
   unbiased; fitting all blocks jointly removes the other gates' noise, and the time term
-  removes the downward trend of the loss.
+  removes the downward trend of the loss. In row mode every sample has its own mask, so
+  every sample is an experiment: one row per sample (its mask, its loss), each step
+  weighing one unit. (The batch-mean mask would barely vary and rank blocks by noise.)
 * Budgeted mapping. Importances (z-scored) become target survivals
   p_l = p_min + (1 - p_min) sigmoid(z_l - tau), with tau found by bisection so that the
   FLOP-weighted mean survival equals the budget (default: linear's, so training costs
@@ -18,7 +20,11 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
   stage) are annealed to survival 0 between ``WARMUP`` and ``ANNEAL_END`` of training and
   stay there; the rest of training then trains exactly the network that
   ``sdprune prune --keep`` will cut out (with the paper's scaling a block at survival 0
-  evaluates to act(shortcut(x)), the removed block).
+  evaluates to act(shortcut(x)), the removed block). The budget still holds over the
+  whole network: the kept blocks are fitted so that the FLOP-weighted mean over all
+  blocks, the excluded ones at their annealed survival, is the budget. Where even the
+  kept blocks always on execute less (keep 0.25 of a 0.75 budget), they run at 1 and
+  ``summary()`` reports the executed fraction obtained and ``budget_feasible: False``.
 
 The feedback is deliberate: a block that gets lower survival is dropped more often, the
 network learns to do without it, and its measured importance falls further. After
@@ -109,22 +115,26 @@ class LearnedSurvival:
         self.xty = torch.zeros(n + 2, dtype=torch.float64)
         self.importance = torch.zeros(n, dtype=torch.float64)
         self.excluded: list[int] = []
+        self.feasible = True  # prune-aware: whether the kept blocks can carry the budget
 
     # -- the trainer's hooks ---------------------------------------------------------
-    def observe(self, step: int, gates: Tensor, loss: float, progress: float,
+    def observe(self, step: int, gates: Tensor, loss: float | Tensor, progress: float,
                 total_steps: int) -> Tensor | None:
         """Record one step's natural experiment; after warm-up, move the survivals.
 
+        Batch mode: ``gates`` (L,) and the batch's mean ``loss``. Row mode: ``gates`` (L, N)
+        and the N per-sample losses (a CPU tensor), one experiment per sample.
         Returns the new survival probabilities when they changed (for the gate sampler).
         """
         n = len(self.names)
         if n == 0:
             return None
-        g = gates.double() if gates.dim() == 1 else gates.double().mean(dim=1)
-        x = torch.cat([torch.ones(1, dtype=torch.float64), g, torch.tensor([step / total_steps], dtype=torch.float64)])
+        x, y = self._design(step / total_steps, gates, loss)
+        # Decay per step, and a step weighs one unit whatever its batch size: the memory
+        # (HALF_LIFE) means the same in both modes.
         decay = 0.5 ** (1.0 / max(1.0, HALF_LIFE * total_steps))
-        self.xtx.mul_(decay).add_(torch.outer(x, x))
-        self.xty.mul_(decay).add_(x * loss)
+        self.xtx.mul_(decay).add_(x.T @ x, alpha=1.0 / len(x))
+        self.xty.mul_(decay).add_(x.T @ y, alpha=1.0 / len(x))
         every = max(1, total_steps // 400)
         if progress < WARMUP or step % every:
             return None
@@ -139,6 +149,22 @@ class LearnedSurvival:
         set_survival(self.model, new.tolist())
         return new
 
+    @staticmethod
+    def _design(t: float, gates: Tensor, loss: float | Tensor) -> tuple[Tensor, Tensor]:
+        """Regression rows [1, g_1..g_L, t] and their losses: one row, or one per sample."""
+        g = gates.double()
+        if g.dim() == 2:  # row mode: (L, N) masks
+            losses = loss.detach().double().flatten() if isinstance(loss, Tensor) else None
+            if losses is None or losses.numel() != g.shape[1]:
+                raise ValueError(f"row-mode gates of {g.shape[1]} samples need {g.shape[1]} per-sample losses")
+            g = g.T
+        else:
+            losses = torch.tensor([float(loss.mean()) if isinstance(loss, Tensor) else float(loss)],
+                                  dtype=torch.float64)
+            g = g.unsqueeze(0)
+        ones = torch.ones(len(g), 1, dtype=torch.float64)
+        return torch.cat([ones, g, torch.full_like(ones, t)], dim=1), losses
+
     def targets(self, progress: float) -> Tensor:
         """Target survival of every block at this point of training."""
         imp = self.importance.float()
@@ -152,17 +178,22 @@ class LearnedSurvival:
             self.excluded = [i for i in range(len(imp)) if i not in kept]
         kept = [i for i in range(len(imp)) if i not in self.excluded]
         p = torch.zeros(len(imp))
-        p[kept] = fit_budget(scores[kept], self.target, w[kept], self.p_min)
         anneal = max(0.0, 1.0 - (progress - WARMUP) / (ANNEAL_END - WARMUP))
         if self.excluded:
             ex = torch.tensor(self.excluded)
             p[ex] = anneal * fit_budget(scores, self.target, w, self.p_min)[ex]
+        # The budget is the whole network's: the kept blocks carry what the excluded ones no
+        # longer execute, up to always on.
+        carry = (self.target * float(w.sum()) - float((p * w).sum())) / float(w[kept].sum())
+        self.feasible = carry <= 1.0 + 1e-9
+        p[kept] = fit_budget(scores[kept], carry, w[kept], self.p_min) if carry < 1.0 else 1.0
         return p.double()
 
     # -- resume ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"xtx": self.xtx, "xty": self.xty, "importance": self.importance,
-                "excluded": list(self.excluded), "target": self.target}
+                "excluded": list(self.excluded), "target": self.target, "budget_feasible": self.feasible,
+                "executed_fraction": self.executed_fraction()}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -171,8 +202,14 @@ class LearnedSurvival:
         self.importance = state["importance"].clone()
         self.excluded = list(state["excluded"])
         self.target = float(state["target"])
+        self.feasible = bool(state.get("budget_feasible", True))  # absent before it was recorded
         self.current = torch.tensor(get_survival(self.model), dtype=torch.float64)  # restored weights
+
+    def executed_fraction(self) -> float:
+        """The expected fraction of block compute executed now (the budget, where feasible)."""
+        return budget_mean(self.current, self.weights.double()) if len(self.names) else 1.0
 
     def summary(self) -> dict:
         return {"importance": [round(float(v), 6) for v in self.importance],
-                "target_survival": self.target, "excluded": [self.names[i] for i in self.excluded]}
+                "target_survival": self.target, "executed_fraction": round(self.executed_fraction(), 6),
+                "budget_feasible": self.feasible, "excluded": [self.names[i] for i in self.excluded]}

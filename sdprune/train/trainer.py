@@ -103,15 +103,22 @@ class Trainer:
         with self.sampler.install(step, len(y), device) as gates, \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            # Row mode: every sample had its own mask, so learned survival needs every sample's loss.
+            per_sample = self.controller is not None and self.sampler.mode == "row"
+            losses = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing,
+                                     reduction="none" if per_sample else "mean")
+            loss = losses.mean() if per_sample else losses
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        loss_value = float(loss.detach())  # one sync per step: needed for divergence and learning
+        # One sync per step: needed for divergence and learning (row mode: the per-sample losses).
+        observed = losses.detach().cpu() if per_sample else None
+        loss_value = float(observed.mean()) if per_sample else float(loss.detach())
         if not math.isfinite(loss_value):
             raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
         if self.controller is not None:
-            changed = self.controller.observe(step, gates, loss_value, step / self.total_steps, self.total_steps)
+            changed = self.controller.observe(step, gates, observed if per_sample else loss_value,
+                                              step / self.total_steps, self.total_steps)
             if changed is not None:
                 self.sampler.refresh(changed)
         # Row mode computes every branch (the mask only zeroes rows): all blocks run.

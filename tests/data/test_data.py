@@ -108,6 +108,22 @@ def test_normalize_uses_per_channel_mean_and_std():
     assert torch.allclose(x, torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]]), atol=1e-6)
 
 
+def test_channel_stats_sample_every_class_of_a_class_sorted_set():
+    """An imagefolder is sorted by class: the first max_images would be the first classes only."""
+    g = torch.Generator().manual_seed(0)
+    brightness = torch.tensor([20, 90, 160, 230])  # one very different level per class
+    labels = torch.arange(4).repeat_interleave(500)  # sorted by class, as an imagefolder is
+    noise = torch.randint(-15, 16, (2000, 3, 4, 4), generator=g)
+    data = ImageSet((brightness[labels].view(-1, 1, 1, 1) + noise).to(torch.uint8), labels)
+    x = data.images.float() / 255
+    mean, std = channel_stats(data.images, max_images=400)  # a fifth of the set
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=0.02)  # the first 400: 0.08
+    assert std == pytest.approx(x.transpose(0, 1).reshape(3, -1).std(dim=1).tolist(), rel=0.05)
+    assert channel_stats(data.images, max_images=400) == (mean, std)  # a fixed subset, not a run's
+    small = data.images[::50]  # fewer images than max_images: all of them, exactly
+    assert channel_stats(small, max_images=400) == channel_stats(small, max_images=len(small))
+
+
 def test_iterate_batches_shuffles_with_the_generator_and_drops_last():
     data = ImageSet(torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.arange(10))
     plain = [y.tolist() for _, y in iterate_batches(data, 4)]

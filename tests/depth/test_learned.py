@@ -39,8 +39,12 @@ def test_select_kept_agrees_with_prune_and_keeps_every_stage():
     assert select_kept(importance, layout, 5) == [0, 1, 2, 3, 6]
 
 
-def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: int, seed: int = 0):
-    """Drive the controller with a synthetic loss: base - sum(effects * gates) + noise."""
+def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: int, seed: int = 0,
+              trace: list | None = None):
+    """Drive the controller with a synthetic loss: base - sum(effects * gates) + noise.
+
+    ``trace`` collects (progress, survival) after every step.
+    """
     sampler = GateSampler(model, "batch", seed)
     noise = torch.Generator().manual_seed(seed + 1)
     for step in range(steps):
@@ -49,6 +53,8 @@ def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: 
         changed = controller.observe(step, gates, loss, step / steps, steps)
         if changed is not None:
             sampler.refresh(changed)
+        if trace is not None:
+            trace.append(((step + 1) / steps, controller.current.clone()))
 
 
 def test_estimator_ranks_blocks_by_their_effect_and_holds_budget():
@@ -74,6 +80,106 @@ def test_prune_aware_drives_excluded_blocks_to_zero():
     n_keep = target_count(9, 0.5, None)
     assert int((p == 0).sum()) == 9 - n_keep
     assert set(torch.nonzero(p == 0).flatten().tolist()) == {1, 3, 5, 7}
+
+
+
+AWARE_EFFECTS = torch.tensor([0.4, 0.01, 0.2, 0.0, 0.3, 0.02, 0.1, 0.0, 0.25])  # blocks 1, 3, 5, 7 useless
+
+
+def test_prune_aware_budget_holds_over_the_whole_network():
+    """The kept blocks carry the compute the excluded ones stop executing, during and after annealing."""
+    model = create_model("resnet20", 10, 1)
+    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.5, target_survival=0.4),
+                                 (1, 8, 8))
+    w = controller.weights
+    controller.importance = AWARE_EFFECTS.double()
+    for progress in (0.15, 0.3, 0.45, 0.59, 0.6, 0.8, 1.0):  # the targets themselves
+        p = controller.targets(progress)
+        assert budget_mean(p, w) == pytest.approx(0.4, abs=1e-4), progress
+        assert float(p.max()) <= 1.0
+    assert controller.targets(0.3)[controller.excluded].min() > 0  # still annealing
+    assert controller.targets(0.6)[controller.excluded].max() == 0  # annealed
+
+    model = create_model("resnet20", 10, 1)
+    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.5, target_survival=0.4),
+                                 (1, 8, 8))
+    trace: list = []
+    _simulate(controller, model, AWARE_EFFECTS, 1500, trace=trace)
+    executed = {round(progress, 3): budget_mean(p, w) for progress, p in trace}
+    for progress in (0.2, 0.3, 0.4, 0.5, 0.59, 0.7, 0.8, 0.9, 1.0):  # the survivals the gates are drawn from
+        assert executed[progress] == pytest.approx(0.4, abs=0.02), progress
+    p = torch.tensor(get_survival(model), dtype=torch.float64)
+    assert set(torch.nonzero(p == 0).flatten().tolist()) == {1, 3, 5, 7}
+    assert budget_mean(p, w) == pytest.approx(0.4, abs=0.005)
+    summary = controller.summary()
+    assert summary["executed_fraction"] == pytest.approx(0.4, abs=0.005) and summary["budget_feasible"]
+
+
+def test_prune_aware_budget_out_of_reach_is_capped_and_reported():
+    """Keep a quarter, budget 0.75: even the kept blocks always on execute less; say how much."""
+    model = create_model("resnet20", 10, 1)
+    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.25, target_survival=0.75),
+                                 (1, 8, 8))
+    _simulate(controller, model, AWARE_EFFECTS, 1500)
+    p = torch.tensor(get_survival(model))
+    kept = p > 0
+    assert int(kept.sum()) == target_count(9, 0.25, None)
+    assert p[kept].tolist() == pytest.approx([1.0] * int(kept.sum()), abs=1e-4)  # capped: always on
+    reachable = float(controller.weights[kept].sum() / controller.weights.sum())
+    assert reachable < 0.75
+    summary = controller.summary()
+    assert summary["target_survival"] == 0.75 and not summary["budget_feasible"]
+    assert summary["executed_fraction"] == pytest.approx(reachable, abs=1e-4)
+    state = controller.state_dict()  # the checkpoint's copy
+    assert state["executed_fraction"] == pytest.approx(reachable, abs=1e-4) and not state["budget_feasible"]
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(torch.argsort(x)).double()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([_ranks(a), _ranks(b)]))[0, 1])
+
+
+def test_row_mode_ranks_blocks_from_per_sample_experiments():
+    """Row mode: each sample has its own mask, so each sample is an experiment.
+
+    Synthetic per-sample losses from known block effects, plus per-sample noise (as a
+    cross-entropy has) and a per-step shift (the network changing between steps). The
+    per-sample regression recovers the ranking; regressing the batch-mean loss on the
+    batch-mean mask (which barely varies) does not.
+    """
+    effects = torch.tensor([0.32, 0.0, 0.16, 0.04, 0.28, 0.08, 0.12, 0.24, 0.20])
+    steps, batch = 400, 128
+    model, twin = create_model("resnet20", 10, 1), create_model("resnet20", 10, 1)
+    config = TrainConfig(survival="learned", drop_mode="row")
+    per_sample, batch_mean = LearnedSurvival(model, config, (1, 8, 8)), LearnedSurvival(twin, config, (1, 8, 8))
+    sampler = GateSampler(model, "row", 0)
+    noise = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        gates = sampler.draw(step, batch)  # (L, N)
+        shift = 0.1 * float(torch.randn(1, generator=noise)) - 0.5 * step / steps
+        losses = 2.0 + shift - effects @ gates + 0.5 * torch.randn(batch, generator=noise)
+        changed = per_sample.observe(step, gates, losses, step / steps, steps)
+        batch_mean.observe(step, gates.mean(dim=1), float(losses.mean()), step / steps, steps)  # the old way
+        if changed is not None:
+            sampler.refresh(changed)
+    assert spearman(per_sample.importance.float(), effects) > 0.9
+    assert torch.corrcoef(torch.stack([per_sample.importance.float(), effects]))[0, 1] > 0.95
+    assert spearman(batch_mean.importance.float(), effects) < 0.5
+    p = torch.tensor(get_survival(model))
+    assert spearman(p, effects) > 0.9  # the survivals follow the ranking
+    assert budget_mean(p, per_sample.weights) == pytest.approx(per_sample.target, abs=0.03)
+
+
+def test_row_mode_gates_need_per_sample_losses():
+    model = create_model("resnet20", 10, 1)
+    controller = LearnedSurvival(model, TrainConfig(survival="learned", drop_mode="row"), (1, 8, 8))
+    with pytest.raises(ValueError, match="per-sample"):
+        controller.observe(0, torch.ones(9, 4), 1.0, 0.0, 10)
+    with pytest.raises(ValueError, match="per-sample"):
+        controller.observe(0, torch.ones(9, 4), torch.ones(3), 0.0, 10)
 
 
 def test_a_useless_block_learns_low_survival_in_real_training():

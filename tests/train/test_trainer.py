@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sdprune.data.bundle import data_for_checkpoint
+from sdprune.data.bundle import data_for_checkpoint, load_data
 from sdprune.depth.schedule import survival_schedule
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
@@ -15,7 +15,7 @@ from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate
 from sdprune.train.loop import train
-from sdprune.train.trainer import lr_at
+from sdprune.train.trainer import build_training, lr_at
 
 FAST = dict(model="resnet20", dataset="digits", batch_size=128, device="cpu")
 TIMING = {"time_s", "images_per_s", "wall_s"}
@@ -122,6 +122,46 @@ def test_other_schedules_and_row_mode_train(tmp_path, survival, mode):
         assert 0 < row["executed_blocks"] < 9
     meta = load_checkpoint(tmp_path / "run")["meta"]
     assert meta["config"]["drop_mode"] == mode and meta["config"]["survival"] == survival
+
+
+
+class Recorder:
+    """Stands in for the survival controller and keeps what each step handed it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def observe(self, step, gates, loss, progress, total_steps):
+        self.calls.append((gates, loss))  # and changes no survival
+
+
+def test_row_mode_hands_per_sample_losses_to_learned_survival():
+    """Row mode: each sample is its own experiment, so the controller gets each sample's loss."""
+    data = load_data("digits")
+    trainer = build_training(TrainConfig(survival="learned", drop_mode="row", **FAST), data, torch.device("cpu"))
+    trainer.controller = recorder = Recorder()
+    images, labels = data.train.images[:32], data.train.labels[:32]
+    result = trainer.step(0, images, labels)
+    (gates, loss), = recorder.calls
+    assert gates.shape == (9, 32)
+    assert isinstance(loss, torch.Tensor) and loss.shape == (32,) and loss.device.type == "cpu"
+    assert not loss.requires_grad and bool((loss > 0).all()) and float(loss.std()) > 0
+    assert float(loss.mean()) == pytest.approx(result.loss, rel=1e-6)  # the mean is what was trained on
+
+    batch = build_training(TrainConfig(survival="learned", **FAST), data, torch.device("cpu"))
+    batch.controller = recorder = Recorder()
+    result = batch.step(0, images, labels)
+    (gates, loss), = recorder.calls
+    assert gates.shape == (9,) and loss == result.loss  # batch mode: one experiment, the mean loss
+
+
+def test_learned_survival_in_row_mode_trains(tmp_path):
+    summary = train(TrainConfig(epochs=1, survival="learned", drop_mode="row", out=str(tmp_path / "run"), **FAST))
+    ckpt = load_checkpoint(tmp_path / "run")
+    importance = ckpt["controller"]["importance"]
+    assert bool(torch.isfinite(importance).all()) and float(importance.abs().sum()) > 0  # it learned something
+    assert ckpt["meta"]["survival"] != pytest.approx(ckpt["meta"]["survival"][:1] * 9)
+    assert 0 <= summary["final"]["test_acc"] <= 100 and metrics(tmp_path / "run")[0]["executed_blocks"] == 9.0
 
 
 def test_a_run_folder_is_never_overwritten(full_run):
