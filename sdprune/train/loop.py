@@ -94,8 +94,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                "test_loss": test["loss"], "test_acc": test["acc"], "time_s": train_time,
                "images_per_s": seen / train_time, "executed_blocks": executed / steps_done,
                "survival": get_survival(model)}
-        if controller is not None:
-            row["importance"] = controller.summary()["importance"]
+        if controller is not None:  # what the learned budget really executes, next to what was asked
+            learned = controller.summary()
+            row.update({k: learned[k] for k in ("importance", "target_survival", "executed_fraction",
+                                                 "budget_feasible")})
         history.append(row)
         extra = {"controller": controller.state_dict()} if controller is not None else {}
         save_checkpoint(run_dir / CHECKPOINT, model,
