@@ -26,10 +26,14 @@ learned-survival update), on a Trainer from `sdprune.train.trainer.build_trainin
     python tools/bench_train_speed.py --device cuda --steps 20 --repeats 10 --warmup 10
     python tools/bench_train_speed.py --device cuda --compile branches ...   # torch.compile
 
-``--compile model`` compiles the whole network (``nn.Module.compile``): dynamo guards on
-each block's installed gate, so every new pattern of skipped blocks is a new graph.
-``--compile branches`` compiles each gated block's branch on its own: the skip decision
-stays in Python and every branch keeps one graph (it is always run whole).
+An arm may carry a compile mode, ``ARM@model`` or ``ARM@branches`` (``--compile`` sets it
+for arms that name none), so eager and compiled arms are alternated in ONE run:
+``model`` compiles the whole network (``nn.Module.compile``; dynamo guards on each
+block's installed gate, so every new pattern of skipped blocks is a new graph: only
+sensible for plain training); ``branches`` compiles each gated block's branch on its own:
+the skip decision stays in Python and every branch keeps one graph (it always runs whole).
+
+    python tools/bench_train_speed.py --device cuda --arms plain,batch,plain@branches,batch@branches
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ ARMS = {  # name -> TrainConfig overrides
     "learned": {"survival": "learned", "p_last": 0.5, "drop_mode": "batch"},
 }
 NOMINAL_STEPS_PER_EPOCH = 390  # CIFAR at batch 128: sets the lr schedule and learned's pace
+COMPILE_MODES = ("", "none", "model", "branches")  # "" = the --compile default
 LEARNED_STEPS = 400  # the learned arm's nominal run: the controller updates every step (400 // 400)
 
 
@@ -85,7 +90,9 @@ class Arm:
         return self.trainer.sampler
 
 
-def make_arm(name: str, base: TrainConfig, data, device: torch.device, compile_how: str = "none") -> Arm:
+def make_arm(spec: str, base: TrainConfig, data, device: torch.device, compile_how: str = "none") -> Arm:
+    name, _, how = spec.partition("@")
+    compile_how = how or compile_how
     config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
     learned = config.survival == "learned"
     if learned:
@@ -95,7 +102,7 @@ def make_arm(name: str, base: TrainConfig, data, device: torch.device, compile_h
     trainer.model.train()
     compile_model(trainer.model, compile_how)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
-    arm = Arm(name, trainer, order)
+    arm = Arm(spec, trainer, order)
     if learned:
         enter_active_phase(arm)
     return arm
@@ -103,6 +110,11 @@ def make_arm(name: str, base: TrainConfig, data, device: torch.device, compile_h
 
 def compile_model(model: torch.nn.Module, how: str) -> None:
     """In place, state dict keys unchanged: the whole network, or each gated branch."""
+    if how in ("model", "branches"):
+        # one graph per block instance (or gate pattern) must not hit dynamo's default
+        # recompile limit of 8, after which it silently falls back to eager
+        torch._dynamo.config.cache_size_limit = 256
+        torch._dynamo.config.accumulated_cache_size_limit = 4096
     if how == "model":
         model.compile()
     elif how == "branches":
@@ -231,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default="plain,batch,row,learned", help=f"comma-separated, of {','.join(ARMS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this file")
-    p.add_argument("--compile", choices=["none", "model", "branches"], default="none",
+    p.add_argument("--compile", choices=COMPILE_MODES[1:], default="none",
                    help="torch.compile the whole model or each gated branch (default none)")
     return p.parse_args(argv)
 
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.arms.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ARMS]
+    unknown = [n for n in names if n.partition("@")[0] not in ARMS or n.partition("@")[2] not in COMPILE_MODES]
     if unknown or not names or min(args.steps, args.repeats) < 1 or args.warmup < 0:
         print(f"bench_train_speed: bad arguments (unknown arms: {unknown})", file=sys.stderr)
         return 2
