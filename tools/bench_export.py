@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 
 from sdprune.data.bundle import load_data
-from sdprune.data.images import iterate_batches, normalize
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name
 from sdprune.deploy.quantize import quantize_int8
 from sdprune.depth.structure import gated_blocks, remove_blocks
 from sdprune.nets.registry import create_model
+from sdprune.prune.heal import recalibrate_bn
 from sdprune.report import Reporter, human
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
@@ -50,21 +50,6 @@ def evenly_kept(names: list[str], keep: float) -> list[str]:
     return [n for i, n in enumerate(names) if i not in kept]
 
 
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, data, batches: int = 10) -> None:
-    """BatchNorm running statistics from real forward passes (a cumulative average)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for i, (images, _) in enumerate(iterate_batches(data.train, 64)):
-        if i == batches:
-            break
-        model(normalize(images, data.mean, data.std))
-    model.eval()
-
-
 def b3(args, root: Path, reporter: Reporter) -> dict:
     data = load_data("synthetic")
     variants = []
@@ -74,7 +59,7 @@ def b3(args, root: Path, reporter: Reporter) -> dict:
         names = [n for n, _ in gated_blocks(model)]
         removed = evenly_kept(names, keep)
         remove_blocks(model, removed)
-        recalibrate_bn(model, data)
+        recalibrate_bn(model, data, batches=10, batch_size=64)  # as `sdprune prune` heals
         meta = {"model": {"name": args.model}, "data": data.meta(), "blocks": names, "removed": removed}
         out = root / f"keep{keep:.2f}"
         t0 = time.perf_counter()

@@ -3,11 +3,13 @@
 Fashion-MNIST (a fixed training subset, the full test split unless capped), a CIFAR-style
 ResNet, one schedule for every arm. Arms: plain, linear stochastic depth, learned
 survival, and learned prune-aware for keep 0.5 ("aware"), each over several seeds. For each
-trained network: full-depth accuracy, then keep 0.75 / 0.5 / 0.25 chosen by every
-criterion on the validation slice, unhealed, BN-healed, and fine-tuned (distilled) for
-one epoch (by default only the criterion that is best on validation, per keep). Baseline:
-the CIFAR ResNet whose blocks per stage come closest to the kept count, trained from
-scratch with the same schedule.
+trained network: full-depth accuracy (as trained, BN re-estimated, and healed like the
+pruned networks: the reference), then keep 0.75 / 0.5 / 0.25 chosen by every criterion on
+the validation slice, unhealed, BN re-estimated, BN-healed (re-estimated statistics kept
+only where they improve validation) and fine-tuned (distilled) for one epoch (by default
+only the criterion that is best on validation, per keep), all by `sdprune prune`'s
+pipeline (sdprune.prune.pipeline). Baseline: the CIFAR ResNet whose blocks per stage come
+closest to the kept count, trained from scratch with the same schedule.
 
 Resumable: every arm (one training and all its pruning) is cached as JSON under
 --out/arms/; rerun the same command to finish an interrupted protocol.
@@ -19,7 +21,6 @@ Resumable: every arm (one training and all its pruning) is cached as JSON under
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -34,18 +35,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.select import CRITERIA, removed_blocks, select_blocks, target_count
-from sdprune.depth.structure import remove_blocks
-from sdprune.prune.heal import finetune, recalibrate_bn
-from sdprune.prune.stats import collect_stats
+from sdprune.depth.select import CRITERIA, target_count
+from sdprune.prune.heal import HealSpec
+from sdprune.prune.pipeline import Budget, prune_model, reference, score_blocks
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.config import TrainConfig
-from sdprune.train.evaluate import assess
 from sdprune.train.loop import train
 
 # arm -> (survival schedule, prune-aware target keep)
 ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),
         "aware": ("learned", 0.5)}
+FORMAT = 2  # of an arm's JSON: 2 = reference healed like the pruned networks, BN kept where it helps val
 
 
 def parse_args(argv=None):
@@ -120,7 +120,7 @@ def trained(cfg: TrainConfig) -> tuple[Path, float]:
 
 
 def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
-    """Every keep x criterion x healing stage for one trained network."""
+    """Every keep x criterion x healing stage for one trained network (`sdprune prune`'s pipeline)."""
     ckpt = load_checkpoint(ckpt_path)
     from sdprune.train.evaluate import resolve_device
 
@@ -130,26 +130,25 @@ def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
     learned = ckpt["meta"]["config"]["survival"] == "learned"
     criteria = [c for c in args.criteria.split(",") if c != "survival" or learned]
     t0 = time.perf_counter()
-    rows = collect_stats(full, data, dev)  # ablation rows carry every statistic
+    rows = score_blocks(full, data, ["ablation", "influence", "norm"], dev)  # every statistic
     stats_s = time.perf_counter() - t0
-    result = {"full": assess(full, data, dev), "stats_s": stats_s, "blocks": len(rows), "keeps": {}}
+    bn = HealSpec.of("bn")
+    tuned = HealSpec.of("finetune", args.finetune_epochs) if args.finetune != "none" else None
+    ref = reference(full, data, bn, seed, dev)
+    result = {"format": FORMAT, "reference": ref.record(), "stats_s": stats_s, "blocks": len(rows), "keeps": {}}
     for keep in [float(k) for k in args.keeps.split(",")]:
         per = {}
         for criterion in criteria:
-            removed = removed_blocks(rows, select_blocks(rows, criterion, keep=keep, seed=seed))
-            model = remove_blocks(copy.deepcopy(full), removed)
-            entry = {"removed": removed, "unhealed": assess(model, data, dev)}
-            recalibrate_bn(model, data, dev, seed=seed)
-            entry["bn"] = assess(model, data, dev)
-            per[criterion] = (entry, model)
-        best = max(per, key=lambda c: per[c][0]["bn"]["val"]["acc"])
-        for criterion, (entry, model) in per.items():
+            healed = prune_model(full, rows, data, criterion, Budget(keep), bn, seed=seed, device=dev).record(ref)
+            per[criterion] = {"removed": healed["removed"], "unhealed": healed["unhealed"],
+                              "recalibrated": healed["bn"]["after"], "bn_kept": healed["bn"]["kept"],
+                              "bn": healed["after"]}
+        best = max(per, key=lambda c: per[c]["bn"]["val"]["acc"])
+        for criterion, entry in per.items():
             if args.finetune == "all" or (args.finetune == "best" and criterion == best):
-                finetune(model, full, data, args.finetune_epochs, dev, seed=seed)
-                recalibrate_bn(model, data, dev, seed=seed)  # as `sdprune prune` does
-                entry["finetune"] = assess(model, data, dev)
-        result["keeps"][str(keep)] = {"kept": target_count(len(rows), keep, None), "best": best,
-                                      "criteria": {c: e for c, (e, _) in per.items()}}
+                entry["finetune"] = prune_model(full, rows, data, criterion, Budget(keep), tuned, seed=seed,
+                                                device=dev).after
+        result["keeps"][str(keep)] = {"kept": target_count(len(rows), keep, None), "best": best, "criteria": per}
     return result
 
 
@@ -171,9 +170,12 @@ def ensure_registered(depth: int) -> str:
     return name
 
 
-def cached(path: Path, make) -> dict:
+def cached(path: Path, make, valid=lambda value: True) -> dict:
+    """``make()``'s value, computed once and kept as JSON at ``path`` (redone if not ``valid``)."""
     if path.exists():
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        if valid(value):
+            return value
     value = make()
     write_json(path, value)
     return value
@@ -195,7 +197,9 @@ def main(argv=None) -> int:
             def run_arm() -> dict:
                 ckpt, train_s = trained(config(args, data_root, args.model, arm, seed, out / "runs" / key))
                 return {"arm": arm, "seed": seed, "train_s": train_s, **prune_arm(args, ckpt, seed)}
-            results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm))
+            # an arm pruned by an older version is pruned again (its training is reused)
+            results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm,
+                                                      lambda value: value.get("format") == FORMAT))
             print(f"done {key}", file=sys.stderr)
     from sdprune.depth.structure import gated_blocks
     from sdprune.nets.registry import create_model
@@ -244,23 +248,28 @@ def markdown(args, results: dict, baselines: dict) -> str:
              f"(10% of them the validation slice), {args.epochs} epochs, batch {args.batch_size}, cosine lr "
              f"{args.lr}; test split {args.test_images or 'all 10,000'} images. Accuracy: test %, mean ± sd "
              f"over seeds {args.seeds}; blocks chosen and 'best' picked on the validation slice.", ""]
+    stages = ("unhealed", "recalibrated", "bn", "finetune")
     for arm, runs in results.items():
-        lines += [f"**{arm}** — full depth {ms([r['full']['test']['acc'] for r in runs])} "
-                  f"({runs[0]['blocks']} blocks), training {ms([r['train_s'] for r in runs])} s", "",
-                  "| keep | criterion | unhealed | BN-healed | fine-tuned |", "|---|---|---|---|---|"]
+        refs = [r["reference"] for r in runs]
+        lines += [(f"**{arm}** — full depth {ms([x['trained']['test']['acc'] for x in refs])} as trained, "
+                   f"{ms([x['recalibrated']['test']['acc'] for x in refs])} BN re-estimated, reference (healed "
+                   f"like the pruned networks) {ms([x['healed']['test']['acc'] for x in refs])} "
+                   f"({runs[0]['blocks']} blocks), training {ms([r['train_s'] for r in runs])} s"), "",
+                  "| keep | criterion | unhealed | BN re-estimated | BN-healed (kept where val improves) | fine-tuned |",
+                  "|---|---|---|---|---|---|"]
         for keep, info in runs[0]["keeps"].items():
             for criterion in info["criteria"]:
                 cells = [ms([r["keeps"][keep]["criteria"][criterion][stage]["test"]["acc"]
                              for r in runs if stage in r["keeps"][keep]["criteria"][criterion]], len(runs))
-                         for stage in ("unhealed", "bn", "finetune")]
+                         for stage in stages]
                 lines.append(f"| {keep} ({info['kept']}) | {criterion} | " + " | ".join(cells) + " |")
             picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
-            cells = [ms([p[s]["test"]["acc"] for p in picked if s in p]) for s in ("unhealed", "bn", "finetune")]
+            cells = [ms([p[s]["test"]["acc"] for p in picked if s in p]) for s in stages]
             lines.append(f"| {keep} ({info['kept']}) | **best on val** | " + " | ".join(cells) + " |")
             base = baselines.get(keep, [])
             if base:
                 lines.append(f"| {keep} ({info['kept']}) | scratch {base[0]['model']} ({base[0]['blocks']} blocks) | "
-                             f"| | {ms([b['test_acc'] for b in base])} |")
+                             f"| | | {ms([b['test_acc'] for b in base])} |")
         lines.append("")
     lines += targets(results, baselines)
     return "\n".join(lines) + "\n"
@@ -271,12 +280,13 @@ def targets(results: dict, baselines: dict, keep: str = "0.5") -> list[str]:
     runs, base = results.get("linear"), baselines.get(keep)
     if not runs or keep not in runs[0]["keeps"]:
         return []
-    full = sum(r["full"]["test"]["acc"] for r in runs) / len(runs)
+    full = sum(r["reference"]["healed"]["test"]["acc"] for r in runs) / len(runs)
     picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
     bn = sum(p["bn"]["test"]["acc"] for p in picked) / len(picked)
-    lines = [f"Targets (linear arm, keep {keep}, best criterion on val; means over seeds):",
-             f"- BN-healed {bn:.2f} vs full {full:.2f}: {full - bn:+.2f} points lost "
-             f"({'met' if full - bn <= 3 else 'not met'}: within 3)"]
+    lines = [(f"Targets (linear arm, keep {keep}, best criterion on val; means over seeds; full: the reference, "
+              "healed like the pruned networks):"),
+             (f"- BN-healed {bn:.2f} vs full {full:.2f}: {full - bn:+.2f} points lost "
+              f"({'met' if full - bn <= 3 else 'not met'}: within 3)")]
     tuned = [p["finetune"]["test"]["acc"] for p in picked if "finetune" in p]
     if len(tuned) == len(picked):
         ft = sum(tuned) / len(tuned)

@@ -7,6 +7,7 @@ import argparse
 
 def add_parser(sub):
     from sdprune.depth.select import CRITERIA
+    from sdprune.prune.heal import HEAL_MODES
 
     p = sub.add_parser("prune", help="remove residual blocks and heal the smaller network", description=__doc__)
     a = p.add_argument
@@ -20,13 +21,17 @@ def add_parser(sub):
     a("--iterative", action="store_true", help="remove one block at a time, re-scoring after each removal")
     a("--allow-empty-stage", dest="keep_stages", action="store_false",
       help="allow removing every block of a stage (default: each stage keeps one)")
-    a("--heal", choices=["none", "bn"], default="bn", help="re-estimate BatchNorm statistics (default bn)")
+    a("--heal", choices=HEAL_MODES, default="bn",
+      help="bn: re-estimate BatchNorm statistics, kept only where they improve the validation slice (default); "
+           "finetune: a distilled fine-tune first")
     a("--no-heal", dest="heal", action="store_const", const="none", help="same as --heal none")
-    a("--finetune-epochs", type=float, default=0, help="fine-tune the pruned network for N epochs (default 0)")
+    a("--finetune-epochs", type=float,
+      help="epochs of fine-tuning (with the default --heal bn: fine-tune too; default 1 with --heal finetune)")
     a("--no-distill", dest="distill", action="store_false",
       help="fine-tune on labels only (default: distil from the unpruned network)")
     a("--seed", type=int, default=0, help="seed of the random criterion, BN batches and fine-tuning")
-    a("--out", help="output folder (default <run>/pruned-keepK.KK)")
+    a("--out", help="output folder (default <run>/pruned-keepK.KK-CRITERION[-iterative][-finetune]...; "
+                    "a different prune already there is refused)")
     a("--device", default="auto", help="auto | cpu | cuda")
     a("--batch-size", type=int, default=128, help="batch size of the statistics")
     a("--stats-images", type=int, help="score on the first N validation images only (default: all)")
@@ -44,28 +49,43 @@ def _amount(text: str) -> float:
 
 def run(args, reporter) -> int:
     from sdprune.errors import SdpruneError
-    from sdprune.prune.pipeline import check_options, prune_checkpoint
-    from sdprune.report import human
+    from sdprune.prune.heal import HealSpec
+    from sdprune.prune.pipeline import Budget, prune_checkpoint
 
-    check_options(args.keep, args.keep_blocks, args.criterion, args.heal, args.finetune_epochs,
-                  args.max_params, args.max_flops)
+    budget = Budget(args.keep, args.keep_blocks, args.max_params, args.max_flops, args.keep_stages)
+    heal = HealSpec.of(args.heal, args.finetune_epochs, args.distill)
     if args.batch_size < 1 or (args.stats_images is not None and args.stats_images < 1):
         raise SdpruneError("--batch-size and --stats-images must be at least 1")
-    s = prune_checkpoint(args.checkpoint, keep=args.keep, keep_blocks=args.keep_blocks, max_params=args.max_params,
-                         max_flops=args.max_flops, criterion=args.criterion, iterative=args.iterative,
-                         heal=args.heal, finetune_epochs=args.finetune_epochs, distill=args.distill,
-                         keep_stages=args.keep_stages, seed=args.seed, out=args.out, device=args.device,
-                         batch_size=args.batch_size, stats_images=args.stats_images, reporter=reporter)
-    rows = [["blocks", s["blocks"]["before"], "-", s["blocks"]["after"]],
-            ["params", human(s["params"]["before"]), "-", human(s["params"]["after"])],
-            ["FLOPs", human(s["flops"]["before"]), "-", human(s["flops"]["after"])]]
-    for split in ("val", "test"):
-        unhealed = f"{s['unhealed'][split]['acc']:.2f}%" if s["unhealed"] else "-"
-        rows.append([f"{split} accuracy", f"{s['before'][split]['acc']:.2f}%", unhealed,
-                     f"{s['after'][split]['acc']:.2f}%"])
-    reporter.table(f"pruned {s['model']} by {s['criterion']}{' (iterative)' if s['iterative'] else ''}",
-                   ["", "before", "removed, unhealed", "after"], rows,
-                   caption=f"removed: {', '.join(s['removed']) or 'nothing'}")
+    s = prune_checkpoint(args.checkpoint, budget, args.criterion, heal, args.iterative, args.seed, args.out,
+                         args.device, args.batch_size, args.stats_images, reporter)
+    reporter.table(f"pruned {s['model']} by {s['criterion']}{' (iterative)' if s['iterative'] else ''}, "
+                   f"heal {s['heal']}", ["network", "blocks", "params", "FLOPs", "val %", "test %"],
+                   _rows(s), caption=_caption(s))
     reporter.info(f"wrote {s['checkpoint']}")
     reporter.result(s)
     return 0
+
+
+def _rows(s: dict) -> list[list]:
+    """One row per network measured: the unpruned one both ways, the pruned one per healing step."""
+    from sdprune.report import human
+
+    ref, bn = s["reference"], s["bn"]
+    full = [s["blocks"]["before"], human(s["params"]["before"]), human(s["flops"]["before"])]
+    small = [s["blocks"]["after"], human(s["params"]["after"]), human(s["flops"]["after"])]
+    steps = [("unpruned, as trained", full, ref["trained"]), ("unpruned, BN re-estimated", full, ref["recalibrated"]),
+             ("pruned, unhealed", small, s["unhealed"])]
+    if s["finetune"]:
+        steps.append(("pruned, fine-tuned", small, bn["before"] if bn else s["after"]))
+    if bn:
+        steps.append(("pruned, BN re-estimated", small, bn["after"]))
+    marked = {0 if ref["kept"] == "trained" else 1, len(steps) - (2 if bn and bn["kept"] == "trained" else 1)}
+    return [[name + (" *" if i in marked else ""), *size, f"{m['val']['acc']:.2f}", f"{m['test']['acc']:.2f}"]
+            for i, (name, size, m) in enumerate(steps)]
+
+
+def _caption(s: dict) -> str:
+    rule = "; re-estimated BN statistics kept only where they improve val" if s["bn"] else ""
+    return (f"*: the reference (unpruned, healed as the pruned network is) and the result; cost of pruning "
+            f"(result - reference): {s['change']['test']:+.2f} test, "
+            f"{s['change']['val']:+.2f} val points{rule}; removed: {', '.join(s['removed']) or 'nothing'}")

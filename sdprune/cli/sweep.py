@@ -17,6 +17,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub):
+    from sdprune.prune.heal import HEAL_MODES
     from sdprune.prune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS
 
     p = sub.add_parser("sweep", help="the footprint curve: accuracy vs size and latency", description=__doc__)
@@ -24,8 +25,10 @@ def add_parser(sub):
     a("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest unpruned run)")
     a("--keep", type=_floats, default=DEFAULT_KEEPS, help="comma-separated kept fractions")
     a("--criteria", type=_names, default=DEFAULT_CRITERIA, help="comma-separated criteria")
-    a("--heal", default="bn", help="none | bn | finetune (default bn)")
-    a("--finetune-epochs", type=float, default=1.0, help="epochs of distilled fine-tuning with --heal finetune")
+    a("--heal", choices=HEAL_MODES, default="bn",
+      help="as `sdprune prune --heal`: bn re-estimates BatchNorm statistics where that helps val (default); "
+           "finetune fine-tunes first")
+    a("--finetune-epochs", type=float, help="epochs of distilled fine-tuning (default 1 with --heal finetune)")
     a("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export and latency (faster)")
     a("--repeats", type=int, default=30, help="timed runs per model at batch 1")
     a("--threads", type=int, help="ONNX Runtime threads (default: all CPUs)")
@@ -36,10 +39,12 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
+    from sdprune.prune.heal import HealSpec
     from sdprune.prune.sweep import sweep_checkpoint
 
-    result = sweep_checkpoint(args.checkpoint, args.keep, args.criteria, args.heal, args.finetune_epochs,
-                              args.onnx, args.repeats, args.threads, args.device, args.seed, args.out, reporter)
+    heal = HealSpec.of(args.heal, args.finetune_epochs)
+    result = sweep_checkpoint(args.checkpoint, args.keep, args.criteria, heal, args.onnx, args.repeats,
+                              args.threads, args.device, args.seed, args.out, reporter)
     reporter.info(f"wrote {', '.join(result['files'].values())}")
     reporter.result(result)
     return 0

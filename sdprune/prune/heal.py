@@ -2,8 +2,11 @@
 
 Removing a block shifts the activations that every later BatchNorm normalises with its
 running statistics, so the first remedy is to re-estimate those statistics on training
-images (cheap, no gradient). The second is a short fine-tune, distilled from the
-unpruned network: the pruned network learns to reproduce its teacher's outputs.
+images (cheap, no gradient). Re-estimation does not always help (a few unrepresentative
+batches, or a network whose trained statistics already fit), so ``heal_bn`` keeps the new
+statistics only where they improve the validation slice, never deciding on test. The
+second remedy is a short fine-tune, distilled from the unpruned network: the pruned
+network learns to reproduce its teacher's outputs.
 
 Both run the gated blocks deterministically (branch scaled by its survival, as in eval)
 while BatchNorm is in training mode, so they heal exactly the function that is evaluated
@@ -13,18 +16,64 @@ and exported rather than the stochastic training-time one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
 from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.gates import expected_gates
+from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
+from sdprune.train.evaluate import assess
 
-HEAL_MODES = ("none", "bn")
+HEAL_MODES = ("none", "bn", "finetune")  # `sdprune prune --heal` and `sdprune sweep --heal`
+DEFAULT_FINETUNE_EPOCHS = 1.0
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class HealSpec:
+    """How a pruned network is healed: an optional distilled fine-tune, then BN statistics.
+
+    ``bn``: re-estimate BatchNorm statistics on ``bn_batches`` training batches, kept only
+    where they improve the validation slice. ``finetune_epochs`` > 0: fine-tune first
+    (distilled from the unpruned network unless ``distill`` is False).
+    """
+
+    bn: bool = True
+    finetune_epochs: float = 0.0
+    distill: bool = True
+    bn_batches: int = 20
+
+    @classmethod
+    def of(cls, mode: str = "bn", finetune_epochs: float | None = None, distill: bool = True,
+           bn_batches: int = 20) -> HealSpec:
+        """The spec a ``--heal`` mode names; ``finetune_epochs`` with ``bn`` fine-tunes too."""
+        if mode not in HEAL_MODES:
+            raise SdpruneError(f"--heal must be one of {', '.join(HEAL_MODES)}, got {mode!r}")
+        if finetune_epochs is not None and not finetune_epochs >= 0:  # NaN too
+            raise SdpruneError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+        if bn_batches < 1:
+            raise SdpruneError(f"BN re-estimation needs at least 1 batch, got {bn_batches}")
+        epochs = finetune_epochs if finetune_epochs is not None else (
+            DEFAULT_FINETUNE_EPOCHS if mode == "finetune" else 0.0)
+        if mode == "none" and epochs > 0:
+            raise SdpruneError("--heal none fine-tunes nothing: use --heal finetune --finetune-epochs N")
+        if mode == "finetune" and epochs == 0:
+            raise SdpruneError("--heal finetune needs --finetune-epochs above 0")
+        return cls(bn=mode != "none", finetune_epochs=float(epochs), distill=distill, bn_batches=bn_batches)
+
+    @property
+    def mode(self) -> str:
+        """The ``--heal`` mode this spec is: none, bn or finetune."""
+        return "finetune" if self.finetune_epochs > 0 else "bn" if self.bn else "none"
+
+
+BN_HEAL = HealSpec()  # the default: BN statistics, kept where they help val
 
 
 @torch.no_grad()
@@ -123,21 +172,55 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     return {"steps": step, "loss": loss_sum / max(seen, 1)}
 
 
-def heal_network(model: nn.Module, data: DataBundle, device: torch.device | str = "cpu", bn: bool = True,
-                 finetune_epochs: float = 0.0, teacher: nn.Module | None = None, distill: bool = True,
-                 bn_batches: int = 20, seed: int = 0, reporter: Reporter | None = None) -> dict | None:
-    """Heal a network after block removal: BN statistics, then an optional distilled fine-tune.
+def bn_statistics(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of every BatchNorm buffer (running mean, variance, batch count), by name."""
+    return {f"{name}.{key}" if name else key: buf.detach().clone() for name, m in model.named_modules()
+            if isinstance(m, _BN) for key, buf in m.named_buffers(recurse=False)}
 
-    With ``bn``, statistics are re-estimated before fine-tuning (removal shifted what every
-    later BatchNorm sees) and again after it (exact statistics for the new weights rather
-    than the fine-tune's moving average). Returns the fine-tune's record, if any.
+
+def restore_bn_statistics(model: nn.Module, saved: dict[str, Tensor]) -> None:
+    """Put back what ``bn_statistics`` copied (the model's BatchNorm layers must be the same)."""
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in saved.items():
+            buffers[name].copy_(value)
+
+
+def improves(new: dict[str, float], old: dict[str, float]) -> bool:
+    """Whether scores ``new`` beat ``old``: higher accuracy, or the same and lower loss."""
+    return new["acc"] > old["acc"] or (new["acc"] == old["acc"] and new["loss"] < old["loss"])
+
+
+def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cpu", batches: int = 20,
+            seed: int = 0) -> dict:
+    """Re-estimate BatchNorm statistics, keeping them only where they improve the validation slice.
+
+    Returns {"before", "after", "kept"}: val/test scores with the statistics the network
+    had and with re-estimated ones, and which it keeps ("recalibrated" or "trained"; the
+    test split is reported, never used to decide). The model ends with the kept ones.
     """
-    if bn:
-        recalibrate_bn(model, data, device, bn_batches, seed=seed)
-    if finetune_epochs <= 0:
-        return None
-    tuned = finetune(model, teacher if distill else None, data, finetune_epochs, device, distill=distill,
-                     seed=seed, reporter=reporter)
-    if bn:
-        recalibrate_bn(model, data, device, bn_batches, seed=seed)
-    return tuned
+    saved = bn_statistics(model)
+    before = assess(model, data, device)
+    recalibrate_bn(model, data, device, batches, seed=seed)
+    after = assess(model, data, device)
+    kept = "recalibrated" if improves(after["val"], before["val"]) else "trained"
+    if kept == "trained":
+        restore_bn_statistics(model, saved)
+    return {"before": before, "after": after, "kept": kept}
+
+
+def heal(model: nn.Module, data: DataBundle, spec: HealSpec, device: torch.device | str = "cpu",
+         teacher: nn.Module | None = None, seed: int = 0, reporter: Reporter | None = None) -> dict:
+    """Heal a pruned network in place as ``spec`` says: fine-tune, then BN statistics (``heal_bn``).
+
+    No re-estimation before fine-tuning: BatchNorm normalises with batch statistics while
+    it trains, so the running statistics it starts from change nothing but the tail of
+    the moving average, which re-estimation afterwards replaces where that helps.
+    Returns {"finetune", "bn"}: each step's record, None where it did not run.
+    """
+    tuned = None
+    if spec.finetune_epochs > 0:
+        tuned = finetune(model, teacher if spec.distill else None, data, spec.finetune_epochs, device,
+                         distill=spec.distill, seed=seed, reporter=reporter)
+    bn = heal_bn(model, data, device, spec.bn_batches, seed) if spec.bn else None
+    return {"finetune": tuned, "bn": bn}

@@ -1,34 +1,129 @@
-"""Pruning a checkpoint: score (stats) -> decide (select) -> cut (surgery) -> heal -> save.
+"""Pruning, written once: score -> select -> remove -> heal -> measure.
 
-Each stage is its own module; this one only orchestrates them and records what happened:
-accuracy before and after on the validation slice (where blocks are chosen) and on the
-test split (reported, never used to choose), parameters, FLOPs, kept and removed blocks.
+``prune_model`` is the whole pipeline on a network in memory: from the network's
+statistics rows (``score_blocks``) it chooses the blocks a ``Budget`` keeps
+(``sdprune.depth.select`` decides), removes the others from a copy
+(``sdprune.depth.structure``), heals the copy as a ``HealSpec`` says
+(``sdprune.prune.heal``) and measures it: accuracy and loss on the validation slice
+(where every choice is made) and the test split (reported, never used to choose),
+parameters, FLOPs. ``reference`` puts the unpruned network through the same healing, so a
+cost of pruning compares like with like. ``prune_checkpoint`` (`sdprune prune`),
+``sweep_checkpoint`` (`sdprune sweep`) and ``tools/bench_prune_quality.py`` (B2) are
+loops around these functions.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.schedule import get_survival
+from sdprune.data.bundle import DataBundle, data_for_checkpoint
 from sdprune.depth.select import check_criterion, check_keep, removed_blocks, select_blocks
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
-from sdprune.prune.heal import HEAL_MODES, heal_network, recalibrate_bn
+from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
+from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import collect_stats
-from sdprune.report import Reporter
-from sdprune.train.checkpoint import build_model, load_checkpoint, save_checkpoint, write_json
+from sdprune.report import Reporter, human
+from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.evaluate import assess, resolve_device
 from sdprune.train.runs import resolve_checkpoint
 
-SUMMARY_FILE = "summary.json"
+Scores = dict[str, dict[str, float]]  # {"val": {"loss", "acc"}, "test": {"loss", "acc"}}
+Rescore = Callable[[nn.Module], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a network to keep; every target given must be met.
+
+    ``keep``: a fraction of the architecture's gated blocks (rounded up to whole blocks);
+    ``keep_blocks``: a count; ``max_params`` / ``max_flops``: budgets on the whole
+    network. ``keep_stages``: every stage keeps at least one block.
+    """
+
+    keep: float | None = None
+    keep_blocks: int | None = None
+    max_params: float | None = None
+    max_flops: float | None = None
+    keep_stages: bool = True
+
+    def __post_init__(self) -> None:
+        check_keep(self.keep, self.keep_blocks)
+        for flag, value in (("--max-params", self.max_params), ("--max-flops", self.max_flops)):
+            if value is not None and not value > 0:
+                raise SdpruneError(f"{flag} must be positive, got {value}")
+        if self.keep is None and self.keep_blocks is None and self.max_params is None and self.max_flops is None:
+            raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
+
+    def label(self) -> str:
+        """What is asked for, as a name: keep0.50, blocks7, params150k, flops20M (joined by -)."""
+        parts = [f"keep{self.keep:.2f}" if self.keep is not None else None,
+                 f"blocks{self.keep_blocks}" if self.keep_blocks is not None else None,
+                 f"params{human(self.max_params)}" if self.max_params is not None else None,
+                 f"flops{human(self.max_flops)}" if self.max_flops is not None else None]
+        return "-".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The unpruned network, as trained and with BN statistics re-estimated (always both).
+
+    ``kept`` says which statistics it keeps when healed the way pruned networks are (the
+    validation rule of ``heal_bn``, or "trained" without BN healing); ``healed`` is then
+    the figure a cost of pruning is measured against.
+    """
+
+    trained: Scores
+    recalibrated: Scores
+    kept: str
+    params: int
+    flops: int
+
+    @property
+    def healed(self) -> Scores:
+        return self.recalibrated if self.kept == "recalibrated" else self.trained
+
+    def cost(self, scores: Scores) -> dict[str, float]:
+        """Accuracy change in points, per split, of ``scores`` against the healed reference."""
+        return {split: scores[split]["acc"] - self.healed[split]["acc"] for split in ("val", "test")}
+
+    def record(self) -> dict[str, Any]:
+        return {"trained": self.trained, "recalibrated": self.recalibrated, "kept": self.kept,
+                "healed": self.healed, "params": self.params, "flops": self.flops}
+
+
+@dataclass
+class Pruned:
+    """A pruned, healed network and what was measured on it."""
+
+    model: nn.Module
+    kept: list[str]
+    removed: list[str]
+    unhealed: Scores  # right after removal, trained statistics
+    bn: dict | None  # heal_bn's record: before / after re-estimation, which statistics were kept
+    finetune: dict | None
+    after: Scores  # the network as it is returned
+    params: int
+    flops: int
+
+    @property
+    def heal(self) -> str:
+        """The healing that was applied: none, bn or finetune."""
+        return "finetune" if self.finetune else "bn" if self.bn else "none"
+
+    def record(self, reference: Reference) -> dict[str, Any]:
+        """Everything but the network (JSON-ready), with the cost of pruning against ``reference``."""
+        return {"kept": self.kept, "removed": self.removed, "unhealed": self.unhealed, "bn": self.bn,
+                "finetune": self.finetune, "after": self.after, "change": reference.cost(self.after)}
 
 
 def default_criterion(meta: dict) -> str:
@@ -36,121 +131,140 @@ def default_criterion(meta: dict) -> str:
     return "survival" if meta.get("config", {}).get("survival") == "learned" else "ablation"
 
 
-def score_blocks(model: nn.Module, data, criterion: str, device: torch.device | str = "cpu",
+def score_blocks(model: nn.Module, data: DataBundle, criteria: Sequence[str], device: torch.device | str = "cpu",
                  batch_size: int = 128, max_images: int | None = None,
                  reporter: Reporter | None = None) -> list[dict[str, Any]]:
-    """The statistics rows a criterion needs, and no more (drop-one only for ``ablation``)."""
-
-    if criterion in ("ablation", "influence", "norm"):
-        return collect_stats(model, data, device, batch_size, max_images, criterion == "ablation", reporter)
+    """The statistics rows some criteria need, and no more (drop-one only for ``ablation``)."""
+    if any(c in ("ablation", "influence", "norm") for c in criteria):
+        return collect_stats(model, data, device, batch_size, max_images, "ablation" in criteria, reporter)
     return block_layout(model, tuple(data.input_shape))
 
 
-def check_options(keep: float | None, keep_blocks: int | None, criterion: str | None, heal: str,
-                  finetune_epochs: float, max_params: float | None, max_flops: float | None) -> None:
-    """Reject bad options before anything is loaded or written."""
-    check_keep(keep, keep_blocks)
+def choose_blocks(model: nn.Module, rows: list[dict[str, Any]], criterion: str, budget: Budget,
+                  input_shape: Sequence[int], total_blocks: int | None = None, seed: int = 0) -> list[str]:
+    """The blocks ``budget`` keeps of ``model`` under ``criterion``, in forward order (one shot).
+
+    ``total_blocks``: the architecture's count that ``keep`` is a fraction of (default: the rows).
+    """
+    sizes = size_of(model, tuple(input_shape))
+    return select_blocks(rows, criterion, keep=budget.keep, keep_blocks=budget.keep_blocks,
+                         max_params=budget.max_params, max_flops=budget.max_flops, model_params=sizes["params"],
+                         model_flops=sizes["flops"], total_blocks=total_blocks, keep_stages=budget.keep_stages,
+                         seed=seed)
+
+
+def choose_iteratively(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str,
+                       budget: Budget, rescore: Rescore, heal_spec: HealSpec, total_blocks: int | None = None,
+                       seed: int = 0, device: torch.device | str = "cpu",
+                       reporter: Reporter | None = None) -> list[str]:
+    """The blocks to remove, one at a time, in removal order: after each removal the network
+    left is BN-healed (when ``heal_spec`` says so) and re-scored by ``rescore``. ``model`` is untouched."""
+    reporter = reporter or Reporter(quiet=True)
+    work, removed = copy.deepcopy(model), []
+    while len(choose_blocks(work, rows, criterion, budget, data.input_shape, total_blocks, seed)) < len(rows):
+        worst = select_blocks(rows, criterion, keep_blocks=len(rows) - 1, keep_stages=budget.keep_stages, seed=seed)
+        victim = removed_blocks(rows, worst)[0]
+        remove_blocks(work, [victim])
+        removed.append(victim)
+        reporter.info(f"removed {victim} ({len(rows) - 1} blocks left)")
+        if heal_spec.bn:
+            heal_bn(work, data, device, heal_spec.bn_batches, seed)
+        rows = rescore(work)
+    return removed
+
+
+def cut_and_heal(model: nn.Module, removed: Sequence[str], data: DataBundle, heal_spec: HealSpec,
+                 seed: int = 0, device: torch.device | str = "cpu", reporter: Reporter | None = None) -> Pruned:
+    """A copy of ``model`` without the ``removed`` blocks, healed and measured; ``model`` is untouched.
+
+    A fine-tune distils from ``model``. With nothing removed nothing is fine-tuned: the copy
+    is the unpruned network healed as the reference is (BN statistics only).
+    """
+    pruned = remove_blocks(copy.deepcopy(model), removed)
+    unhealed = assess(pruned, data, device)
+    spec = heal_spec if removed else replace(heal_spec, finetune_epochs=0.0)
+    steps = heal(pruned, data, spec, device, teacher=model, seed=seed, reporter=reporter)
+    bn = steps["bn"]
+    if bn is not None:  # heal_bn measured the network with the statistics it kept
+        after = bn["after"] if bn["kept"] == "recalibrated" else bn["before"]
+    else:
+        after = assess(pruned, data, device) if steps["finetune"] else unhealed
+    size = size_of(pruned, tuple(data.input_shape))
+    return Pruned(pruned, block_names(pruned), list(removed), unhealed, bn, steps["finetune"], after,
+                  size["params"], size["flops"])
+
+
+def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int = 0,
+              device: torch.device | str = "cpu") -> Reference:
+    """The unpruned network through the same pipeline (nothing removed), BN re-estimated always."""
+    unpruned = cut_and_heal(model, [], data, replace(heal_spec, bn=True), seed, device)
+    bn = unpruned.bn
+    return Reference(bn["before"], bn["after"], bn["kept"] if heal_spec.bn else "trained",
+                     unpruned.params, unpruned.flops)
+
+
+def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str, budget: Budget,
+                heal_spec: HealSpec = BN_HEAL, total_blocks: int | None = None, seed: int = 0,
+                device: torch.device | str = "cpu", rescore: Rescore | None = None,
+                reporter: Reporter | None = None) -> Pruned:
+    """The network ``budget`` keeps of ``model`` under ``criterion``, removed for real, healed, measured.
+
+    ``rows``: ``model``'s statistics (``score_blocks``). With ``rescore`` (a network's rows)
+    blocks go one at a time, re-scoring what is left (``choose_iteratively``).
+    """
+    if rescore is None:
+        kept = choose_blocks(model, rows, criterion, budget, data.input_shape, total_blocks, seed)
+        removed = removed_blocks(rows, kept)
+    else:
+        removed = choose_iteratively(model, rows, data, criterion, budget, rescore, heal_spec, total_blocks,
+                                     seed, device, reporter)
+    return cut_and_heal(model, removed, data, heal_spec, seed, device, reporter)
+
+
+def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: str | None = None,
+                     heal_spec: HealSpec = BN_HEAL, iterative: bool = False, seed: int = 0,
+                     out: str | Path | None = None, device: str = "auto", batch_size: int = 128,
+                     stats_images: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Prune a checkpoint into ``<run>/pruned-<budget>-<criterion>[...]/{checkpoint.pt,summary.json}``.
+
+    Refuses (unless ``out`` is given) a folder that holds a prune made with other settings.
+    Returns the summary: the reference, the pruned network at each healing step, the cost.
+    """
+    reporter = reporter or Reporter(quiet=True)
     if criterion is not None:
         check_criterion(criterion)
-    if heal not in HEAL_MODES:
-        raise SdpruneError(f"--heal must be one of {', '.join(HEAL_MODES)}, got {heal!r}")
-    if not finetune_epochs >= 0:
-        raise SdpruneError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    for flag, value in (("--max-params", max_params), ("--max-flops", max_flops)):
-        if value is not None and not value > 0:
-            raise SdpruneError(f"{flag} must be positive, got {value}")
-    if keep is None and keep_blocks is None and max_params is None and max_flops is None:
-        raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
-
-
-def prune_checkpoint(ckpt_path: str | Path | None = None, keep: float | None = None,
-                     keep_blocks: int | None = None, max_params: float | None = None,
-                     max_flops: float | None = None, criterion: str | None = None,
-                     iterative: bool = False, heal: str = "bn", finetune_epochs: float = 0,
-                     distill: bool = True, keep_stages: bool = True, seed: int = 0,
-                     out: str | Path | None = None, device: str = "auto", batch_size: int = 128,
-                     stats_images: int | None = None, bn_batches: int = 20,
-                     reporter: Reporter | None = None) -> dict[str, Any]:
-    """Prune a checkpoint and write ``<run>/pruned-keepK.KK/{checkpoint.pt,summary.json}``.
-
-    ``keep`` is the fraction of the architecture's gated blocks kept (at least that
-    many, rounded up); ``iterative`` re-scores after each single removal (re-estimating
-    BatchNorm statistics first when healing with ``bn``). Returns the summary.
-    """
-
-    reporter = reporter or Reporter(quiet=True)
-    check_options(keep, keep_blocks, criterion, heal, finetune_epochs, max_params, max_flops)
     t_start = time.perf_counter()
     ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None))
     meta = ckpt["meta"]
     criterion = criterion or default_criterion(meta)
+    settings = prune_settings(criterion, budget, heal_spec, iterative, seed, stats_images)
+    out_dir = Path(out) if out else Path(ckpt["path"]).parent / folder_name(criterion, budget, heal_spec,
+                                                                            iterative, seed)
+    if out is None:
+        check_folder(out_dir, settings)
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(meta)
-    shape = tuple(data.input_shape)
     total = len(meta.get("blocks") or block_names(model))
-    budget = dict(keep=keep, keep_blocks=keep_blocks, max_params=max_params, max_flops=max_flops,
-                  total_blocks=total, keep_stages=keep_stages, seed=seed)
-    size_before, blocks_before = size_of(model, shape), len(block_names(model))
-    before = assess(model, data, dev)
-    teacher = copy.deepcopy(model).eval() if finetune_epochs > 0 and distill else None
 
-    def score() -> list[dict[str, Any]]:
-        return score_blocks(model, data, criterion, dev, batch_size, stats_images, reporter)
+    def score(network: nn.Module) -> list[dict[str, Any]]:
+        return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
 
-    rows = score()
+    rows = score(model)
     if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
         reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
-    sizes = size_of(model, shape)
-    kept = select_blocks(rows, criterion, model_params=sizes["params"], model_flops=sizes["flops"], **budget)
-    reporter.info(f"pruning {ckpt['path']}: {blocks_before} of {total} blocks, criterion {criterion}"
-                  f"{' (iterative)' if iterative else ''}, keeping {len(kept)}")
-    removed: list[str] = []
-    if not iterative:
-        removed = removed_blocks(rows, kept)
-        remove_blocks(model, removed)
-    else:
-        while True:  # one block at a time, re-scoring the network that is left
-            sizes = size_of(model, shape)
-            kept = select_blocks(rows, criterion, model_params=sizes["params"], model_flops=sizes["flops"], **budget)
-            if len(kept) == len(rows):
-                break
-            worst = select_blocks(rows, criterion, keep_blocks=len(rows) - 1, keep_stages=keep_stages, seed=seed)
-            victim = removed_blocks(rows, worst)[0]
-            remove_blocks(model, [victim])
-            removed.append(victim)
-            reporter.info(f"removed {victim} ({len(rows) - 1} blocks left)")
-            if heal == "bn":
-                recalibrate_bn(model, data, dev, bn_batches, seed=seed)
-            rows = score()
-    unhealed = assess(model, data, dev) if removed and (heal != "none" or finetune_epochs > 0) else None
-    # Nothing removed: nothing shifted, outputs stay identical (unless fine-tuned).
-    tuned = heal_network(model, data, dev, bn=bool(removed) and heal == "bn", finetune_epochs=finetune_epochs,
-                         teacher=teacher, distill=distill, bn_batches=bn_batches, seed=seed, reporter=reporter)
-    after = assess(model, data, dev) if removed or tuned else before
-    size_after = size_of(model, shape)
-    kept_now = block_names(model)
-    name = f"pruned-keep{keep:.2f}" if keep is not None else f"pruned-keep{len(kept_now) / max(total, 1):.2f}"
-    out_dir = Path(out) if out else Path(ckpt["path"]).parent / name
-    summary = {
-        "checkpoint": str(out_dir / "checkpoint.pt"), "parent": ckpt["path"],
-        "model": meta["model"]["name"], "dataset": meta["data"]["dataset"], "criterion": criterion,
-        "iterative": iterative, "heal": heal, "finetune_epochs": finetune_epochs,
-        "distill": bool(distill and finetune_epochs > 0), "keep": keep, "keep_blocks": keep_blocks,
-        "max_params": max_params, "max_flops": max_flops, "keep_stages": keep_stages, "seed": seed,
-        "blocks": {"total": total, "before": blocks_before, "after": len(kept_now)},
-        "kept": kept_now, "removed": removed,
-        "params": {"before": size_before["params"], "after": size_after["params"]},
-        "flops": {"before": size_before["flops"], "after": size_after["flops"]},
-        "before": before, "unhealed": None if iterative and heal == "bn" else unhealed, "after": after,
-        "finetune": tuned, "wall_s": time.perf_counter() - t_start,
-    }
-    new_meta = {**meta, "kind": "pruned", "removed": list(meta.get("removed") or []) + removed,
-                "kept": kept_now, "survival": get_survival(model), "parent": ckpt["path"],
-                "prune": {k: v for k, v in summary.items() if k not in ("checkpoint", "before", "after", "unhealed")},
-                "metrics": {"val_loss": after["val"]["loss"], "val_acc": after["val"]["acc"],
-                            "test_loss": after["test"]["loss"], "test_acc": after["test"]["acc"]}}
-    save_checkpoint(out_dir / "checkpoint.pt", model.cpu(), new_meta)
-    write_json(out_dir / SUMMARY_FILE, summary)
-    summary["summary"] = str(out_dir / SUMMARY_FILE)
-    return summary
+    # The one-shot choice, before any work: a budget that cannot be met fails here (whether it
+    # can does not depend on the order of removal, so this holds for --iterative too).
+    keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
+    reporter.info(f"pruning {ckpt['path']}: {len(rows)} of {total} blocks, criterion {criterion}"
+                  f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
+    ref = reference(model, data, heal_spec, seed, dev)
+    pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
+                         score if iterative else None, reporter)
+    summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"], **settings,
+               "blocks": {"total": total, "before": len(rows), "after": len(pruned.kept)},
+               "params": {"before": ref.params, "after": pruned.params},
+               "flops": {"before": ref.flops, "after": pruned.flops},
+               "before": ref.trained, "reference": ref.record(), **pruned.record(ref),
+               "wall_s": time.perf_counter() - t_start}
+    return write_pruned(out_dir, pruned.model.cpu(), meta, summary)

@@ -10,6 +10,7 @@ from sdprune.errors import SdpruneError
 
 RUNS_DIR = "runs"
 CHECKPOINT = "checkpoint.pt"
+PRUNED_PREFIX = "pruned"  # `sdprune prune` names its folders pruned-...; export looks for them
 
 
 def runs_root() -> Path:
@@ -33,7 +34,7 @@ def find_checkpoints(root: Path | None = None, pruned: bool | None = None) -> li
         return []
     found = [p for p in root.rglob(CHECKPOINT) if p.is_file()]
     if pruned is not None:
-        found = [p for p in found if p.parent.name.startswith("pruned") == pruned]
+        found = [p for p in found if p.parent.name.startswith(PRUNED_PREFIX) == pruned]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

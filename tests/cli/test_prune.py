@@ -49,7 +49,8 @@ def test_prune_then_eval(in_runs, capsys, tmp_path):
     assert rc == 0 and len(s["kept"]) == 5 and s["removed"][-1] == "stages.2.2"
     assert s["params"]["after"] < s["params"]["before"]
     assert set(s["after"]) == {"val", "test"} and set(s["before"]) == {"val", "test"}
-    rc, e, _ = call(capsys, "eval", str(in_runs / "pruned-keep0.50"), "--json", "--device", "cpu")
+    assert Path(s["checkpoint"]).parent == in_runs / "pruned-keep0.50-depth"
+    rc, e, _ = call(capsys, "eval", str(in_runs / "pruned-keep0.50-depth"), "--json", "--device", "cpu")
     assert rc == 0 and e["kind"] == "pruned" and e["blocks"] == {"kept": 5, "total": 9}
     assert e["test"]["acc"] == pytest.approx(s["after"]["test"]["acc"])
     assert e["params"] == s["params"]["after"]
@@ -106,3 +107,72 @@ def test_exit_code_of_the_real_command(in_runs, subprocess_env, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["sdprune prune: error: --keep must be a fraction in (0, 1], got nan"]
+
+
+# --- issue 9: the reference, BN healing only where it helps, one folder per prune --------------
+
+
+def test_the_unpruned_reference_is_healed_like_the_pruned_network(in_runs, capsys, tmp_path):
+    from sdprune.data.bundle import data_for_checkpoint
+    from sdprune.prune.heal import recalibrate_bn
+    from sdprune.train.checkpoint import build_model, load_checkpoint
+    from sdprune.train.evaluate import assess
+
+    rc, s, _ = call(capsys, "prune", "--keep", "0.5", "--criterion", "depth", "--json", "--device", "cpu",
+                    "--out", str(tmp_path / "p"))
+    assert rc == 0
+    ref = s["reference"]
+    assert ref["trained"] == s["before"]
+    ckpt = load_checkpoint(in_runs)
+    model, data = build_model(ckpt), data_for_checkpoint(ckpt["meta"])
+    recalibrate_bn(model, data, "cpu", 20, seed=0)  # the unpruned network, BN re-estimated by hand
+    by_hand = assess(model, data)
+    for split in ("val", "test"):
+        assert ref["recalibrated"][split] == pytest.approx(by_hand[split])
+    assert ref["recalibrated"] != ref["trained"]  # the case this test is about
+    # the reference the cost is measured against: healed by the same rule as the pruned network
+    better = ref["recalibrated"]["val"]["acc"] > ref["trained"]["val"]["acc"] or (
+        ref["recalibrated"]["val"]["acc"] == ref["trained"]["val"]["acc"]
+        and ref["recalibrated"]["val"]["loss"] < ref["trained"]["val"]["loss"])
+    assert ref["kept"] == ("recalibrated" if better else "trained")
+    assert ref["healed"] == ref[ref["kept"]]
+    for split in ("val", "test"):
+        assert s["change"][split] == pytest.approx(s["after"][split]["acc"] - ref["healed"][split]["acc"])
+
+
+def test_prune_table_shows_both_references(in_runs, capsys, tmp_path):
+    rc = main(["prune", "--keep", "0.5", "--criterion", "depth", "--device", "cpu", "--out", str(tmp_path / "t")])
+    out, _ = capsys.readouterr()
+    assert rc == 0
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert "as trained" in out and "BN re-estimated" in out
+    assert f"{summary['reference']['recalibrated']['test']['acc']:.2f}" in out
+    assert f"{summary['change']['test']:+.2f}" in out
+
+
+def test_two_criteria_never_share_a_folder(in_runs, capsys):
+    from sdprune.train.runs import find_checkpoints
+
+    rc, a, _ = call(capsys, "prune", "--keep", "0.75", "--criterion", "depth", "--json", "--device", "cpu")
+    assert rc == 0
+    rc, b, _ = call(capsys, "prune", "--keep", "0.75", "--criterion", "every-other", "--json", "--device", "cpu")
+    assert rc == 0
+    first, second = Path(a["checkpoint"]).parent, Path(b["checkpoint"]).parent
+    assert first != second and first.parent == second.parent == in_runs
+    assert first.name == "pruned-keep0.75-depth" and second.name == "pruned-keep0.75-every-other"
+    assert json.loads((first / "summary.json").read_text())["criterion"] == "depth"
+    found = find_checkpoints(in_runs.parent, pruned=True)
+    assert first / "checkpoint.pt" in found and second / "checkpoint.pt" in found
+    assert in_runs / "checkpoint.pt" in find_checkpoints(in_runs.parent, pruned=False)
+
+
+def test_a_folder_holding_another_prune_is_not_overwritten(in_runs, capsys, tmp_path):
+    args = ["prune", "--keep", "0.75", "--criterion", "depth", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    folder = in_runs / "pruned-keep0.75-depth"
+    written = (folder / "summary.json").read_bytes()
+    rc, _, err = call(capsys, *args, "--allow-empty-stage")  # other settings, same name
+    assert rc == 2 and err.count("\n") == 1 and "--out" in err
+    assert (folder / "summary.json").read_bytes() == written
+    assert main(args + ["--allow-empty-stage", "--out", str(tmp_path / "elsewhere")]) == 0
+    assert main(args) == 0  # the identical command may overwrite its own result

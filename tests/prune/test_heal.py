@@ -7,26 +7,14 @@ import copy
 import pytest
 import torch
 
-from sdprune.data.bundle import data_for_checkpoint
 from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
-from sdprune.depth.structure import remove_blocks
 from sdprune.depth.gates import expected_gates
-from sdprune.prune.heal import finetune, heal_network, recalibrate_bn
-from sdprune.train.checkpoint import build_model, load_checkpoint
-from sdprune.train.config import TrainConfig
+from sdprune.depth.structure import remove_blocks
+from sdprune.prune.heal import HealSpec, bn_statistics, finetune, heal, heal_bn, recalibrate_bn
 from sdprune.train.evaluate import evaluate
-from sdprune.train.loop import train
 
 CUT = ["stages.0.1", "stages.1.1", "stages.1.2", "stages.2.1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("heal") / "run"
-    train(TrainConfig(model="resnet20", epochs=3, out=str(out)))
-    ckpt = load_checkpoint(out)
-    return build_model(ckpt), data_for_checkpoint(ckpt["meta"])
 
 
 def damaged(trained):
@@ -93,21 +81,37 @@ def test_finetune_without_distillation_and_its_guard(trained):
         finetune(model, None, data, epochs=0.1, distill=True)
 
 
-def test_heal_network_runs_bn_then_finetune_then_bn_again(trained):
+def test_heal_bn_keeps_re_estimated_statistics_that_help_validation(trained):
+    model, data = damaged(trained)
+    record = heal_bn(model, data, "cpu", batches=10)
+    assert record["kept"] == "recalibrated"
+    assert record["after"]["val"]["acc"] > record["before"]["val"]["acc"]
+    assert evaluate(model, data.val, data.mean, data.std) == record["after"]["val"]
+    assert set(record["before"]) == set(record["after"]) == {"val", "test"}  # test reported, not used
+
+
+def test_heal_bn_restores_trained_statistics_where_re_estimation_hurts(trained, zeros_only):
+    model, data = copy.deepcopy(trained[0]), trained[1]  # whole, so its trained statistics fit
+    saved = bn_statistics(model)
+    record = heal_bn(model, zeros_only(data), "cpu", batches=10)
+    assert record["after"]["val"]["acc"] < record["before"]["val"]["acc"]  # re-estimated on zeros: worse
+    assert record["kept"] == "trained" and not model.training
+    after = bn_statistics(model)
+    assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
+    assert evaluate(model, data.val, data.mean, data.std) == record["before"]["val"]
+
+
+def test_heal_runs_the_spec_finetune_then_bn(trained):
     model, data = damaged(trained)
     untouched = copy.deepcopy(model)
-    assert heal_network(model, data, "cpu", bn=False, finetune_epochs=0) is None
+    assert heal(model, data, HealSpec(bn=False)) == {"finetune": None, "bn": None}
     for a, b in zip(model.state_dict().values(), untouched.state_dict().values()):
         assert torch.equal(a, b)  # nothing asked, nothing done
-    healed = copy.deepcopy(model)
-    assert heal_network(healed, data, "cpu", bn=True, finetune_epochs=0) is None
-    bn_only = evaluate(healed, data.val, data.mean, data.std)
-    assert bn_only["loss"] < evaluate(model, data.val, data.mean, data.std)["loss"]
-    tuned = heal_network(model, data, "cpu", bn=True, finetune_epochs=0.5, teacher=trained[0])
-    assert tuned is not None and tuned["steps"] > 0
-    # The last step re-estimated BN exactly: doing it again changes nothing.
-    again = copy.deepcopy(model)
-    recalibrate_bn(again, data, "cpu")
-    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-        if "running" in name:
-            assert torch.allclose(a, b, atol=1e-5), name
+    steps = heal(model, data, HealSpec.of("finetune", 0.5), "cpu", teacher=trained[0])
+    assert steps["finetune"]["steps"] > 0 and steps["bn"]["kept"] in ("recalibrated", "trained")
+    if steps["bn"]["kept"] == "recalibrated":  # the last step re-estimated BN exactly: again changes nothing
+        again = copy.deepcopy(model)
+        recalibrate_bn(again, data, "cpu")
+        for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+            if "running" in name:
+                assert torch.allclose(a, b, atol=1e-5), name

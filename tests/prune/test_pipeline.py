@@ -8,28 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdprune.data.bundle import data_for_checkpoint
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
-from sdprune.prune.pipeline import default_criterion, prune_checkpoint
+from sdprune.prune.heal import HealSpec
+from sdprune.prune.pipeline import Budget, default_criterion, prune_checkpoint
 from sdprune.train.checkpoint import build_model, load_checkpoint
-from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate, evaluate_checkpoint, predict
-from sdprune.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prune") / "run"
-    train(TrainConfig(model="resnet20", epochs=2, out=str(out)))
-    return out
+def run(trained_run) -> Path:
+    return trained_run
 
 
 @pytest.fixture(scope="module")
-def original(run):
-    ckpt = load_checkpoint(run)
-    return build_model(ckpt), data_for_checkpoint(ckpt["meta"])
+def original(trained):
+    return trained
 
 
 def pruned_dirs(run: Path) -> list[Path]:
@@ -37,19 +32,26 @@ def pruned_dirs(run: Path) -> list[Path]:
 
 
 def test_keep_one_reproduces_the_unpruned_outputs_exactly(run, original, tmp_path):
-    s = prune_checkpoint(run, keep=1.0, out=tmp_path / "k1", device="cpu")
+    s = prune_checkpoint(run, Budget(keep=1.0), heal_spec=HealSpec.of("none"), out=tmp_path / "k1", device="cpu")
     assert s["removed"] == [] and s["blocks"]["after"] == 9
     model, data = original
     again = build_model(load_checkpoint(s["checkpoint"]))
     assert torch.equal(predict(again, data.test, data.mean, data.std),
                        predict(model, data.test, data.mean, data.std))
-    assert s["after"] == s["before"]
+    assert s["after"] == s["before"] and s["change"] == {"val": 0.0, "test": 0.0}
+
+
+def test_keep_one_with_healing_is_the_healed_reference(run, tmp_path):
+    """Nothing removed is the reference itself: the same healing, so a cost of exactly 0."""
+    s = prune_checkpoint(run, Budget(keep=1.0), out=tmp_path / "k1bn", device="cpu")
+    assert s["removed"] == [] and s["after"] == s["reference"]["healed"]
+    assert s["bn"]["kept"] == s["reference"]["kept"] and s["change"] == {"val": 0.0, "test": 0.0}
 
 
 def test_half_the_blocks_go_for_real_and_the_checkpoint_round_trips(run, original):
-    s = prune_checkpoint(run, keep=0.5, device="cpu")
+    s = prune_checkpoint(run, Budget(keep=0.5), device="cpu")
     out = Path(s["checkpoint"]).parent
-    assert out == run / "pruned-keep0.50" and (out / "summary.json").is_file()
+    assert out == run / "pruned-keep0.50-ablation" and (out / "summary.json").is_file()
     assert len(s["kept"]) == 5 and len(s["removed"]) == 4 and s["criterion"] == "ablation"
     assert s["params"]["after"] < s["params"]["before"] and s["flops"]["after"] < s["flops"]["before"]
     ckpt = load_checkpoint(out)
@@ -65,16 +67,32 @@ def test_half_the_blocks_go_for_real_and_the_checkpoint_round_trips(run, origina
     assert sum(p.numel() for p in model.parameters()) == s["params"]["after"]
     _, data = original
     assert evaluate(model, data.val, data.mean, data.std) == pytest.approx(s["after"]["val"])
-    # healing helped, and the summary on disk is the one returned
+    # healing helped (and was kept for it), and the summary on disk is the one returned
+    assert s["bn"]["kept"] == "recalibrated" and s["after"] == s["bn"]["after"]
     assert s["after"]["val"]["loss"] < s["unhealed"]["val"]["loss"]
     saved = json.loads((out / "summary.json").read_text())
     assert saved["removed"] == s["removed"] and saved["after"] == s["after"]
 
 
+def test_bn_statistics_that_hurt_validation_are_not_kept(run, tmp_path, heal_on_zeros):
+    from sdprune.prune import pipeline
+
+    heal_on_zeros(pipeline)
+    s = prune_checkpoint(run, Budget(keep=0.5), "depth", out=tmp_path / "p", device="cpu")
+    bn = s["bn"]
+    assert bn["after"]["val"]["acc"] < bn["before"]["val"]["acc"]  # re-estimated on zeros only: worse on val
+    assert bn["kept"] == "trained"
+    assert s["after"] == s["unhealed"] == bn["before"]  # the trained statistics are back, exactly
+    saved = evaluate_checkpoint(s["checkpoint"], device="cpu")
+    assert saved["test"]["acc"] == pytest.approx(s["unhealed"]["test"]["acc"])  # and they are what was saved
+    ref = s["reference"]  # the same rule for the unpruned network
+    assert ref["recalibrated"]["val"]["acc"] < ref["trained"]["val"]["acc"] and ref["kept"] == "trained"
+
+
 def test_re_pruning_a_pruned_checkpoint_accumulates_removals(run, tmp_path):
-    first = prune_checkpoint(run, keep_blocks=7, criterion="depth", heal="none", out=tmp_path / "a", device="cpu")
-    second = prune_checkpoint(first["checkpoint"], keep=4 / 9, criterion="influence", out=tmp_path / "b",
-                              device="cpu")
+    first = prune_checkpoint(run, Budget(keep_blocks=7), "depth", HealSpec.of("none"), out=tmp_path / "a",
+                             device="cpu")
+    second = prune_checkpoint(first["checkpoint"], Budget(keep=4 / 9), "influence", out=tmp_path / "b", device="cpu")
     meta = load_checkpoint(second["checkpoint"])["meta"]
     assert second["blocks"] == {"total": 9, "before": 7, "after": 4}
     assert meta["removed"] == first["removed"] + second["removed"]
@@ -82,21 +100,40 @@ def test_re_pruning_a_pruned_checkpoint_accumulates_removals(run, tmp_path):
 
 
 def test_iterative_budget_and_finetune(run, tmp_path):
-    s = prune_checkpoint(run, keep_blocks=7, criterion="ablation", iterative=True, out=tmp_path / "it",
+    s = prune_checkpoint(run, Budget(keep_blocks=7), "ablation", iterative=True, out=tmp_path / "it",
                          device="cpu", stats_images=64)
-    assert len(s["removed"]) == 2 and s["unhealed"] is None
+    assert len(s["removed"]) == 2 and s["iterative"]
+    assert s["unhealed"] == s["bn"]["before"]  # the final network is healed from its trained statistics
     budget = 150_000
-    s = prune_checkpoint(run, max_params=budget, criterion="norm", finetune_epochs=0.2,
+    s = prune_checkpoint(run, Budget(max_params=budget), "norm", HealSpec.of("bn", finetune_epochs=0.2),
                          out=tmp_path / "ft", device="cpu")
     assert s["params"]["after"] <= budget < s["params"]["before"]
-    assert s["finetune"]["steps"] > 0 and s["distill"]
+    assert s["finetune"]["steps"] > 0 and s["distill"] and s["heal"] == "finetune"
+
+
+def test_rerunning_the_same_prune_is_allowed_even_when_nothing_is_removed(run):
+    """Keep 1.0 fine-tunes nothing (it is the reference), yet it is the same prune when run again."""
+    for _ in range(2):
+        s = prune_checkpoint(run, Budget(keep=1.0), "depth", HealSpec.of("finetune", 0.1), device="cpu")
+    assert s["heal"] == "finetune" and s["finetune"] is None and s["change"] == {"val": 0.0, "test": 0.0}
+    assert Path(s["checkpoint"]).parent.name == "pruned-keep1.00-depth-finetune"
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Budget(keep=0.0), "--keep"), (lambda: Budget(keep=1.2), "--keep"),
+    (lambda: Budget(keep=float("nan")), "--keep"), (lambda: Budget(keep_blocks=0), "leaves no block"),
+    (lambda: Budget(max_params=-1), "--max-params"), (lambda: Budget(), "how much"),
+    (lambda: HealSpec.of("full"), "--heal"), (lambda: HealSpec.of("bn", float("nan")), "--finetune-epochs"),
+    (lambda: HealSpec.of("none", 1.0), "--heal none"), (lambda: HealSpec.of("finetune", 0), "--heal finetune"),
+])
+def test_bad_budgets_and_heals_are_refused_before_any_work(make, message):
+    with pytest.raises(SdpruneError, match=message):
+        make()
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(keep=0.0), "--keep"), (dict(keep=1.2), "--keep"), (dict(keep=float("nan")), "--keep"),
-    (dict(keep_blocks=0), "leaves no block"), (dict(max_params=1000), "--max-params"),
-    (dict(keep_blocks=2), "must stay"), (dict(keep=0.5, criterion="largest"), "unknown criterion"),
-    (dict(keep=0.5, heal="full"), "--heal"), (dict(), "how much"),
+    (dict(budget=Budget(max_params=1000)), "--max-params"), (dict(budget=Budget(keep_blocks=2)), "must stay"),
+    (dict(budget=Budget(keep=0.5), criterion="largest"), "unknown criterion"),
 ])
 def test_bad_input_writes_nothing(run, kwargs, message):
     before = pruned_dirs(run)
@@ -105,11 +142,29 @@ def test_bad_input_writes_nothing(run, kwargs, message):
     assert pruned_dirs(run) == before
 
 
+def test_heal_modes_are_one_list():
+    assert HealSpec.of("none") == HealSpec(bn=False)
+    assert HealSpec.of("bn") == HealSpec() and HealSpec().mode == "bn"
+    assert HealSpec.of("finetune") == HealSpec(finetune_epochs=1.0) and HealSpec.of("finetune").mode == "finetune"
+    assert HealSpec.of("bn", 2) == HealSpec.of("finetune", 2)  # `prune --finetune-epochs 2` fine-tunes
+    assert HealSpec.of("finetune", distill=False).distill is False
+
+
+def test_folder_names_say_what_was_asked():
+    from sdprune.prune.output import folder_name
+
+    assert folder_name("ablation", Budget(keep=0.5), HealSpec(), False, 0) == "pruned-keep0.50-ablation"
+    assert (folder_name("survival", Budget(keep=0.25), HealSpec.of("finetune"), True, 3)
+            == "pruned-keep0.25-survival-iterative-finetune-seed3")
+    assert folder_name("norm", Budget(keep_blocks=7, max_params=150e3), HealSpec.of("none"), False, 0) == (
+        "pruned-blocks7-params150k-norm-noheal")
+
+
 def test_a_file_that_is_not_a_checkpoint(tmp_path):
     bogus = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(3)}, bogus)
     with pytest.raises(SdpruneError, match="not an sdprune checkpoint"):
-        prune_checkpoint(bogus, keep=0.5)
+        prune_checkpoint(bogus, Budget(keep=0.5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
