@@ -45,7 +45,7 @@ from sdprune.train.loop import train
 # arm -> (survival schedule, prune-aware target keep)
 ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),
         "aware": ("learned", 0.5)}
-FORMAT = 2  # of an arm's JSON: 2 = reference healed like the pruned networks, BN kept where it helps val
+FORMAT = 3  # of an arm's JSON: 2 = reference healed like the pruned networks, BN kept where it helps val; 3 = compute as executed blocks
 
 
 def parse_args(argv=None):
@@ -108,15 +108,18 @@ def config(args, data_root: Path, model: str, arm: str, seed: int, out: Path) ->
 
 
 def trained(cfg: TrainConfig) -> tuple[Path, float]:
-    """Train (or resume, or reuse) a run; returns its checkpoint and training seconds."""
+    """Train (or resume, or reuse) a run; returns its checkpoint and its executed blocks per step.
+
+    Compute is reported as executed blocks (what stochastic depth saves, whatever the
+    device), never as wall time: the protocol runs arms in parallel processes that share
+    one device (tools/run_b2_parallel.sh), so their clocks measure each other. B1 times steps.
+    """
     run = Path(cfg.out)
     ckpt = run / "checkpoint.pt"
-    if ckpt.exists() and load_checkpoint(ckpt)["meta"]["epoch"] >= cfg.epochs:
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        return ckpt, sum(r["time_s"] for r in rows)
-    summary = train(cfg, resume=ckpt if ckpt.exists() else None)
+    if not (ckpt.exists() and load_checkpoint(ckpt)["meta"]["epoch"] >= cfg.epochs):
+        ckpt = Path(train(cfg, resume=ckpt if ckpt.exists() else None)["checkpoint"])
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return Path(summary["checkpoint"]), sum(r["time_s"] for r in rows)
+    return ckpt, sum(r["executed_blocks"] for r in rows) / len(rows)
 
 
 def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
@@ -195,8 +198,8 @@ def main(argv=None) -> int:
             key = f"{arm}-s{seed}"
 
             def run_arm() -> dict:
-                ckpt, train_s = trained(config(args, data_root, args.model, arm, seed, out / "runs" / key))
-                return {"arm": arm, "seed": seed, "train_s": train_s, **prune_arm(args, ckpt, seed)}
+                ckpt, executed = trained(config(args, data_root, args.model, arm, seed, out / "runs" / key))
+                return {"arm": arm, "seed": seed, "executed_blocks": executed, **prune_arm(args, ckpt, seed)}
             # an arm pruned by an older version is pruned again (its training is reused)
             results.setdefault(arm, []).append(cached(out / "arms" / f"{key}.json", run_arm,
                                                       lambda value: value.get("format") == FORMAT))
@@ -213,9 +216,9 @@ def main(argv=None) -> int:
             key = f"scratch-{name}-s{seed}"
 
             def run_scratch() -> dict:
-                ckpt, train_s = trained(config(args, data_root, name, "none", seed, out / "runs" / key))
+                ckpt, executed = trained(config(args, data_root, name, "none", seed, out / "runs" / key))
                 meta = load_checkpoint(ckpt)["meta"]
-                return {"model": name, "seed": seed, "train_s": train_s, "blocks": len(meta["blocks"]),
+                return {"model": name, "seed": seed, "executed_blocks": executed, "blocks": len(meta["blocks"]),
                         "test_acc": meta["metrics"]["test_acc"], "val_acc": meta["metrics"]["val_acc"]}
             baselines.setdefault(keep, []).append(cached(out / "arms" / f"{key}.json", run_scratch))
     table = markdown(args, results, baselines)
@@ -247,14 +250,16 @@ def markdown(args, results: dict, baselines: dict) -> str:
              f"Schedule (every arm): {args.model}, {args.train_images} Fashion-MNIST training images "
              f"(10% of them the validation slice), {args.epochs} epochs, batch {args.batch_size}, cosine lr "
              f"{args.lr}; test split {args.test_images or 'all 10,000'} images. Accuracy: test %, mean ± sd "
-             f"over seeds {args.seeds}; blocks chosen and 'best' picked on the validation slice.", ""]
+             f"over seeds {args.seeds}; blocks chosen and 'best' picked on the validation slice. Training compute "
+             "is given as executed blocks per step, not wall time: arms may run in parallel on one device.", ""]
     stages = ("unhealed", "recalibrated", "bn", "finetune")
     for arm, runs in results.items():
         refs = [r["reference"] for r in runs]
         lines += [(f"**{arm}** — full depth {ms([x['trained']['test']['acc'] for x in refs])} as trained, "
                    f"{ms([x['recalibrated']['test']['acc'] for x in refs])} BN re-estimated, reference (healed "
                    f"like the pruned networks) {ms([x['healed']['test']['acc'] for x in refs])} "
-                   f"({runs[0]['blocks']} blocks), training {ms([r['train_s'] for r in runs])} s"), "",
+                   f"({runs[0]['blocks']} blocks), executed blocks per training step "
+                   f"{ms([r['executed_blocks'] for r in runs])}"), "",
                   "| keep | criterion | unhealed | BN re-estimated | BN-healed (kept where val improves) | fine-tuned |",
                   "|---|---|---|---|---|---|"]
         for keep, info in runs[0]["keeps"].items():
