@@ -212,7 +212,7 @@ def machine(device: torch.device) -> dict:
 
 def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
     lines = ["| arm | survival | mode | wall ms/step | wall ratio to plain (range) | CPU ms/step | "
-             "CPU-time ratio to plain (range) | gates open (measured / expected) |",
+             "CPU-time ratio to plain (range) | branches run (measured) / expected open |",
              "|---|---|---|---:|---|---:|---|---|"]
     for r in rows:
         if r["survival"] == "learned":
