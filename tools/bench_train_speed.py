@@ -1,20 +1,21 @@
-"""B1 — training speed: does stochastic depth really save time? (docs: benchmarks.md)
+"""B1 — training speed: does stochastic depth really save time? (protocol: BENCHMARKS.md, B1)
 
 Time per optimisation step of the same network under several survival set-ups, measured
 in ONE process with the arms alternated round-robin (the starting arm rotates every
 repeat), after a warm-up; the figure is the median over repeats of the per-repeat ratio
-to plain training (each repeat's arms ran back to back, so slow drifts of a shared
-machine cancel). Both wall time and this process's CPU time are recorded: on a shared
+to the reference arm, plain training (the first arm if no plain arm is given; the table
+names it). Each repeat's arms ran back to back, so slow drifts of a shared machine cancel. Both wall time and this process's CPU time are recorded: on a shared
 CPU with one torch thread, CPU time leaves out the time other processes held the core.
 
 Arms: plain (`--survival none`), linear p_L = 0.5 in batch mode (skips dropped branches),
 the same in row mode (per-sample mask: computes every branch), and learned survival at its
 default budget, timed in its ACTIVE phase: its controller is put on a short nominal
-schedule (LEARNED_STEPS steps, so it updates the survivals at every step, its most
-expensive setting) and fast-forwarded through its warm-up with real gate draws and
-synthetic losses (no network compute: only the regression's statistics are filled), so
-every timed step fits the regression and moves the survivals; the table reports how many
-timed steps did. "Gates open" is the fraction of
+schedule (at least LEARNED_STEPS steps, and long enough that every warm-up and timed step
+falls after its warm-up and inside the run; up to 799 steps it updates the survivals at
+every step, its most expensive setting) and fast-forwarded through its warm-up with real
+gate draws and synthetic losses (no network compute: only the regression's statistics are
+filled), so every timed step fits the regression and moves the survivals; the table
+reports how many timed repeats did. "Gates open" is the fraction of
 (block, step) gates drawn open (row mode: of (block, sample) pairs); in batch mode it is
 the fraction of branches computed, in row mode every branch is computed regardless.
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -67,7 +69,7 @@ ARMS = {  # name -> TrainConfig overrides
 }
 NOMINAL_STEPS_PER_EPOCH = 390  # CIFAR at batch 128: sets the lr schedule and learned's pace
 COMPILE_MODES = ("", "none", "model", "branches")  # "" = the --compile default
-LEARNED_STEPS = 400  # the learned arm's nominal run: the controller updates every step (400 // 400)
+LEARNED_STEPS = 400  # the learned arm's shortest nominal run: the controller updates every step (< 800 // 400)
 
 
 @dataclass
@@ -90,14 +92,22 @@ class Arm:
         return self.trainer.sampler
 
 
-def make_arm(spec: str, base: TrainConfig, data, device: torch.device, compile_how: str = "none") -> Arm:
+def learned_run_steps(stepped: int) -> int:
+    """Nominal length of the learned arm's run: its warm-up is fast-forwarded, then ``stepped``
+    real steps (warm-up and timed) must still fall inside the run, so all of them are active."""
+    return max(LEARNED_STEPS, math.ceil((stepped + 2) / (1 - WARMUP)))
+
+
+def make_arm(spec: str, base: TrainConfig, data, device: torch.device, compile_how: str = "none",
+             stepped: int = 0) -> Arm:
+    """One arm, ready to step; ``stepped`` is how many steps it will take (sizes the learned run)."""
     name, _, how = spec.partition("@")
     compile_how = how or compile_how
     config = TrainConfig.from_dict({**base.to_dict(), **ARMS[name]})
     learned = config.survival == "learned"
     if learned:
         config = TrainConfig.from_dict({**config.to_dict(), "epochs": 1, "lr_milestones": None})
-    steps = LEARNED_STEPS if learned else NOMINAL_STEPS_PER_EPOCH
+    steps = learned_run_steps(stepped) if learned else NOMINAL_STEPS_PER_EPOCH
     trainer = build_training(config, data, device, steps_per_epoch=steps)
     trainer.model.train()
     compile_model(trainer.model, compile_how)
@@ -131,7 +141,7 @@ def enter_active_phase(arm: Arm) -> None:
     for step in range(end):
         gates = sampler.draw(step, arm.config.batch_size)
         loss = 2.0 - 0.01 * float(gates.sum()) + 0.01 * float(torch.randn(1, generator=noise))
-        changed = controller.observe(step, gates, loss, step / total, total)
+        changed = controller.observe(step, gates, loss, total)
         if changed is not None:
             sampler.refresh(changed)
     arm.step = end
@@ -169,22 +179,27 @@ def measure(arms: list[Arm], data, device, steps: int, repeats: int, warmup: int
               file=sys.stderr, flush=True)
 
 
+def reference(arms: list[Arm]) -> Arm:
+    """The arm the others are compared to: plain training (eager first), else the first arm."""
+    return next((a for a in arms if a.name == "plain"), next((a for a in arms if a.name.startswith("plain@")), arms[0]))
+
+
 def summarise(arms: list[Arm]) -> list[dict]:
-    plain = next((a for a in arms if a.name == "plain"), arms[0])
+    ref = reference(arms)
     rows = []
     for arm in arms:
-        ratios = [t / p for t, p in zip(arm.times, plain.times)]
+        ratios = [t / p for t, p in zip(arm.times, ref.times)]
         # CPU time of this process: on a shared machine it does not count time spent
         # waiting for other processes (meaningful with --threads 1 on the CPU).
-        cpu_ratios = [t / p for t, p in zip(arm.cpu, plain.cpu)]
+        cpu_ratios = [t / p for t, p in zip(arm.cpu, ref.cpu)]
         survival = arm.sampler.survival()
         rows.append({
-            "arm": arm.name, "survival": arm.config.survival, "drop_mode": arm.config.drop_mode,
+            "arm": arm.name, "reference": ref.name, "survival": arm.config.survival, "drop_mode": arm.config.drop_mode,
             "step_ms_median": 1000 * statistics.median(arm.times),
-            "ratio_to_plain_median": statistics.median(ratios),
+            "ratio_to_reference_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios),
             "cpu_step_ms_median": 1000 * statistics.median(arm.cpu),
-            "cpu_ratio_to_plain_median": statistics.median(cpu_ratios),
+            "cpu_ratio_to_reference_median": statistics.median(cpu_ratios),
             "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
             "open_fraction_measured": statistics.fmean(arm.open) if arm.open else math.nan,
             "open_fraction_expected": float(survival.mean()) if survival.numel() else 1.0,
@@ -202,7 +217,7 @@ def machine(device: torch.device) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
             "date": time.strftime("%Y-%m-%d")}
     if device.type == "cuda":
@@ -211,22 +226,23 @@ def machine(device: torch.device) -> dict:
 
 
 def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
-    lines = ["| arm | survival | mode | wall ms/step | wall ratio to plain (range) | CPU ms/step | "
-             "CPU-time ratio to plain (range) | branches run (measured) / expected open |",
+    ref = rows[0]["reference"]
+    lines = [f"| arm | survival | mode | wall ms/step | wall ratio to {ref} (range) | CPU ms/step | "
+             f"CPU-time ratio to {ref} (range) | branches run (measured) / expected open |",
              "|---|---|---|---:|---|---:|---|---|"]
     for r in rows:
         if r["survival"] == "learned":
             r = {**r, "arm": f"{r['arm']} (active: survivals moved in {r['survival_moved_repeats']}/{r['repeats']} "
                              "timed repeats)"}
         lines.append(f"| {r['arm']} | {r['survival']} | {r['drop_mode']} | {r['step_ms_median']:.0f} | "
-                     f"**{r['ratio_to_plain_median']:.3f}** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
-                     f"{r['cpu_step_ms_median']:.0f} | **{r['cpu_ratio_to_plain_median']:.3f}** "
+                     f"**{r['ratio_to_reference_median']:.3f}** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
+                     f"{r['cpu_step_ms_median']:.0f} | **{r['cpu_ratio_to_reference_median']:.3f}** "
                      f"({r['cpu_ratio_min']:.2f}–{r['cpu_ratio_max']:.2f}) | "
                      f"{r['open_fraction_measured']:.3f} / {r['open_fraction_expected']:.3f} |")
     where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch threads")
-    lines.append(f"\n{args.model} (compile: {args.compile}), {args.size}x{args.size} input, batch {args.batch_size}, {args.steps} steps "
-                 f"x {args.repeats} repeats per arm after {args.warmup} warm-up steps; {where}; "
-                 f"torch {info['torch']}; {info['date']}.")
+    lines.append(f"\n{args.model} (compile: {args.compile}), {args.size}x{args.size} input, "
+                 f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats per arm after "
+                 f"{args.warmup} warm-up steps; {where}; torch {info['torch']}; {info['date']}.")
     return "\n".join(lines)
 
 
@@ -261,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data("synthetic", image_size=args.size)
     base = TrainConfig(model=args.model, dataset="synthetic", image_size=args.size, batch_size=args.batch_size,
                        epochs=500, lr_milestones=(250, 375), seed=args.seed, device=str(device))
-    arms = [a for a in (make_arm(n, base, data, device, args.compile) for n in names) ]
+    stepped = args.warmup + args.steps * args.repeats
+    arms = [make_arm(n, base, data, device, args.compile, stepped) for n in names]
     measure(arms, data, device, args.steps, args.repeats, args.warmup)
     rows, info = summarise(arms), machine(device)
     print(markdown(rows, info, args))

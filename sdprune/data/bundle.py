@@ -18,14 +18,15 @@ import torch
 from torch import Tensor
 
 from sdprune.data.augment import Augment
-from sdprune.data.images import ImageSet
+from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.readers import load_splits
 from sdprune.errors import SdpruneError
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 VAL_FRACTION, VAL_MAX = 0.1, 5000
-SPLIT_SEED = 0  # the validation slice is a property of the dataset, not of a run
-STATS_SEED = 0  # the images normalisation is measured on: likewise the dataset's
+# The validation slice and the images normalisation is measured on are properties of the
+# dataset, not of a run: one fixed seed, whatever --seed says.
+DATASET_SEED = 0
 
 
 @dataclass
@@ -73,8 +74,9 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
 def split_validation(train: ImageSet, fraction: float = VAL_FRACTION) -> tuple[ImageSet, ImageSet]:
     """Carve a fixed held-out slice (seeded by the dataset, not the run) off the training set."""
     n_val = max(1, min(VAL_MAX, int(round(len(train) * fraction))))
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
+    in_val = torch.zeros(len(train), dtype=torch.bool)
+    in_val[seeded_index(len(train), n_val, DATASET_SEED)] = True
+    return train.subset(torch.nonzero(~in_val).flatten()), train.subset(torch.nonzero(in_val).flatten())
 
 
 def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
@@ -84,8 +86,7 @@ def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float],
     class (imagefolder), so the first images would describe the first classes only.
     """
     if len(images) > max_images:
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(STATS_SEED))[:max_images]
-        images = images[pick.sort().values]
+        images = images[seeded_index(len(images), max_images, DATASET_SEED)]
     x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
     std = x.std(dim=1).clamp_min(1e-3)
     return [round(v, 6) for v in x.mean(dim=1).tolist()], [round(v, 6) for v in std.tolist()]

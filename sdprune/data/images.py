@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from sdprune.errors import SdpruneError
 
 
 @dataclass
@@ -30,21 +33,47 @@ class ImageSet:
         Every place that uses part of a set takes it from here, never the first N: an image
         folder is sorted by class, so its first images would all come from the first classes.
         """
+        if n is not None and n < 1:
+            raise SdpruneError(f"a sample needs at least 1 image, got {n}")
         if n is None or n >= len(self):
             return self
-        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:max(1, n)]
-        return self.subset(pick.sort().values)
+        return self.subset(seeded_index(len(self), n, seed))
 
 
-def normalize(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
-    """uint8 (N, C, H, W) -> normalised float32 on the images' device."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float().div_(255) - m) / s
+def seeded_index(total: int, n: int, seed: int) -> Tensor:
+    """Indices of a seeded random ``n`` of ``total`` items, in increasing order.
+
+    The one way sdprune takes part of a set (validation slice, normalisation images,
+    statistics images): random, so a class-sorted set is represented; seeded, so the
+    same part every time; in order, so the part keeps the set's order.
+    """
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def normalization(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+                  ) -> tuple[Tensor, Tensor]:
+    """``mean`` and ``std`` as (1, C, 1, 1) float32 tensors on ``device``.
+
+    Build them once per loop and pass them to ``normalize``: building them is a
+    host-to-device copy, which on a GPU waits for the device.
+    """
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+
+
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """uint8 (N, C, H, W) -> normalised float32 on the images' device.
+
+    ``mean`` and ``std`` are per-channel lists, or ``normalization``'s tensors already on
+    that device (what a loop over batches passes).
+    """
+    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
+        mean, std = normalization(mean, std, images.device)
+    return (images.float().div_(255) - mean) / std
 
 
 def iterate_batches(data: ImageSet, batch_size: int, generator: torch.Generator | None = None,
-                    drop_last: bool = False):
+                    drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (images, labels) batches; shuffled when a generator is given."""
     n = len(data)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -54,5 +83,12 @@ def iterate_batches(data: ImageSet, batch_size: int, generator: torch.Generator 
         yield data.images[index], data.labels[index]
 
 
+def drops_last(n: int, batch_size: int) -> bool:
+    """Whether training on ``n`` images drops the ragged last batch: only when it is not the
+    only batch (a tiny set still trains), so every step sees ``batch_size`` images."""
+    return n > batch_size
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches ``iterate_batches`` yields for ``n`` images."""
     return n // batch_size if drop_last else math.ceil(n / batch_size)

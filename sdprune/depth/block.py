@@ -16,6 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+# What a block's branch is multiplied by for one forward (see GatedBlock): None (the
+# default of the mode), a Python float (a host decision: 0.0 skips the branch) or a tensor.
+Gate = float | Tensor | None
+
 
 class GatedBlock(nn.Module):
     """A residual block whose branch can be skipped (batch mode) or masked (row mode).
@@ -46,7 +50,7 @@ class GatedBlock(nn.Module):
         # Survival probability p_l: the eval-time scale of the branch. A buffer, so it
         # travels with the state dict into checkpoints and the exported graph.
         self.register_buffer("survival", torch.ones(()))
-        self.gate: float | Tensor | None = None
+        self.gate: Gate = None
         self.replay: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,6 +69,8 @@ class GatedBlock(nn.Module):
         if gate.dim() == 0:  # a scale (survival)
             return self.act(self.shortcut(x) + self.branch(x) * gate)
         # row mode: a per-sample 0/1 mask; the branch is computed for every sample
+        if gate.shape != x.shape[:1]:  # a wrong length would broadcast or fail deep in autograd
+            raise ValueError(f"a row-mode gate of shape {tuple(gate.shape)} for a batch of {x.shape[0]}")
         mask = gate.to(dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return self.act(self.shortcut(x) + self.branch(x) * mask)
 

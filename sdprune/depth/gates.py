@@ -16,12 +16,13 @@ graph, and a row-mode mask is captured in it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from numbers import Real
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from sdprune.depth.block import GatedBlock
+from sdprune.depth.block import Gate, GatedBlock
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 
@@ -47,30 +48,30 @@ def sample_gates(survival: Tensor, mode: str, generator: torch.Generator,
     raise SdpruneError(f"unknown drop mode {mode!r}; choose from {', '.join(DROP_MODES)}")
 
 
-Gate = float | Tensor | None
-
-
 @contextmanager
-def gating(blocks: Sequence[GatedBlock], gates: Sequence[Gate] | None = None,
+def gating(blocks: Sequence[GatedBlock], gates: Sequence[Gate | int] | None = None,
            replay: Sequence[Tensor | None] | None = None) -> Iterator[None]:
     """Install one gate (and optionally a cached output) per block for the scope's duration.
 
-    ``gates[i]`` is block i's gate (see ``GatedBlock``); ``replay[i]``, when not None, is
-    an output block i returns without computing. Both are removed on exit, error or not.
+    ``gates[i]`` is block i's gate (see ``GatedBlock``; a Python number is taken as a
+    float, so 0 skips like 0.0); ``replay[i]``, when not None, is an output block i returns
+    without computing. On exit, error or not, every block gets back what it had on entry,
+    so scopes nest (``expected_gates`` inside a training step's gates, say).
     """
     blocks = list(blocks)
     for name, values in (("gates", gates), ("replay", replay)):
         if values is not None and len(values) != len(blocks):
             raise ValueError(f"{len(values)} {name} for {len(blocks)} blocks")
+    saved = [(block.gate, block.replay) for block in blocks]
     try:
         for i, block in enumerate(blocks):
-            block.gate = gates[i] if gates is not None else None
+            gate = gates[i] if gates is not None else None
+            block.gate = float(gate) if isinstance(gate, Real) else gate
             block.replay = replay[i] if replay is not None else None
         yield
     finally:
-        for block in blocks:
-            block.gate = None
-            block.replay = None
+        for block, (gate, cached) in zip(blocks, saved):
+            block.gate, block.replay = gate, cached
 
 
 @contextmanager
@@ -88,7 +89,7 @@ def expected_gates(model: nn.Module) -> Iterator[None]:
 class GateSampler:
     """Draws the gates of one training step and installs them for its forward.
 
-    ``with sampler.install(step, batch_size, device) as gates: loss = ...(model(x))``;
+    ``with sampler.install(step, batch_size) as gates: loss = ...(model(x))``;
     ``gates`` (a CPU tensor: (L,) in batch mode, (L, N) in row mode) lets the caller count
     executed blocks or feed learned survival. ``draw`` alone gives the same gates without
     installing them.
@@ -126,8 +127,11 @@ class GateSampler:
         return sample_gates(self.survival(), self.mode, self.generator, batch_size)
 
     @contextmanager
-    def install(self, step: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
-        """Draw the gates of ``step`` and install them on the blocks for the scope."""
+    def install(self, step: int, batch_size: int) -> Iterator[Tensor]:
+        """Draw the gates of ``step`` and install them on the blocks for the scope.
+
+        Row-mode masks go to the blocks' own device (one copy for all blocks).
+        """
         gates = self.draw(step, batch_size)
         if self.plain():  # no gate at all: plain training, the cheapest path
             yield gates
@@ -135,6 +139,7 @@ class GateSampler:
         if self.mode == "batch":
             per_block: list[Gate] = gates.tolist()  # Python floats: the skip is a host decision
         else:
+            device = self.blocks[0].survival.device
             per_block = list(gates.to(device, non_blocking=True).unbind(0))
         with gating(self.blocks, per_block):
             yield gates

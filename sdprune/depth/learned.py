@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.depth.select import select_blocks, target_count
 from sdprune.depth.structure import block_layout
+from sdprune.errors import SdpruneError
 
 WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
 ANNEAL_END = 0.6     # prune-aware: excluded blocks reach survival 0 here
@@ -91,25 +92,38 @@ def select_kept(importance: Tensor, layout: list[dict], n_keep: int) -> list[int
 
 
 class LearnedSurvival:
-    """Owns the survival probabilities of a model during training (see module doc)."""
+    """Owns the survival probabilities of a model during training (see module doc).
 
-    def __init__(self, model: nn.Module, config, input_shape: tuple[int, int, int]) -> None:
+    ``p_last`` sets the linear schedule it starts from (and the default budget, its
+    mean); ``target_survival`` the budget; ``target_keep`` the fraction of blocks a
+    prune-aware run keeps; ``p_min`` the lowest survival a block may get.
+    """
 
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], *, p_last: float = 0.5,
+                 target_survival: float | None = None, target_keep: float | None = None,
+                 p_min: float = 0.05) -> None:
         self.model = model
         self.layout = block_layout(model, input_shape)
         self.names = [row["name"] for row in self.layout]
         n = len(self.names)
         flops = torch.tensor([float(row["flops"]) for row in self.layout])
         self.weights = flops if float(flops.sum()) > 0 else torch.ones(n)
-        linear = torch.tensor(survival_schedule("linear", n, config.p_last))
-        self.target = config.target_survival if config.target_survival is not None \
-            else budget_mean(linear, self.weights)
-        self.p_min = config.p_min
-        self.n_keep = target_count(n, config.target_keep, None) if config.target_keep is not None else None
-        self.total_steps = None  # set by the trainer through observe()
+        linear = torch.tensor(survival_schedule("linear", n, p_last))
+        self.target = target_survival if target_survival is not None else budget_mean(linear, self.weights)
+        self.p_min = p_min
+        if n and self.target < p_min:  # fit_budget would silently run above the budget
+            raise SdpruneError(f"--p-min {p_min} is above the survival budget {self.target:.4g}; "
+                               "lower --p-min or raise --target-survival")
+        self.n_keep = target_count(n, target_keep, None) if target_keep is not None else None
+        stages = len({row["stage"] for row in self.layout})
+        if self.n_keep is not None and self.n_keep < stages:  # fail now, not when annealing starts
+            raise SdpruneError(f"--target-keep {target_keep} keeps {self.n_keep} blocks; "
+                               f"this network needs at least {stages} (one per stage)")
         initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
         set_survival(model, initial.tolist())
-        self.current = initial.double()  # CPU copy: reading the buffers back would sync a GPU
+        # The survivals in float64 on the CPU: reading the float32 buffers back would sync a
+        # GPU and round them, so a resumed run would drift from an uninterrupted one.
+        self.current = initial.double()
         # regression sufficient statistics over x = [1, g_1..g_L, t]
         self.xtx = torch.zeros(n + 2, n + 2, dtype=torch.float64)
         self.xty = torch.zeros(n + 2, dtype=torch.float64)
@@ -118,9 +132,8 @@ class LearnedSurvival:
         self.feasible = True  # prune-aware: whether the kept blocks can carry the budget
 
     # -- the trainer's hooks ---------------------------------------------------------
-    def observe(self, step: int, gates: Tensor, loss: float | Tensor, progress: float,
-                total_steps: int) -> Tensor | None:
-        """Record one step's natural experiment; after warm-up, move the survivals.
+    def observe(self, step: int, gates: Tensor, loss: float | Tensor, total_steps: int) -> Tensor | None:
+        """Record step ``step`` (of ``total_steps``)'s natural experiment; after warm-up, move the survivals.
 
         Batch mode: ``gates`` (L,) and the batch's mean ``loss``. Row mode: ``gates`` (L, N)
         and the N per-sample losses (a CPU tensor), one experiment per sample.
@@ -129,7 +142,8 @@ class LearnedSurvival:
         n = len(self.names)
         if n == 0:
             return None
-        x, y = self._design(step / total_steps, gates, loss)
+        progress = step / total_steps
+        x, y = self._design(progress, gates, loss)
         # Decay per step, and a step weighs one unit whatever its batch size: the memory
         # (HALF_LIFE) means the same in both modes.
         decay = 0.5 ** (1.0 / max(1.0, HALF_LIFE * total_steps))
@@ -142,7 +156,7 @@ class LearnedSurvival:
         coef = torch.linalg.solve(self.xtx + ridge * torch.eye(n + 2, dtype=torch.float64), self.xty)
         self.importance = -coef[1:n + 1]
         rate = min(1.0, every / max(1.0, RELAX * total_steps))
-        new = self.current + rate * (self.targets(progress) - self.current)
+        new = self.current + rate * (self.update_targets(progress) - self.current)
         if progress >= ANNEAL_END and self.excluded:
             new[self.excluded] = 0.0  # exactly 0: these blocks now evaluate as removed
         self.current = new
@@ -165,8 +179,12 @@ class LearnedSurvival:
         ones = torch.ones(len(g), 1, dtype=torch.float64)
         return torch.cat([ones, g, torch.full_like(ones, t)], dim=1), losses
 
-    def targets(self, progress: float) -> Tensor:
-        """Target survival of every block at this point of training."""
+    def update_targets(self, progress: float) -> Tensor:
+        """Target survival of every block at this point of training.
+
+        Prune-aware, before ``ANNEAL_END``, it also re-selects the excluded blocks from the
+        current importances; from then on the selection is fixed.
+        """
         imp = self.importance.float()
         spread = float((imp - imp.median()).abs().median()) * 1.4826 + 1e-8  # robust std
         scores = (imp - imp.median()) / spread
@@ -191,11 +209,13 @@ class LearnedSurvival:
 
     # -- resume ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"xtx": self.xtx, "xty": self.xty, "importance": self.importance,
-                "excluded": list(self.excluded), "target": self.target, "budget_feasible": self.feasible,
-                "executed_fraction": self.executed_fraction()}
+        """Everything a resumed run needs to continue exactly (copies: ``observe`` updates in place)."""
+        return {"current": self.current.clone(), "xtx": self.xtx.clone(), "xty": self.xty.clone(),
+                "importance": self.importance.clone(), "excluded": list(self.excluded), "target": self.target,
+                "budget_feasible": self.feasible, "executed_fraction": self.executed_fraction()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s copy; the model's survivals are set to match."""
         if not state:
             return
         self.xtx, self.xty = state["xtx"].clone(), state["xty"].clone()
@@ -203,13 +223,18 @@ class LearnedSurvival:
         self.excluded = list(state["excluded"])
         self.target = float(state["target"])
         self.feasible = bool(state.get("budget_feasible", True))  # absent before it was recorded
-        self.current = torch.tensor(get_survival(self.model), dtype=torch.float64)  # restored weights
+        if "current" in state:
+            self.current = state["current"].clone()
+            set_survival(self.model, self.current.tolist())
+        else:  # a checkpoint from before it was saved: the (rounded) survivals of its weights
+            self.current = torch.tensor(get_survival(self.model), dtype=torch.float64)
 
     def executed_fraction(self) -> float:
         """The expected fraction of block compute executed now (the budget, where feasible)."""
         return budget_mean(self.current, self.weights.double()) if len(self.names) else 1.0
 
     def summary(self) -> dict:
+        """What metrics.jsonl records of the controller each epoch (JSON-able)."""
         return {"importance": [round(float(v), 6) for v in self.importance],
                 "target_survival": self.target, "executed_fraction": round(self.executed_fraction(), 6),
                 "budget_feasible": self.feasible, "excluded": [self.names[i] for i in self.excluded]}

@@ -18,12 +18,7 @@ SCHEDULES = ("linear", "uniform", "none", "learned")
 
 
 def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:
-    """Initial survival probabilities p_1..p_L for a schedule.
-
-    ``linear`` is the paper's rule p_l = 1 - (l / L) (1 - p_L); ``uniform`` gives every
-    block p_L; ``none`` is the plain baseline (p = 1, same code path). ``learned`` starts
-    from the linear rule and adapts during training (see ``sdprune.survival``).
-    """
+    """Initial survival probabilities p_1..p_L for a schedule (the rules: module doc)."""
     if name not in SCHEDULES:
         raise SdpruneError(f"unknown survival schedule {name!r}; choose from {', '.join(SCHEDULES)}")
     if not 0.0 < p_last <= 1.0:

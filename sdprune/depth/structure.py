@@ -3,15 +3,17 @@
 Every architecture exposes its prunable units as ``GatedBlock`` modules, so everything
 here works on any registered network without knowing which one it is. These are the
 structural operations both training (the learned-survival controller needs the layout)
-and pruning (removal) build on, so they live beside the block, below both.
+and pruning (removal) build on, so they live beside the block, below both; so does the
+FLOP count they and ``sdprune.nets.measure`` share.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from sdprune.depth.block import GatedBlock, PrunedBlock
 from sdprune.errors import SdpruneError
@@ -55,6 +57,25 @@ def block_names(model: nn.Module) -> list[str]:
     return [name for name, _ in gated_blocks(model)]
 
 
+@torch.no_grad()
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
+    """One eval-mode forward at batch 1 (a zero input on the model's device), counted by
+    PyTorch's FlopCounterMode (convolutions and matmuls; a multiply-add counts as 2).
+
+    Returns the counter: per-module counts and the total. The model's mode is kept.
+    """
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return counter
+
+
 def block_layout(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """Structure of each gated block: stage, index in stage, transition, params, FLOPs.
 
@@ -62,22 +83,14 @@ def block_layout(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[st
     architecture gets the same notion without naming its modules; a transition block
     changes the shape (removing it leaves its projection shortcut in place).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     blocks = gated_blocks(model)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = [b.register_forward_hook(_shape_hook(shapes, n)) for n, b in blocks]
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
-            model(torch.zeros(1, *input_shape, device=device))
+        counter = forward_flops(model, input_shape)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     counts = counter.get_flop_counts()
     root = type(model).__name__
     rows, stage, index, previous = [], -1, 0, None
@@ -101,7 +114,7 @@ def block_layout(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[st
     return rows
 
 
-def _shape_hook(store: dict, name: str):
+def _shape_hook(store: dict, name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         store[name] = (tuple(args[0].shape[1:]), tuple(output.shape[1:]))
     return hook

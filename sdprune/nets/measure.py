@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from sdprune.depth.structure import forward_flops
 
 
 def count_params(model: nn.Module) -> int:
@@ -12,23 +12,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """FLOPs of one eval-mode forward pass at batch 1 (a multiply-add counts as 2).
 
     Counted by PyTorch's own FlopCounterMode (convolutions and matmuls).
     """
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, *input_shape, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x)
-    model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(forward_flops(model, input_shape).get_total_flops())
 
 
-def size_of(model: nn.Module, input_shape) -> dict[str, int]:
+def size_of(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> dict[str, int]:
     """{"params", "flops"} of a network at one input (what pruning shrinks)."""
     return {"params": count_params(model), "flops": count_flops(model, tuple(input_shape))}

@@ -24,11 +24,12 @@ from torch import Tensor, nn
 
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
-from sdprune.data.images import iterate_batches, normalize
+from sdprune.data.images import drops_last, iterate_batches, normalization, normalize, num_batches
 from sdprune.depth.gates import expected_gates
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.evaluate import assess
+from sdprune.train.trainer import build_sgd
 
 HEAL_MODES = ("none", "bn", "finetune")  # `sdprune prune --heal` and `sdprune sweep --heal`
 DEFAULT_FINETUNE_EPOCHS = 1.0
@@ -96,12 +97,13 @@ def recalibrate_bn(model: nn.Module, data: DataBundle, device: torch.device | st
         m.momentum = None
         m.train()
     seen = 0
+    mean_std = normalization(data.mean, data.std, device)
     try:
         gen = torch.Generator().manual_seed(seed)
         for step, (images, _) in enumerate(iterate_batches(data.train, batch_size, gen)):
             if step >= batches:
                 break
-            model(normalize(images.to(device, non_blocking=True), data.mean, data.std))
+            model(normalize(images.to(device, non_blocking=True), *mean_std))
             seen += len(images)
     finally:
         for m, momentum in zip(norms, momenta):
@@ -127,14 +129,11 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     reporter = reporter or Reporter(quiet=True)
     if distill and teacher is None:
         raise ValueError("distillation needs a teacher")
-    drop_last = len(data.train) > batch_size
-    per_epoch = len(data.train) // batch_size if drop_last else max(1, math.ceil(len(data.train) / batch_size))
+    drop_last = drops_last(len(data.train), batch_size)
+    per_epoch = max(1, num_batches(len(data.train), batch_size, drop_last))
     total = max(1, int(round(epochs * per_epoch)))
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=lr, momentum=0.9, nesterov=True)
+    optimizer = build_sgd(model.parameters(), lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    mean_std = normalization(data.mean, data.std, device)
     gen_order, gen_aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     if teacher is not None:
         teacher.eval()
@@ -150,7 +149,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
                     for group in optimizer.param_groups:
                         group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
                     x = normalize(augment(images, data.augment, gen_aug).to(device, non_blocking=True),
-                                  data.mean, data.std)
+                                  *mean_std)
                     y = labels.to(device, non_blocking=True)
                     logits = model(x).float()
                     loss = F.cross_entropy(logits, y)

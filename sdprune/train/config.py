@@ -31,9 +31,9 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64                   # images per step (the paper: 128; recipes set it)
     lr: float = 0.1                        # peak learning rate
-    momentum: float = 0.9
+    momentum: float = 0.9                  # 0: plain SGD (then without Nesterov, which needs momentum)
     nesterov: bool = True
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4             # on conv/linear weights only
     lr_schedule: str = "step"              # "step" (divide by 10 at milestones) or "cosine"
     lr_milestones: tuple[int, ...] | None = None  # epochs; None = 50% and 75% of training
     warmup_epochs: float = 0.0             # linear warm-up, epochs
@@ -82,10 +82,18 @@ def validate(c: TrainConfig) -> None:
 
     if c.epochs < 1:
         bad(f"--epochs must be at least 1, got {c.epochs}")
-    if c.batch_size < 1 or c.eval_batch_size < 1:
-        bad("--batch-size must be at least 1")
+    if c.batch_size < 1:
+        bad(f"--batch-size must be at least 1, got {c.batch_size}")
+    if c.eval_batch_size < 1:
+        bad(f"eval_batch_size must be at least 1, got {c.eval_batch_size}")
+    if c.image_size is not None and c.image_size < 1:
+        bad(f"--image-size must be at least 1 pixel, got {c.image_size}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
         bad(f"--lr must be a positive number, got {c.lr}")
+    if not 0.0 <= c.momentum < 1.0:  # also rejects NaN
+        bad(f"--momentum must be in [0, 1), got {c.momentum}")
+    if not (c.weight_decay >= 0 and math.isfinite(c.weight_decay)):
+        bad(f"--weight-decay must be a number >= 0, got {c.weight_decay}")
     if not 0.0 < c.p_last <= 1.0:
         bad(f"--p-last must be in (0, 1], got {c.p_last}")
     if c.survival not in SCHEDULES:
@@ -96,16 +104,18 @@ def validate(c: TrainConfig) -> None:
         bad(f"--lr-schedule must be step or cosine, got {c.lr_schedule!r}")
     if not 0.0 <= c.label_smoothing < 1.0:
         bad(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+    if not 0.0 <= c.p_min < 1.0:
+        bad(f"--p-min must be in [0, 1), got {c.p_min}")
     for flag, value in (("--target-survival", c.target_survival), ("--target-keep", c.target_keep)):
         if value is not None:
             if not 0.0 < value <= 1.0:  # also rejects NaN
                 bad(f"{flag} must be in (0, 1], got {value}")
             if c.survival != "learned":
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
+    if c.target_survival is not None and c.target_survival < c.p_min:
+        bad(f"--target-survival {c.target_survival} is below --p-min {c.p_min}: no survivals meet it")
     if c.workers < 0:
         bad(f"--workers must be >= 0, got {c.workers}")
-    if not 0.0 <= c.p_min < 1.0:
-        bad(f"--p-min must be in [0, 1), got {c.p_min}")
     if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):
         bad("--lr-milestones must be epochs >= 0")
 

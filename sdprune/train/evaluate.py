@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.data.images import ImageSet, iterate_batches, normalize
+from sdprune.data.images import ImageSet, iterate_batches, normalization, normalize
 from sdprune.depth.structure import block_names
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
@@ -32,14 +32,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
             device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
-    """Logits (float32, CPU) for every image of ``data``, in order."""
+    """Logits (float32, CPU) for every image of ``data``, in order (the model's mode is kept)."""
     was_training = model.training
     model.eval()
+    mean_std = normalization(mean, std, device)
     out = []
-    for images, _ in iterate_batches(data, batch_size):
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        out.append(model(x).float().cpu())
-    model.train(was_training)
+    try:
+        for images, _ in iterate_batches(data, batch_size):
+            x = normalize(images.to(device, non_blocking=True), *mean_std)
+            out.append(model(x).float().cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 

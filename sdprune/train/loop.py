@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sdprune.data.bundle import load_data
-from sdprune.data.images import iterate_batches
+from sdprune.data.images import drops_last, iterate_batches
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
@@ -26,7 +26,7 @@ from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpo
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT, new_run_dir
-from sdprune.train.trainer import ORDER_STREAM, _drop_last, build_training, checkpoint_meta
+from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
@@ -40,12 +40,14 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
     model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
+    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
+        new_run_dir(config.model, config.dataset, config.survival)
+    if (run_dir / CHECKPOINT).exists() and ckpt is None:
+        raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
     trainer = build_training(config, data, device)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
-    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
-        new_run_dir(config.model, config.dataset, config.survival)
     start_epoch, step = 0, 0
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
@@ -54,14 +56,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             controller.load_state_dict(ckpt.get("controller", {}))
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    if (run_dir / CHECKPOINT).exists() and ckpt is None:
-        raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config.to_dict())
     metrics_path = run_dir / "metrics.jsonl"
     history = _read_metrics(metrics_path, start_epoch)
 
-    steps_per_epoch, drop_last = trainer.steps_per_epoch, _drop_last(config, data)
+    steps_per_epoch, drop_last = trainer.steps_per_epoch, drops_last(len(data.train), config.batch_size)
     blocks = len(sampler.blocks)
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
                   f"[{len(data.train)} train / {len(data.val)} val / {len(data.test)} test], "
@@ -104,8 +104,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                         checkpoint_meta(config, data, model, epoch=epoch + 1, step=step, metrics=_public(row)),
                         optimizer=optimizer.state_dict(), **extra)
         _write_metrics(metrics_path, history)
-        reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
-                      f"val {val['acc']:.2f}%  test {test['acc']:.2f}%  {train_time:.1f}s  "
+        reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                      f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  {train_time:.1f}s  "
                       f"{row['images_per_s']:.0f} img/s  blocks {row['executed_blocks']:.1f}/{blocks}")
     final = history[-1] if history else {}
     if controller is not None:

@@ -1,16 +1,16 @@
-"""The training loop: stochastic depth that really skips compute, resumable exactly.
+"""One optimisation step of stochastic-depth training, and everything it is built from.
 
-Determinism contract (CPU): the data order of epoch e comes from a generator seeded by
-(seed, e), every augmentation draw and every gate of step s from generators seeded by
-(seed, s). A run resumed from its epoch-e checkpoint therefore sees the same batches,
-crops and gates as an uninterrupted one and ends with the same weights.
+``Trainer.step`` draws its augmentation and its gates from generators seeded by
+(seed, step), so a step is a function of the step number (the determinism contract of
+``sdprune.train.loop``); ``build_training`` makes the model, optimizer, gate sampler and
+learned-survival controller from a ``TrainConfig``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from sdprune import __version__
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
-from sdprune.data.images import normalize, num_batches
+from sdprune.data.images import drops_last, normalization, normalize, num_batches
 from sdprune.depth.gates import GateSampler, step_seed
 from sdprune.depth.learned import LearnedSurvival
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
@@ -81,78 +81,101 @@ class Trainer:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     sampler: GateSampler
-    controller: Any = None          # LearnedSurvival for --survival learned
+    controller: LearnedSurvival | None = None  # for --survival learned
     steps_per_epoch: int = 1
     gen_aug: torch.Generator = field(default_factory=torch.Generator)
+    # The normalisation on the device, built once: building it per step is a blocking copy.
+    mean_std: tuple[Tensor, Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean_std = normalization(self.data.mean, self.data.std, self.device)
 
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
 
     def step(self, step: int, images: Tensor, labels: Tensor) -> StepResult:
+        """Optimisation step ``step`` on one batch of uint8 images (on the CPU) and their labels.
+
+        Sets the step's learning rate, augments, draws and installs the gates, runs forward,
+        backward and SGD, and feeds learned survival. Raises ``SdpruneError`` if the loss is
+        not finite.
+        """
         config, device = self.config, self.device
         lr = lr_at(config, step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
         images = augment(images, self.data.augment, self.gen_aug)
-        x = normalize(images.to(device, non_blocking=True), self.data.mean, self.data.std)
+        x = normalize(images.to(device, non_blocking=True), *self.mean_std)
         y = labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.sampler.install(step, len(y), device) as gates, \
+        # Row mode: every sample had its own mask, so learned survival needs every sample's loss.
+        per_sample = self.controller is not None and self.sampler.mode == "row"
+        with self.sampler.install(step, len(y)) as gates, \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
             logits = self.model(x)
-            # Row mode: every sample had its own mask, so learned survival needs every sample's loss.
-            per_sample = self.controller is not None and self.sampler.mode == "row"
             losses = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing,
                                      reduction="none" if per_sample else "mean")
             loss = losses.mean() if per_sample else losses
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        # One sync per step: needed for divergence and learning (row mode: the per-sample losses).
-        observed = losses.detach().cpu() if per_sample else None
-        loss_value = float(observed.mean()) if per_sample else float(loss.detach())
+        # The step's one device sync: the loss (per sample in row mode) and the top-1 count
+        # come back in a single transfer, for the divergence check, learning and metrics.
+        correct = (logits.detach().argmax(1) == y).sum().float().view(1)
+        back = torch.cat([losses.detach().float().view(-1), correct]).cpu()
+        observed, correct_value = back[:-1], int(back[-1])
+        loss_value = float(observed.mean()) if per_sample else float(observed[0])
         if not math.isfinite(loss_value):
             raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
         if self.controller is not None:
-            changed = self.controller.observe(step, gates, observed if per_sample else loss_value,
-                                              step / self.total_steps, self.total_steps)
+            changed = self.controller.observe(step, gates, observed if per_sample else loss_value, self.total_steps)
             if changed is not None:
                 self.sampler.refresh(changed)
         # Row mode computes every branch (the mask only zeroes rows): all blocks run.
         executed = float(len(self.sampler.blocks)) if self.sampler.mode == "row" else float(gates.sum())
-        return StepResult(loss_value, int((logits.argmax(1) == y).sum()), executed, lr)
+        return StepResult(loss_value, correct_value, executed, lr)
+
+
+def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nesterov: bool,
+              weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on conv/linear weights only (BatchNorm and biases are not decayed).
+
+    ``momentum`` 0 is plain SGD: Nesterov needs momentum, so it is then off.
+    """
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
                    steps_per_epoch: int | None = None) -> Trainer:
-    """Model (with its initial survival), optimizer, gate sampler and survival controller."""
-    torch.manual_seed(config.seed)  # weight initialisation
+    """Model (with its initial survival), optimizer, gate sampler and survival controller.
+
+    The weights are initialised from ``config.seed`` without touching the caller's
+    global random state.
+    """
     c, _, _ = data.input_shape
-    model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
+    with torch.random.fork_rng(devices=[]):  # the model is built on the CPU
+        torch.manual_seed(config.seed)
+        model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
     set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
+    controller = None
+    if config.survival == "learned":  # before any move to the device: a bad --target-keep fails cheaply
+        controller = LearnedSurvival(model, data.input_shape, p_last=config.p_last,
+                                     target_survival=config.target_survival, target_keep=config.target_keep,
+                                     p_min=config.p_min)
     model.to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)
-    # Weight decay on conv/linear weights only (BN and biases are not decayed).
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    controller = None
-    if config.survival == "learned":
-        controller = LearnedSurvival(model, config, data.input_shape)
+    optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
     sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
     if steps_per_epoch is None:
-        steps_per_epoch = num_batches(len(data.train), config.batch_size, drop_last=_drop_last(config, data))
+        steps_per_epoch = num_batches(len(data.train), config.batch_size,
+                                      drop_last=drops_last(len(data.train), config.batch_size))
     return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch)
-
-
-def _drop_last(config: TrainConfig, data: DataBundle) -> bool:
-    return len(data.train) > config.batch_size  # a ragged last batch only when it is the only one
-
-

@@ -1,4 +1,5 @@
-"""Data layer: splits, augmentation, and every loader on small files in the real formats."""
+"""Data layer: the validation slice, normalisation statistics, and every loader on small files in
+the real formats."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdprune.data.augment import Augment, augment
+from sdprune.data.augment import Augment
 from sdprune.data.bundle import channel_stats, data_for_checkpoint, load_data, split_validation
-from sdprune.data.images import ImageSet, iterate_batches, normalize
+from sdprune.data.images import ImageSet
 from sdprune.errors import SdpruneError
-
-rng = np.random.default_rng(0)
 
 
 def rows(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
@@ -66,73 +65,6 @@ def test_validation_slice_is_capped():
     assert len(val) == 5000 and len(train) == 55000
 
 
-# -- augmentation and batches -------------------------------------------------------------
-def test_augment_is_deterministic_per_generator_seed_and_keeps_shape():
-    images = torch.randint(0, 256, (16, 3, 10, 12), dtype=torch.uint8)
-    spec = Augment(pad=4, flip=True)
-    a = augment(images, spec, torch.Generator().manual_seed(5))
-    b = augment(images, spec, torch.Generator().manual_seed(5))
-    c = augment(images, spec, torch.Generator().manual_seed(6))
-    assert a.shape == images.shape and a.dtype == torch.uint8
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert augment(images, Augment(), torch.Generator()) is images
-
-
-def test_augment_crops_are_shifted_windows_of_the_padded_image():
-    images = torch.randint(1, 256, (8, 2, 6, 6), dtype=torch.uint8)  # no zeros: padding shows
-    p = 2
-    out = augment(images, Augment(pad=p), torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(images, (p, p, p, p))
-    shifts = []
-    for i in range(len(images)):
-        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                 if torch.equal(out[i], padded[i, :, dy:dy + 6, dx:dx + 6])]
-        assert found, f"sample {i} is not a crop"
-        shifts.append(found[0])
-    assert len(set(shifts)) > 1  # per-sample crops, not one crop for the batch
-
-
-def test_augment_flip_mirrors_some_samples():
-    images = torch.randint(0, 256, (32, 1, 4, 4), dtype=torch.uint8)
-    out = augment(images, Augment(flip=True), torch.Generator().manual_seed(0))
-    flipped = [torch.equal(o, x.flip(2)) for o, x in zip(out, images)]
-    same = [torch.equal(o, x) for o, x in zip(out, images)]
-    assert all(f or s for f, s in zip(flipped, same))
-    assert 0 < sum(flipped) and 0 < sum(same)
-
-
-def test_normalize_uses_per_channel_mean_and_std():
-    images = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # (1, 2, 1, 2)
-    x = normalize(images, [0.5, 0.2], [0.5, 0.1])
-    assert x.dtype == torch.float32
-    assert torch.allclose(x, torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]]), atol=1e-6)
-
-
-def test_channel_stats_sample_every_class_of_a_class_sorted_set():
-    """An imagefolder is sorted by class: the first max_images would be the first classes only."""
-    g = torch.Generator().manual_seed(0)
-    brightness = torch.tensor([20, 90, 160, 230])  # one very different level per class
-    labels = torch.arange(4).repeat_interleave(500)  # sorted by class, as an imagefolder is
-    noise = torch.randint(-15, 16, (2000, 3, 4, 4), generator=g)
-    data = ImageSet((brightness[labels].view(-1, 1, 1, 1) + noise).to(torch.uint8), labels)
-    x = data.images.float() / 255
-    mean, std = channel_stats(data.images, max_images=400)  # a fifth of the set
-    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=0.02)  # the first 400: 0.08
-    assert std == pytest.approx(x.transpose(0, 1).reshape(3, -1).std(dim=1).tolist(), rel=0.05)
-    assert channel_stats(data.images, max_images=400) == (mean, std)  # a fixed subset, not a run's
-    small = data.images[::50]  # fewer images than max_images: all of them, exactly
-    assert channel_stats(small, max_images=400) == channel_stats(small, max_images=len(small))
-
-
-def test_iterate_batches_shuffles_with_the_generator_and_drops_last():
-    data = ImageSet(torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.arange(10))
-    plain = [y.tolist() for _, y in iterate_batches(data, 4)]
-    assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    a = [y.tolist() for _, y in iterate_batches(data, 4, torch.Generator().manual_seed(3), drop_last=True)]
-    b = [y.tolist() for _, y in iterate_batches(data, 4, torch.Generator().manual_seed(3), drop_last=True)]
-    assert a == b and len(a) == 2 and len(set(sum(a, []))) == 8 and sum(a, []) != list(range(8))
-
-
 # -- loaders on small files in the real formats ----------------------------------------------
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
     """An idx file (MNIST's format): magic with dtype 0x08 and ndim, big-endian dims, bytes."""
@@ -143,6 +75,7 @@ def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
 
 
 def write_mnist_like(folder, n_train=30, n_test=10, gz=False):
+    rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -197,7 +130,7 @@ def patch_md5(monkeypatch):
         monkeypatch.setattr(module, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
-def write_cifar_batch(path, n, label_key, num_classes):
+def write_cifar_batch(path, n, label_key, num_classes, rng):
     data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
     labels = rng.integers(0, num_classes, n).tolist()
     with open(path, "wb") as f:
@@ -212,14 +145,15 @@ def test_cifar_python_batches(tmp_path, monkeypatch, name):
     base = tmp_path / ("cifar-10-batches-py" if ten else "cifar-100-python")
     base.mkdir()
     k, key = (10, "labels") if ten else (100, "fine_labels")
+    rng = np.random.default_rng(0)
     if ten:
-        parts = [write_cifar_batch(base / f"data_batch_{i}", 6, key, k) for i in range(1, 6)]
+        parts = [write_cifar_batch(base / f"data_batch_{i}", 6, key, k, rng) for i in range(1, 6)]
         train = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        test = write_cifar_batch(base / "test_batch", 7, key, k)
+        test = write_cifar_batch(base / "test_batch", 7, key, k, rng)
         meta, meta_key = base / "batches.meta", "label_names"
     else:
-        train = write_cifar_batch(base / "train", 25, key, k)
-        test = write_cifar_batch(base / "test", 7, key, k)
+        train = write_cifar_batch(base / "train", 25, key, k, rng)
+        test = write_cifar_batch(base / "test", 7, key, k, rng)
         meta, meta_key = base / "meta", "fine_label_names"
     names = [f"c{i}" for i in range(k)]
     with open(meta, "wb") as f:
@@ -233,7 +167,7 @@ def test_svhn_mat_files(tmp_path, monkeypatch):
     from scipy.io import savemat
 
     patch_md5(monkeypatch)
-    made = {}
+    made, rng = {}, np.random.default_rng(0)
     for split, n in (("train", 20), ("test", 6)):
         x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)  # SVHN's (H, W, C, N)
         y = rng.integers(1, 11, (n, 1)).astype(np.uint8)            # the digit 0 is labelled 10

@@ -100,6 +100,13 @@ def test_row_mode_masks_each_sample(down_block):
         assert torch.allclose(y[i], full[i] if m else skipped[i], atol=1e-6)
 
 
+def test_a_row_mask_must_have_one_entry_per_sample(down_block):
+    x = torch.randn(6, 8, 8, 8)
+    for mask in (torch.ones(5), torch.ones(6, 1)):
+        with gating([down_block], [mask]), pytest.raises(ValueError, match="for a batch of 6"):
+            down_block(x)
+
+
 def test_eval_scales_the_branch_by_survival_and_a_training_gate_does_not_leak(down_block):
     x = torch.randn(3, 8, 8, 8)
     with gating([down_block], [0.0]):

@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from sdprune.depth.block import GatedBlock
-from sdprune.depth.gates import GateSampler, gating, sample_gates, step_seed
+from sdprune.depth.gates import GateSampler, expected_gates, gating, sample_gates, step_seed
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.errors import SdpruneError
 
@@ -112,6 +112,40 @@ def test_gating_checks_one_gate_per_block():
     with pytest.raises(ValueError, match="2 gates for 3 blocks"), gating(list(model), [0.0, 1.0]):
         pass
     assert all(b.gate is None for b in model)
+
+
+def test_gating_scopes_nest_and_restore_what_was_installed():
+    model = chain([0.5, 0.25])
+    cached = torch.ones(1)
+    with gating(list(model), [0.0, 1.0], replay=[None, cached]):
+        with expected_gates(model):  # healing's scope inside a step's: the survivals, then back
+            assert [b.gate for b in model] == [b.survival for b in model]
+            assert all(b.replay is None for b in model)
+        assert [b.gate for b in model] == [0.0, 1.0] and model[1].replay is cached
+        with pytest.raises(RuntimeError, match="boom"), gating(list(model), [1.0, 1.0]):
+            raise RuntimeError("boom")
+        assert [b.gate for b in model] == [0.0, 1.0]  # restored on error too
+    assert all(b.gate is None and b.replay is None for b in model)
+
+
+def test_gating_takes_python_numbers_as_float_gates():
+    model = chain([0.5, 0.5])
+    x = torch.randn(3, 4)
+    with gating(list(model), [0, 1]):
+        assert [type(b.gate) for b in model] == [float, float]
+        assert torch.equal(model(x), 2 * x)  # block 0 skipped (x), block 1 adds its identity branch (2x)
+    with gating(list(model), [True, 0]):
+        assert [b.gate for b in model] == [1.0, 0.0]
+
+
+def test_row_masks_go_to_the_blocks_device():
+    """No device argument: the masks follow the blocks (a CUDA model gets CUDA masks)."""
+    model = chain([0.5, 0.5])
+    sampler = GateSampler(model, "row", seed=0)
+    model.to("meta")  # a device other than the CPU the gates are drawn on
+    with sampler.install(step=0, batch_size=4) as gates:
+        assert gates.device.type == "cpu"  # what the caller counts with stays on the host
+        assert all(b.gate.device.type == "meta" and b.gate.shape == (4,) for b in model)
 
 
 def test_step_seed_is_deterministic_and_spread():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -12,7 +14,6 @@ from sdprune.depth.select import target_count
 from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
-from sdprune.train.config import TrainConfig
 
 
 def test_fit_budget_meets_weighted_target_and_bounds():
@@ -39,41 +40,103 @@ def test_select_kept_agrees_with_prune_and_keeps_every_stage():
     assert select_kept(importance, layout, 5) == [0, 1, 2, 3, 6]
 
 
-def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: int, seed: int = 0,
-              trace: list | None = None):
-    """Drive the controller with a synthetic loss: base - sum(effects * gates) + noise.
+AWARE_EFFECTS = torch.tensor([0.4, 0.01, 0.2, 0.0, 0.3, 0.02, 0.1, 0.0, 0.25])  # blocks 1, 3, 5, 7 useless
 
-    ``trace`` collects (progress, survival) after every step.
+
+def _drive(controller: LearnedSurvival, sampler: GateSampler, effects: torch.Tensor, steps: int,
+           span: range, noise: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Steps ``span`` of a ``steps``-step run with a synthetic loss: base - sum(effects * gates) + noise.
+
+    Returns (controller.current, the blocks' survival buffers) after every step.
     """
-    sampler = GateSampler(model, "batch", seed)
-    noise = torch.Generator().manual_seed(seed + 1)
-    for step in range(steps):
+    blocks = sampler.blocks
+    seen = []
+    for step in span:
         gates = sampler.draw(step, 8)
         loss = 2.0 - float((effects * gates).sum()) + 0.05 * float(torch.randn(1, generator=noise))
-        changed = controller.observe(step, gates, loss, step / steps, steps)
+        changed = controller.observe(step, gates, loss, steps)
         if changed is not None:
             sampler.refresh(changed)
-        if trace is not None:
-            trace.append(((step + 1) / steps, controller.current.clone()))
+        seen.append((controller.current.clone(), torch.stack([b.survival.clone() for b in blocks])))
+    return seen
+
+
+def _simulate(controller: LearnedSurvival, model, effects: torch.Tensor, steps: int, seed: int = 0,
+              trace: list | None = None):
+    """A whole synthetic run; ``trace`` collects (progress, survival) after every step."""
+    seen = _drive(controller, GateSampler(model, "batch", seed), effects, steps, range(steps),
+                  torch.Generator().manual_seed(seed + 1))
+    if trace is not None:
+        trace += [((step + 1) / steps, current) for step, (current, _) in enumerate(seen)]
+
+
+def test_controller_resumes_exactly_through_a_checkpoint():
+    """Checkpointed mid-run (torch.save / weights_only load), every later step matches bit for bit."""
+    steps, cut = 3000, 1000
+    model = create_model("resnet20", 10, 1)
+    full = _drive(LearnedSurvival(model, (1, 8, 8)), GateSampler(model, "batch", 0), AWARE_EFFECTS, steps,
+                  range(steps), torch.Generator().manual_seed(1))
+
+    model = create_model("resnet20", 10, 1)
+    controller, noise = LearnedSurvival(model, (1, 8, 8)), torch.Generator().manual_seed(1)
+    _drive(controller, GateSampler(model, "batch", 0), AWARE_EFFECTS, steps, range(cut), noise)
+    buffer = io.BytesIO()
+    torch.save({"controller": controller.state_dict(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    resumed = create_model("resnet20", 10, 1)
+    resumed.load_state_dict(saved["model"])
+    controller = LearnedSurvival(resumed, (1, 8, 8))
+    controller.load_state_dict(saved["controller"])
+    sampler = GateSampler(resumed, "batch", 0)  # reads the survivals back, as the trainer does
+    rest = _drive(controller, sampler, AWARE_EFFECTS, steps, range(cut, steps), noise)
+    for step, ((current, survival), (current2, survival2)) in enumerate(zip(full[cut:], rest), cut):
+        assert torch.equal(current, current2), step
+        assert torch.equal(survival, survival2), step
+    assert not torch.equal(full[cut][0], full[-1][0])  # the survivals did move after the cut
+
+
+def test_state_dict_is_a_copy():
+    model = create_model("resnet20", 10, 1)
+    controller = LearnedSurvival(model, (1, 8, 8))
+    state = controller.state_dict()
+    frozen = {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    _simulate(controller, model, AWARE_EFFECTS, 400)
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert not torch.equal(controller.xtx, state["xtx"])
+
+
+def test_a_target_keep_below_one_block_per_stage_fails_at_build_time():
+    model = create_model("resnet20", 10, 1)  # 3 stages x 3 blocks
+    with pytest.raises(SdpruneError, match=r"^--target-keep 0.2 keeps 2 blocks; this network needs at least 3 "
+                                           r"\(one per stage\)$"):
+        LearnedSurvival(model, (1, 8, 8), target_keep=0.2)
+    assert LearnedSurvival(model, (1, 8, 8), target_keep=1 / 3).n_keep == 3  # one per stage: fine
+
+
+def test_a_p_min_above_the_default_budget_is_rejected():
+    model = create_model("resnet20", 10, 1)
+    with pytest.raises(SdpruneError, match="--p-min 0.9 is above the survival budget"):
+        LearnedSurvival(model, (1, 8, 8), p_min=0.9)  # linear's mean is about 0.75
 
 
 def test_estimator_ranks_blocks_by_their_effect_and_holds_budget():
     model = create_model("resnet20", 10, 1)
-    cfg = TrainConfig(survival="learned")
-    controller = LearnedSurvival(model, cfg, (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8))
     effects = torch.tensor([0.4, 0.0, 0.2, 0.0, 0.3, 0.0, 0.1, 0.0, 0.25])
     _simulate(controller, model, effects, 1500)
     p = torch.tensor(get_survival(model))
     useless, useful = p[effects == 0], p[effects > 0]
     assert float(useless.max()) < float(useful.min())
     assert budget_mean(p, controller.weights) == pytest.approx(controller.target, abs=0.03)
-    assert float(p.min()) >= cfg.p_min - 1e-6 and float(p.max()) <= 1.0
+    assert float(p.min()) >= controller.p_min - 1e-6 and float(p.max()) <= 1.0
     assert torch.corrcoef(torch.stack([controller.importance.float(), effects]))[0, 1] > 0.95
 
 
 def test_prune_aware_drives_excluded_blocks_to_zero():
     model = create_model("resnet20", 10, 1)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.5), (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.5)
     effects = torch.tensor([0.4, 0.01, 0.2, 0.0, 0.3, 0.02, 0.1, 0.0, 0.25])
     _simulate(controller, model, effects, 1500)
     p = torch.tensor(get_survival(model))
@@ -83,26 +146,21 @@ def test_prune_aware_drives_excluded_blocks_to_zero():
 
 
 
-AWARE_EFFECTS = torch.tensor([0.4, 0.01, 0.2, 0.0, 0.3, 0.02, 0.1, 0.0, 0.25])  # blocks 1, 3, 5, 7 useless
-
-
 def test_prune_aware_budget_holds_over_the_whole_network():
     """The kept blocks carry the compute the excluded ones stop executing, during and after annealing."""
     model = create_model("resnet20", 10, 1)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.5, target_survival=0.4),
-                                 (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.5, target_survival=0.4)
     w = controller.weights
     controller.importance = AWARE_EFFECTS.double()
     for progress in (0.15, 0.3, 0.45, 0.59, 0.6, 0.8, 1.0):  # the targets themselves
-        p = controller.targets(progress)
+        p = controller.update_targets(progress)
         assert budget_mean(p, w) == pytest.approx(0.4, abs=1e-4), progress
         assert float(p.max()) <= 1.0
-    assert controller.targets(0.3)[controller.excluded].min() > 0  # still annealing
-    assert controller.targets(0.6)[controller.excluded].max() == 0  # annealed
+    assert controller.update_targets(0.3)[controller.excluded].min() > 0  # still annealing
+    assert controller.update_targets(0.6)[controller.excluded].max() == 0  # annealed
 
     model = create_model("resnet20", 10, 1)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.5, target_survival=0.4),
-                                 (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.5, target_survival=0.4)
     trace: list = []
     _simulate(controller, model, AWARE_EFFECTS, 1500, trace=trace)
     executed = {round(progress, 3): budget_mean(p, w) for progress, p in trace}
@@ -118,8 +176,7 @@ def test_prune_aware_budget_holds_over_the_whole_network():
 def test_prune_aware_budget_out_of_reach_is_capped_and_reported():
     """Keep a quarter, budget 0.75: even the kept blocks always on execute less; say how much."""
     model = create_model("resnet20", 10, 1)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned", target_keep=0.25, target_survival=0.75),
-                                 (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.25, target_survival=0.75)
     _simulate(controller, model, AWARE_EFFECTS, 1500)
     p = torch.tensor(get_survival(model))
     kept = p > 0
@@ -153,16 +210,15 @@ def test_row_mode_ranks_blocks_from_per_sample_experiments():
     effects = torch.tensor([0.32, 0.0, 0.16, 0.04, 0.28, 0.08, 0.12, 0.24, 0.20])
     steps, batch = 400, 128
     model, twin = create_model("resnet20", 10, 1), create_model("resnet20", 10, 1)
-    config = TrainConfig(survival="learned", drop_mode="row")
-    per_sample, batch_mean = LearnedSurvival(model, config, (1, 8, 8)), LearnedSurvival(twin, config, (1, 8, 8))
+    per_sample, batch_mean = LearnedSurvival(model, (1, 8, 8)), LearnedSurvival(twin, (1, 8, 8))
     sampler = GateSampler(model, "row", 0)
     noise = torch.Generator().manual_seed(1)
     for step in range(steps):
         gates = sampler.draw(step, batch)  # (L, N)
         shift = 0.1 * float(torch.randn(1, generator=noise)) - 0.5 * step / steps
         losses = 2.0 + shift - effects @ gates + 0.5 * torch.randn(batch, generator=noise)
-        changed = per_sample.observe(step, gates, losses, step / steps, steps)
-        batch_mean.observe(step, gates.mean(dim=1), float(losses.mean()), step / steps, steps)  # the old way
+        changed = per_sample.observe(step, gates, losses, steps)
+        batch_mean.observe(step, gates.mean(dim=1), float(losses.mean()), steps)  # the old way
         if changed is not None:
             sampler.refresh(changed)
     assert spearman(per_sample.importance.float(), effects) > 0.9
@@ -175,11 +231,11 @@ def test_row_mode_ranks_blocks_from_per_sample_experiments():
 
 def test_row_mode_gates_need_per_sample_losses():
     model = create_model("resnet20", 10, 1)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned", drop_mode="row"), (1, 8, 8))
+    controller = LearnedSurvival(model, (1, 8, 8))
     with pytest.raises(ValueError, match="per-sample"):
-        controller.observe(0, torch.ones(9, 4), 1.0, 0.0, 10)
+        controller.observe(0, torch.ones(9, 4), 1.0, 10)
     with pytest.raises(ValueError, match="per-sample"):
-        controller.observe(0, torch.ones(9, 4), torch.ones(3), 0.0, 10)
+        controller.observe(0, torch.ones(9, 4), torch.ones(3), 10)
 
 
 def test_a_useless_block_learns_low_survival_in_real_training():
@@ -196,7 +252,7 @@ def test_a_useless_block_learns_low_survival_in_real_training():
     torch.nn.init.zeros_(last_bn.weight), torch.nn.init.zeros_(last_bn.bias)
     for prm in dead.branch.parameters():
         prm.requires_grad_(False)
-    controller = LearnedSurvival(model, TrainConfig(survival="learned"), data.input_shape)
+    controller = LearnedSurvival(model, data.input_shape)
     sampler = GateSampler(model, "batch", 0)
     opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.05, momentum=0.9)
     steps, step, g = 400, 0, torch.Generator().manual_seed(0)
@@ -211,7 +267,7 @@ def test_a_useless_block_learns_low_survival_in_real_training():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            changed = controller.observe(step, gates, float(loss.detach()), step / steps, steps)
+            changed = controller.observe(step, gates, float(loss.detach()), steps)
             if changed is not None:
                 sampler.refresh(changed)
             step += 1
@@ -220,40 +276,3 @@ def test_a_useless_block_learns_low_survival_in_real_training():
     i = names.index(dead_name)
     assert p[i] < sorted(p)[len(p) // 2], f"dead block {dead_name} kept survival {p[i]:.2f}: {p}"
     assert p[i] < 0.5
-
-
-def test_learned_flags_are_validated():
-    with pytest.raises(SdpruneError, match="--target-keep"):
-        TrainConfig(survival="linear", target_keep=0.5)
-    with pytest.raises(SdpruneError, match="--target-survival"):
-        TrainConfig(survival="learned", target_survival=0.0)
-    with pytest.raises(SdpruneError, match="--target-keep"):
-        TrainConfig(survival="learned", target_keep=float("nan"))
-
-
-def test_learned_training_resumes_exactly(tmp_path, monkeypatch):
-    """Interrupt a learned run after epoch 1, resume it: same survival, importance, weights."""
-    import sdprune.train.loop as trainer
-    from sdprune.train.checkpoint import load_checkpoint
-
-    config = dict(model="resnet20", survival="learned", target_keep=0.5, epochs=2, batch_size=128)
-    trainer.train(TrainConfig(**config, out=str(tmp_path / "full")))
-
-    write_metrics = trainer._write_metrics
-
-    def crash_after_first_epoch(path, rows):
-        write_metrics(path, rows)
-        raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
-
-    monkeypatch.setattr(trainer, "_write_metrics", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(TrainConfig(**config, out=str(tmp_path / "cut")))
-    monkeypatch.setattr(trainer, "_write_metrics", write_metrics)
-    assert load_checkpoint(tmp_path / "cut")["meta"]["epoch"] == 1
-    trainer.train(TrainConfig(), resume=tmp_path / "cut")
-
-    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
-    assert a["meta"]["survival"] == b["meta"]["survival"]
-    assert torch.equal(a["controller"]["importance"], b["controller"]["importance"])
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

@@ -102,17 +102,33 @@ def test_missing_recipe(tmp_path):
         resolve_config(str(tmp_path / "nope.toml"), {})
 
 
-@pytest.mark.parametrize("values,flag", [
+@pytest.mark.parametrize("values,message", [
     ({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"), ({"lr": 0.0}, "--lr"),
+    ({"eval_batch_size": 0}, "^eval_batch_size must be at least 1"),
+    ({"image_size": 0}, "--image-size"), ({"image_size": -8}, "--image-size"),
     ({"lr": float("nan")}, "--lr"), ({"p_last": 0.0}, "--p-last"), ({"p_last": 1.5}, "--p-last"),
+    ({"momentum": -0.1}, "--momentum"), ({"momentum": 1.0}, "--momentum"), ({"momentum": float("nan")}, "--momentum"),
+    ({"weight_decay": -1e-4}, "--weight-decay"), ({"weight_decay": float("nan")}, "--weight-decay"),
     ({"drop_mode": "pixel"}, "--drop-mode"), ({"lr_schedule": "poly"}, "--lr-schedule"),
     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"target_keep": 0.5}, "needs --survival learned"),
+    ({"target_survival": 0.5}, "needs --survival learned"),
     ({"survival": "learned", "target_survival": 0.0}, "--target-survival"), ({"p_min": 1.0}, "--p-min"),
+    ({"survival": "learned", "target_keep": float("nan")}, "--target-keep"),
+    ({"survival": "learned", "target_survival": 0.04}, "--target-survival 0.04 is below --p-min 0.05"),
+    ({"survival": "learned", "target_survival": 0.3, "p_min": 0.4}, "is below --p-min 0.4"),
     ({"lr_milestones": (5, -1)}, "--lr-milestones"),
 ])
-def test_validation_names_the_flag(values, flag):
-    with pytest.raises(SdpruneError, match=flag):
+def test_validation_names_the_flag(values, message):
+    with pytest.raises(SdpruneError, match=message) as err:
         TrainConfig(**values)
+    assert "\n" not in str(err.value)  # one line
+
+
+def test_edge_values_are_legal():
+    """Plain SGD (momentum 0, Nesterov on by default: trained without it), no decay, a budget at p_min."""
+    TrainConfig(momentum=0.0)
+    TrainConfig(weight_decay=0.0, image_size=1, eval_batch_size=1)
+    TrainConfig(survival="learned", target_survival=0.05, p_min=0.05)
 
 
 def test_config_round_trips_through_a_dict():

@@ -131,7 +131,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def observe(self, step, gates, loss, progress, total_steps):
+    def observe(self, step, gates, loss, total_steps):
         self.calls.append((gates, loss))  # and changes no survival
 
 
@@ -164,12 +164,81 @@ def test_learned_survival_in_row_mode_trains(tmp_path):
     assert 0 <= summary["final"]["test_acc"] <= 100 and metrics(tmp_path / "run")[0]["executed_blocks"] == 9.0
 
 
-def test_a_run_folder_is_never_overwritten(full_run):
+def test_a_run_folder_is_never_overwritten(full_run, monkeypatch):
+    import sdprune.train.loop as loop
+
     run, _ = full_run
     before = (run / "checkpoint.pt").read_bytes()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run folder was checked")
+
+    monkeypatch.setattr(loop, "load_data", no_data)
     with pytest.raises(SdpruneError, match="already holds a run"):
         train(TrainConfig(epochs=1, out=str(run), **FAST))
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_learned_training_resumes_exactly(tmp_path, monkeypatch):
+    """Interrupt a learned run after epoch 1, resume it: same survival, controller state, weights."""
+    import sdprune.train.loop as loop
+
+    config = dict(model="resnet20", survival="learned", target_keep=0.5, epochs=2, batch_size=128)
+    train(TrainConfig(**config, out=str(tmp_path / "full")))
+
+    write_metrics = loop._write_metrics
+
+    def crash_after_first_epoch(path, rows):
+        write_metrics(path, rows)
+        raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
+
+    monkeypatch.setattr(loop, "_write_metrics", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "cut")))
+    monkeypatch.setattr(loop, "_write_metrics", write_metrics)
+    assert load_checkpoint(tmp_path / "cut")["meta"]["epoch"] == 1
+    train(TrainConfig(), resume=tmp_path / "cut")
+
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert a["meta"]["survival"] == b["meta"]["survival"]
+    for key in ("current", "importance", "xtx", "xty"):
+        assert torch.equal(a["controller"][key], b["controller"][key]), key
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+def test_a_target_keep_below_one_block_per_stage_fails_before_training():
+    data = load_data("digits")
+    config = TrainConfig(survival="learned", target_keep=0.2, **FAST)  # resnet20: 3 stages, keeps 2 blocks
+    with pytest.raises(SdpruneError, match=r"--target-keep 0.2 keeps 2 blocks; .* at least 3 \(one per stage\)"):
+        build_training(config, data, torch.device("cpu"))
+
+
+def test_momentum_zero_is_plain_sgd():
+    data = load_data("digits")
+    trainer = build_training(TrainConfig(momentum=0.0, **FAST), data, torch.device("cpu"))  # Nesterov on by default
+    assert all(g["momentum"] == 0.0 and not g["nesterov"] for g in trainer.optimizer.param_groups)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.step(0, data.train.images[:32], data.train.labels[:32])
+    assert torch.isfinite(torch.tensor(result.loss)) and 0 <= result.correct <= 32
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    decayed, plain = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in plain["params"])
+
+
+def test_building_a_training_leaves_the_callers_random_state_alone():
+    data = load_data("digits")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_training(TrainConfig(seed=5, **FAST), data, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+    b = build_training(TrainConfig(seed=5, **FAST), data, torch.device("cpu"))
+    c = build_training(TrainConfig(seed=6, **FAST), data, torch.device("cpu"))
+    first = next(a.model.parameters())
+    assert torch.equal(first, next(b.model.parameters()))  # the weights are the seed's
+    assert not torch.equal(first, next(c.model.parameters()))
 
 
 def test_resume_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
