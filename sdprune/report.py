@@ -1,8 +1,8 @@
 """The one place that talks to the user: progress, tables, messages, JSON.
 
 The library takes a ``Reporter`` and never prints. Human output goes to stderr (progress,
-messages) and stdout (tables); with ``json=True`` stdout carries exactly one JSON object
-and nothing else. On a terminal progress is a rich bar; when piped it is plain lines.
+messages) and stdout (tables); with ``json_mode=True`` stdout carries exactly one JSON
+object and nothing else. On a terminal progress is a rich bar; when piped it is plain lines.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from typing import Any, Iterator, Sequence
 
 
 class Reporter:
+    """Where a command's output goes.
+
+    ``quiet`` silences messages, progress and tables (warnings still show); ``json_mode``
+    keeps stdout for ``result``'s one JSON object; ``rich`` forces the terminal bar on or
+    off (default: on when stderr is a terminal).
+    """
+
     def __init__(self, quiet: bool = False, json_mode: bool = False, rich: bool | None = None) -> None:
         from rich.console import Console
 
@@ -25,15 +32,18 @@ class Reporter:
 
     # -- messages ---------------------------------------------------------------------
     def info(self, message: str) -> None:
+        """A progress message on stderr, verbatim (text such as ``[0.5]`` is not rich markup)."""
         if not self.quiet:
-            self.err.print(message, markup=self.rich)
+            self.err.print(message, markup=False)
 
     def warn(self, message: str) -> None:
+        """A warning on stderr, shown even when quiet."""
         self.err.print(f"warning: {message}", markup=False, style="yellow")
 
     # -- progress ---------------------------------------------------------------------
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator["Progress"]:
+        """A progress bar of ``total`` steps for the scope (a no-op when quiet or piped)."""
         if self.quiet or not self.rich:
             yield Progress()  # piped or quiet: the per-epoch lines from info() are the progress
             return
@@ -55,6 +65,7 @@ class Reporter:
     # -- results ----------------------------------------------------------------------
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
               caption: str | None = None) -> None:
+        """A table on stdout (not in JSON mode or when quiet); numbers are formatted by ``fmt``."""
         if self.json_mode or self.quiet:
             return
         from rich.table import Table
@@ -96,6 +107,7 @@ class Progress:
 
 
 def fmt(v: Any) -> str:
+    """A table cell: 4 significant digits for floats, 1.23M-style for large integers."""
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10000:

@@ -1,8 +1,12 @@
 """Architectures, registered through one builder (``create_model``).
 
 Every registered network exposes its prunable units as ``GatedBlock`` modules, so
-statistics, pruning and export never need to know which architecture they hold. The
-model modules register themselves when this package is imported.
+statistics, pruning and export never need to know which architecture they hold.
+
+The model modules register themselves when this package is imported: a deliberate
+exception to "no work at import time", as in timm and torchvision's model registries, so
+that a new architecture is one decorated builder and nothing else. Registration only
+records builders: no model is built at import.
 """
 
 from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401  (registration)

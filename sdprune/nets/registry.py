@@ -1,4 +1,8 @@
-"""The model registry: one name -> one builder, plus what `sdprune models` shows."""
+"""The model registry: one name -> one builder, plus what `sdprune models` shows.
+
+``_REGISTRY`` is filled by ``@register`` when the model modules are imported
+(``sdprune.nets``): timm's pattern, the one module-level state in the package.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def register(name: str, default_input: tuple[int, int, int], description: str):
 
 
 def list_models() -> list[str]:
+    """Registered architecture names, families together and by depth (resnet20 before resnet110)."""
     return sorted(_REGISTRY, key=_sort_key)
 
 
@@ -44,6 +49,7 @@ def _sort_key(name: str) -> tuple[str, int]:
 
 
 def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; an unknown name is an error suggesting close ones."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from sdprune.depth.gates import GateSampler
 from sdprune.depth.schedule import set_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
-from sdprune.nets.measure import count_params
+from sdprune.nets.measure import count_flops, count_params
 from sdprune.nets.registry import create_model, describe_model, list_models, model_info
 
 BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's block counts
@@ -39,11 +40,11 @@ def test_every_model_trains_and_evaluates(name, in_channels, classes, mode):
     side = tiny_side(name)
     x = torch.randn(2, in_channels, side, side)
     skipped: set[int] = set()
-    gating = contextlib.nullcontext(None)
+    scope = contextlib.nullcontext(None)
     if mode is not None:  # half the blocks dropped, as stochastic depth does it
         set_survival(model, [0.5] * len(blocks))
-        gating = GateSampler(model, mode, seed=0).install(step=0, batch_size=2)
-    with gating as gates:
+        scope = GateSampler(model, mode, seed=0).install(step=0, batch_size=2)
+    with scope as gates:
         logits = model(x)
     if gates is not None:
         skipped = {id(p) for (_, b), g in zip(blocks, gates.tolist()) if g == 0.0
@@ -75,6 +76,31 @@ def test_torchvision_adapters_compute_torchvisions_function(arch):
     with torch.no_grad():
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
     assert count_params(ours) == count_params(theirs)
+
+
+@pytest.mark.parametrize("name,first", [("tv_resnet18", "conv1"), ("mobilenet_v2", "features.0.0")])
+def test_a_new_first_convolution_is_initialised_like_torchvisions(name, first):
+    torch.manual_seed(0)
+    conv = create_model(name, num_classes=10, in_channels=1).get_submodule(first)
+    assert conv.in_channels == 1
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    # Kaiming normal, fan_out, ReLU gain; PyTorch's default would be about 2.3x (MobileNet) to 3x wider.
+    assert float(conv.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+
+
+def test_torchvision_builders_take_torchvisions_keyword_arguments():
+    model = create_model("tv_resnet18", num_classes=10, zero_init_residual=True)
+    assert all(not b.branch[-1].weight.detach().any() for _, b in gated_blocks(model))  # last BN of each
+    narrow = create_model("mobilenet_v2", num_classes=10, width_mult=0.5)
+    assert count_params(narrow) < count_params(create_model("mobilenet_v2", num_classes=10))
+
+
+def test_counting_flops_keeps_the_models_mode_even_on_error():
+    model = create_model("resnet20", num_classes=10, in_channels=1).train()
+    assert count_flops(model, (1, 8, 8)) > 0 and model.training
+    with pytest.raises(RuntimeError):
+        count_flops(model, (3, 8, 8))  # wrong number of channels
+    assert model.training
 
 
 @pytest.mark.parametrize("name,blocks,params,mflops", [
