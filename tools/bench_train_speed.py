@@ -4,8 +4,9 @@ Time per optimisation step of the same network under several survival set-ups, m
 in ONE process with the arms alternated round-robin (the starting arm rotates every
 repeat), after a warm-up; the figure is the median over repeats of the per-repeat ratio
 to the reference arm, plain training (the first arm if no plain arm is given; the table
-names it). Each repeat's arms ran back to back, so slow drifts of a shared machine cancel. Both wall time and this process's CPU time are recorded: on a shared
-CPU with one torch thread, CPU time leaves out the time other processes held the core.
+names it). Each repeat's arms ran back to back, so slow drifts of a shared machine
+cancel. Both wall time and this process's CPU time are recorded: on a shared CPU with one
+torch thread, CPU time leaves out the time other processes held the core.
 
 Arms: plain (`--survival none`), linear p_L = 0.5 in batch mode (skips dropped branches),
 the same in row mode (per-sample mask: computes every branch), and learned survival at its

@@ -105,8 +105,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                         optimizer=optimizer.state_dict(), **extra)
         _write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                      f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  {train_time:.1f}s  "
-                      f"{row['images_per_s']:.0f} img/s  blocks {row['executed_blocks']:.1f}/{blocks}")
+                      f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  "
+                      f"{train_time:.1f}s  {row['images_per_s']:.0f} img/s  "
+                      f"blocks {row['executed_blocks']:.1f}/{blocks}")
     final = history[-1] if history else {}
     if controller is not None:
         names = [n for n, _ in gated_blocks(model)]

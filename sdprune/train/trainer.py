@@ -122,8 +122,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        # The step's one device sync: the loss (per sample in row mode) and the top-1 count
-        # come back in a single transfer, for the divergence check, learning and metrics.
+        # The step's one read-back from the device (a sync): the loss (per sample in row mode)
+        # and the top-1 count in a single transfer, for the divergence check, learning, metrics.
         correct = (logits.detach().argmax(1) == y).sum().float().view(1)
         back = torch.cat([losses.detach().float().view(-1), correct]).cpu()
         observed, correct_value = back[:-1], int(back[-1])
