@@ -46,12 +46,17 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    from sdprune.nets.cifar_resnet import CifarResNet
+    from sdprune.nets.measure import count_params
     from sdprune.report import human
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", help="LABEL=path/to/sweep.json")
     ap.add_argument("--out", required=True)
     ap.add_argument("--scratch", help="a B2 output folder: also plot its from-scratch baselines (mean over seeds)")
+    ap.add_argument("--scratch-point", action="append", default=[], metavar="MODEL=ACC",
+                    help="a from-scratch baseline measured elsewhere (e.g. resnet20=91.51 from B2's table); "
+                         "say where in the figure's caption")
     args = ap.parse_args(argv)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = []
@@ -65,8 +70,12 @@ def main(argv=None) -> int:
         for p in pts:
             rows.append((label, p["keep"], p["blocks"], p["criterion"], p["test_acc"], p["params"],
                          p.get("latency_ratio")))
-    if args.scratch:
-        for name, (params, acc) in scratch_points(Path(args.scratch)).items():
+    scratch = scratch_points(Path(args.scratch)) if args.scratch else {}
+    for item in args.scratch_point:
+        name, acc = item.split("=", 1)
+        scratch[name] = (count_params(CifarResNet(int(name[len("resnet"):]), 10, 1)), float(acc))
+    if scratch:
+        for name, (params, acc) in scratch.items():
             ax.plot([params], [acc], marker="s", ms=7, color="grey", ls="none")
             ax.annotate(f"{name} from scratch", (params, acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
             rows.append((f"{name} from scratch", 1.0, None, "-", acc, params, None))
@@ -75,7 +84,8 @@ def main(argv=None) -> int:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("ResNet-32, Fashion-MNIST: blocks removed, BN re-estimated (star: unpruned)", fontsize=10)
+    ax.set_title("ResNet-32, Fashion-MNIST: blocks removed, BN re-estimated where it helps val\n"
+                 "(star: unpruned, healed the same way)", fontsize=10)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
