@@ -59,6 +59,17 @@ def check_export_args(opset: int, atol: float, samples: int) -> None:
         raise SdpruneError(f"--samples must be at least 1, got {samples}")
 
 
+def total_blocks(meta: dict[str, Any]) -> int:
+    """How many gated blocks the checkpoint's architecture has (pruned or not)."""
+    return len(meta["blocks"])
+
+
+def kept_blocks(meta: dict[str, Any]) -> list[str]:
+    """The gated blocks a checkpoint still has, in forward order (all but the removed ones)."""
+    removed = set(meta.get("removed") or [])
+    return [b for b in meta["blocks"] if b not in removed]
+
+
 def onnx_metadata(meta: dict[str, Any], source: str | None = None, params: int | None = None,
                   flops: int | None = None) -> dict[str, str]:
     """The key/value strings stored in the ONNX file's metadata_props (lists as JSON)."""
@@ -75,7 +86,7 @@ def onnx_metadata(meta: dict[str, Any], source: str | None = None, params: int |
         "mean": json.dumps(list(data["mean"])),
         "std": json.dumps(list(data["std"])),
         "preprocessing": PREPROCESSING,
-        "kept_blocks": json.dumps([b for b in meta.get("blocks", []) if b not in removed]),
+        "kept_blocks": json.dumps(kept_blocks(meta)),
         "removed_blocks": json.dumps(removed),
         "source_checkpoint": str(source or meta.get("source", "")),
     }
@@ -142,18 +153,14 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, ops
 
 
 def sample_test_images(data, samples: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``samples`` test images drawn at random with ``SAMPLE_SEED`` (in split order), and how.
+    """``samples`` test images (``ImageSet.sample`` with ``SAMPLE_SEED``), and how they were drawn.
 
     Parity and the .ort checks use it: the first N images of a split sorted by class would
     cover its first classes only.
     """
-    import torch
-
-    n = len(data.test)
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(SAMPLE_SEED))[:samples].sort().values
-    return data.test.images[index], {
-        "split": "test", "images": len(index), "of": n, "draw": "seeded random subset", "seed": SAMPLE_SEED,
-        "classes": int(data.test.labels[index].unique().numel())}
+    test = data.test.sample(samples, SAMPLE_SEED)
+    return test.images, {"split": "test", "images": len(test), "of": len(data.test), "draw": "seeded random subset",
+                         "seed": SAMPLE_SEED, "classes": int(test.labels.unique().numel())}
 
 
 def non_finite_rows(logits: torch.Tensor) -> int:
@@ -252,8 +259,8 @@ def _check_graph(proto, opset: int) -> None:
     random_ops = sorted({n.op_type for n in nodes} & RANDOM_OPS)
     if random_ops:
         raise SdpruneError(f"the exported graph contains random ops ({', '.join(random_ops)})")
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if len(proto.graph.input) != 1 or not dims or not dims[0].dim_param:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim if len(proto.graph.input) == 1 else []
+    if not dims or not dims[0].dim_param:
         raise SdpruneError("the exported graph has no dynamic batch dimension")
 
 

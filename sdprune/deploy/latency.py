@@ -49,6 +49,17 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def check_bench(threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
+                batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> None:
+    """Reject timing settings no benchmark can use (callers check before any other work)."""
+    if warmup < 0 or repeats < 1:
+        raise SdpruneError(f"need --warmup >= 0 and --repeats >= 1 (got {warmup}, {repeats})")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise SdpruneError("batch sizes must be positive integers")
+    if threads is not None and threads < 1:
+        raise SdpruneError(f"--threads must be at least 1, got {threads}")
+
+
 def bench_onnx(paths: Sequence[str | Path], threads: int | None = None, warmup: int = DEFAULT_WARMUP,
                repeats: int = DEFAULT_REPEATS, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                reporter: Reporter | None = None, spinning: bool | None = None) -> dict[str, Any]:
@@ -69,12 +80,7 @@ def bench_onnx(paths: Sequence[str | Path], threads: int | None = None, warmup: 
     reporter = reporter or Reporter(quiet=True)
     if not paths:
         raise SdpruneError("no model to benchmark")
-    if warmup < 0 or repeats < 1:
-        raise SdpruneError(f"need --warmup >= 0 and --repeats >= 1 (got {warmup}, {repeats})")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise SdpruneError("batch sizes must be positive integers")
-    if threads is not None and threads < 1:
-        raise SdpruneError(f"--threads must be at least 1, got {threads}")
+    check_bench(threads, warmup, repeats, batch_sizes)
     threads = threads or default_threads()
     spinning = len(paths) == 1 if spinning is None else spinning
     models = []

@@ -1,8 +1,10 @@
 """From a checkpoint to the files a device runs: model.onnx, model.int8.onnx, .ort, export.json.
 
 Everything is built in a staging folder inside the output folder and moved into place
-only when every step succeeded, export.json last; files a previous export listed in its
-export.json and this one did not make are removed, so the folder never mixes two exports.
+only when every step succeeded, one atomic rename per file, export.json last; files a
+previous export listed in its export.json and this one did not make are then removed.
+A failed export changes nothing; only a crash during the renames can leave new files
+beside the previous export.json, whose sha256 sums then tell them apart.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     """
     from sdprune.data.bundle import data_for_checkpoint
     from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
-        prepare_dir)
+        kept_blocks, prepare_dir, total_blocks)
     from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
         quantize_int8)
     from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
@@ -66,7 +68,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     created = not out.exists()
     prepare_dir(out)
     reporter.info(f"exporting {ckpt['path']} ({meta['model']['name']}, "
-                  f"{len(meta['blocks']) - len(meta.get('removed', []))}/{len(meta['blocks'])} blocks) to {out}/")
+                  f"{len(kept_blocks(meta))}/{total_blocks(meta)} blocks) to {out}/")
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         onnx_rec = export_onnx(model, meta, stage, opset, atol, samples, reporter, data=data, source=ckpt["path"])
@@ -81,7 +83,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
             from sdprune.deploy.mobile import convert_to_ort
 
             ort_rec = convert_to_ort([stage / n for n in made], stage, data, samples, reporter,
-                                     target_platform={"arm": "arm", "x86": "amd64"}[target])
+                                     target_platform={"arm": "arm", "x86": "amd64"}[target], atol=atol)
             made.update({Path(f).name: "ORT format" for f in ort_rec["files"]})
             made[Path(ort_rec["config"]).name] = "operator config for a reduced ONNX Runtime build"
         record = _record(ckpt, out, stage, made, onnx_rec, int8_rec, ort_rec, target)
@@ -115,6 +117,7 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
     import torch
 
     from sdprune import __version__
+    from sdprune.deploy.export import kept_blocks, total_blocks
 
     meta = ckpt["meta"]
     removed = list(meta.get("removed", []))
@@ -151,8 +154,7 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
         "parity": onnx_rec["parity"],
         "int8": relocate(int8_rec, ("file",)),
         "ort": ort_rec,
-        "blocks": {"total": len(meta["blocks"]), "kept": [b for b in meta["blocks"] if b not in removed],
-                   "removed": removed},
+        "blocks": {"total": total_blocks(meta), "kept": kept_blocks(meta), "removed": removed},
         "params": onnx_rec["params"],
         "flops": onnx_rec["flops"],
         "preprocessing": {"layout": "NCHW", "dtype": "float32", "input_shape": list(meta["data"]["input_shape"]),
@@ -163,7 +165,8 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
 
 
 def _publish(stage: Path, out: Path, names: list[str]) -> None:
-    """Move the staged files into ``out`` (export.json last) and drop a previous export's leftovers."""
+    """Move the staged files into ``out``, one atomic rename each, export.json last, then remove the
+    files the previous export.json listed and this export did not make."""
     import json
 
     stale: set[str] = set()

@@ -92,3 +92,35 @@ def test_missing_model_is_an_error(exported, tmp_path):
     with pytest.raises(SdpruneError, match="not found"):
         convert_to_ort([tmp_path / "none.onnx"], tmp_path, data)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_exports_atol_is_the_fp32_tolerance(exported, tmp_path):
+    path, data, _ = exported
+    r = convert_to_ort([path], tmp_path, data, samples=16, atol=5e-4)
+    assert r["checks"][0]["atol"] == 5e-4 and r["checks"][0]["kind"] == "fp32"
+
+
+def test_near_ties_may_flip_but_decided_images_may_not():
+    from sdprune.deploy.mobile import compare_logits
+
+    want = torch.tensor([[0.0, 0.0005, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    near_tie = torch.tensor([[0.0005, 0.0, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)  # margin 5e-4 <= 1e-3
+    r = compare_logits(near_tie, want, 1e-3)
+    assert r["ok"] and r["near_ties"] == 1 and r["top1_agreement"] == 50.0
+    want[0, 1] = 0.0015  # now a margin of 1.5e-3: decided, and a flip within 1e-3 of every logit must fail
+    flipped = torch.tensor([[0.0009, 0.0006, -1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    r = compare_logits(flipped, want, 1e-3)
+    assert r["max_abs_diff"] <= 1e-3 and r["near_ties"] == 0 and not r["ok"]
+
+
+def test_int8_tolerance_is_exact_where_the_file_was_optimised_for_this_cpu(monkeypatch):
+    from sdprune.deploy import mobile
+
+    want = torch.tensor([[4.0, -2.0]])
+    monkeypatch.setattr(mobile.platform, "machine", lambda: "x86_64")
+    assert mobile.ort_tolerance(True, "amd64", want, 1e-4) == 1e-4  # the kernels this CPU runs for the .onnx
+    assert mobile.ort_tolerance(True, "arm", want, 1e-4) == pytest.approx(0.2)  # 5% of the largest |logit|
+    assert mobile.ort_tolerance(False, "arm", want, 1e-4) == 1e-4
+    monkeypatch.setattr(mobile.platform, "machine", lambda: "aarch64")
+    assert mobile.ort_tolerance(True, "arm", want, 1e-4) == 1e-4
+    assert mobile.ort_tolerance(True, "amd64", want, 1e-4) == pytest.approx(0.2)
