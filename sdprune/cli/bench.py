@@ -10,7 +10,8 @@ import argparse
 
 
 def add_parser(sub):
-    from sdprune.deploy.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
+    from sdprune.cli.common import ints
+    from sdprune.deploy.latency import DEFAULT_BATCH_SIZES, DEFAULT_REPEATS, DEFAULT_WARMUP
 
     p = sub.add_parser("bench", help="ONNX Runtime latency of exported models (p50/p90)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,18 +20,9 @@ def add_parser(sub):
     a("--threads", type=int, help="intra-op threads (default: every CPU this process may use)")
     a("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed rounds first (default {DEFAULT_WARMUP})")
     a("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds (default {DEFAULT_REPEATS})")
-    a("--batch-sizes", type=_ints, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
+    a("--batch-sizes", type=ints, default=DEFAULT_BATCH_SIZES,
+      help=f"comma-separated batch sizes (default {','.join(map(str, DEFAULT_BATCH_SIZES))})")
     return p
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one batch size")
-    return values
 
 
 def run(args, reporter) -> int:

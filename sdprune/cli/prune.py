@@ -6,8 +6,8 @@ import argparse
 
 
 def add_parser(sub):
+    from sdprune.cli.common import add_pruning_args
     from sdprune.depth.select import CRITERIA
-    from sdprune.prune.heal import HEAL_MODES
 
     p = sub.add_parser("prune", help="remove residual blocks and heal the smaller network", description=__doc__)
     a = p.add_argument
@@ -19,22 +19,10 @@ def add_parser(sub):
     a("--criterion", choices=CRITERIA,
       help="how blocks are ranked (default: survival if the run learned it, else ablation)")
     a("--iterative", action="store_true", help="remove one block at a time, re-scoring after each removal")
-    a("--allow-empty-stage", dest="keep_stages", action="store_false",
-      help="allow removing every block of a stage (default: each stage keeps one)")
-    a("--heal", choices=HEAL_MODES, default="bn",
-      help="bn: re-estimate BatchNorm statistics, kept only where they improve the validation slice (default); "
-           "finetune: a distilled fine-tune first")
-    a("--no-heal", dest="heal", action="store_const", const="none", help="same as --heal none")
-    a("--finetune-epochs", type=float,
-      help="epochs of fine-tuning (with the default --heal bn: fine-tune too; default 1 with --heal finetune)")
-    a("--no-distill", dest="distill", action="store_false",
-      help="fine-tune on labels only (default: distil from the unpruned network)")
-    a("--seed", type=int, default=0, help="seed of the random criterion, BN batches and fine-tuning")
-    a("--out", help="output folder (default <run>/pruned-keepK.KK-CRITERION[-iterative][-finetune]...; "
-                    "a different prune already there is refused)")
-    a("--device", default="auto", help="auto | cpu | cuda")
-    a("--batch-size", type=int, default=128, help="batch size of the statistics")
-    a("--stats-images", type=int, help="score on the first N validation images only (default: all)")
+    add_pruning_args(p)
+    a("--out", help="output folder (default <run>/pruned-keepK.KK-CRITERION[-iterative][-finetune]..., where a "
+                    "prune made with other settings is refused; --out may replace another prune, never the "
+                    "checkpoint being pruned or a training checkpoint)")
     return p
 
 
@@ -48,14 +36,11 @@ def _amount(text: str) -> float:
 
 
 def run(args, reporter) -> int:
-    from sdprune.errors import SdpruneError
-    from sdprune.prune.heal import HealSpec
+    from sdprune.cli.common import heal_spec
     from sdprune.prune.pipeline import Budget, prune_checkpoint
 
     budget = Budget(args.keep, args.keep_blocks, args.max_params, args.max_flops, args.keep_stages)
-    heal = HealSpec.of(args.heal, args.finetune_epochs, args.distill)
-    if args.batch_size < 1 or (args.stats_images is not None and args.stats_images < 1):
-        raise SdpruneError("--batch-size and --stats-images must be at least 1")
+    heal = heal_spec(args)
     s = prune_checkpoint(args.checkpoint, budget, args.criterion, heal, args.iterative, args.seed, args.out,
                          args.device, args.batch_size, args.stats_images, reporter)
     reporter.table(f"pruned {s['model']} by {s['criterion']}{' (iterative)' if s['iterative'] else ''}, "
@@ -79,13 +64,14 @@ def _rows(s: dict) -> list[list]:
         steps.append(("pruned, fine-tuned", small, bn["before"] if bn else s["after"]))
     if bn:
         steps.append(("pruned, BN re-estimated", small, bn["after"]))
-    marked = {0 if ref["kept"] == "trained" else 1, len(steps) - (2 if bn and bn["kept"] == "trained" else 1)}
+    marked = {0 if ref["statistics"] == "trained" else 1,
+              len(steps) - (2 if bn and bn["statistics"] == "trained" else 1)}
     return [[name + (" *" if i in marked else ""), *size, f"{m['val']['acc']:.2f}", f"{m['test']['acc']:.2f}"]
             for i, (name, size, m) in enumerate(steps)]
 
 
 def _caption(s: dict) -> str:
     rule = "; re-estimated BN statistics kept only where they improve val" if s["bn"] else ""
-    return (f"*: the reference (unpruned, healed as the pruned network is) and the result; cost of pruning "
-            f"(result - reference): {s['change']['test']:+.2f} test, "
+    return (f"*: the reference (unpruned, healed as the pruned network is) and the result; change from pruning "
+            f"(result - reference, negative: accuracy lost): {s['change']['test']:+.2f} test, "
             f"{s['change']['val']:+.2f} val points{rule}; removed: {', '.join(s['removed']) or 'nothing'}")

@@ -8,7 +8,7 @@ def add_parser(sub):
     p.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest run)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (bounds cached activations)")
-    p.add_argument("--images", type=int, help="use only the first N validation images (default: all)")
+    p.add_argument("--images", type=int, help="use a seeded random subset of N validation images (default: all)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false",
                    help="skip drop-one ablation (influence and norms only: one pass)")
     p.add_argument("--out", help="where to write the statistics (default: stats.json next to the checkpoint)")
@@ -16,13 +16,10 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
-    from sdprune.errors import SdpruneError
     from sdprune.prune.stats import score_checkpoint
     from sdprune.report import human
     from sdprune.train.runs import resolve_checkpoint
 
-    if args.batch_size < 1 or (args.images is not None and args.images < 1):
-        raise SdpruneError("--batch-size and --images must be at least 1")
     doc = score_checkpoint(resolve_checkpoint(args.checkpoint), args.device, args.batch_size, args.images,
                            args.ablation, args.out, reporter)
 

@@ -1,4 +1,9 @@
-"""`sdprune sweep`: accuracy against size and latency over keep values and criteria."""
+"""`sdprune sweep`: accuracy against size and latency over keep values and criteria.
+
+Every point is what `sdprune prune` makes with the same options. Writes sweep.json, .csv,
+.md and .png to the checkpoint's folder, where a sweep made with other settings is
+refused (the same sweep may be redone), or to --out.
+"""
 
 from __future__ import annotations
 
@@ -17,34 +22,32 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub):
-    from sdprune.prune.heal import HEAL_MODES
-    from sdprune.prune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS
+    from sdprune.cli.common import add_pruning_args
+    from sdprune.prune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS, DEFAULT_REPEATS
 
-    p = sub.add_parser("sweep", help="the footprint curve: accuracy vs size and latency", description=__doc__)
+    p = sub.add_parser("sweep", help="the footprint curve: accuracy vs size and latency", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest unpruned run)")
     a("--keep", type=_floats, default=DEFAULT_KEEPS, help="comma-separated kept fractions")
     a("--criteria", type=_names, default=DEFAULT_CRITERIA, help="comma-separated criteria")
-    a("--heal", choices=HEAL_MODES, default="bn",
-      help="as `sdprune prune --heal`: bn re-estimates BatchNorm statistics where that helps val (default); "
-           "finetune fine-tunes first")
-    a("--finetune-epochs", type=float, help="epochs of distilled fine-tuning (default 1 with --heal finetune)")
+    add_pruning_args(p)
     a("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export and latency (faster)")
-    a("--repeats", type=int, default=30, help="timed runs per model at batch 1")
+    a("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per model at batch 1 (default {DEFAULT_REPEATS})")
     a("--threads", type=int, help="ONNX Runtime threads (default: all CPUs)")
-    a("--seed", type=int, default=0)
-    a("--device", default="auto")
-    a("--out", help="output folder (default: the checkpoint's run folder)")
+    a("--out", help="output folder (default: the checkpoint's folder, where a sweep made with other settings "
+                    "is refused)")
     return p
 
 
 def run(args, reporter) -> int:
-    from sdprune.prune.heal import HealSpec
+    from sdprune.cli.common import heal_spec
     from sdprune.prune.sweep import sweep_checkpoint
 
-    heal = HealSpec.of(args.heal, args.finetune_epochs)
-    result = sweep_checkpoint(args.checkpoint, args.keep, args.criteria, heal, args.onnx, args.repeats,
-                              args.threads, args.device, args.seed, args.out, reporter)
+    result = sweep_checkpoint(args.checkpoint, args.keep, args.criteria, heal_spec(args), onnx=args.onnx,
+                              bench_repeats=args.repeats, threads=args.threads, device=args.device, seed=args.seed,
+                              out=args.out, keep_stages=args.keep_stages, batch_size=args.batch_size,
+                              stats_images=args.stats_images, reporter=reporter)
     reporter.info(f"wrote {', '.join(result['files'].values())}")
     reporter.result(result)
     return 0

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(sub):
+    from sdprune.cli.common import ints
+
     p = sub.add_parser("train", help="train a network with stochastic depth", description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
@@ -21,7 +23,7 @@ def add_parser(sub):
     a("--momentum", type=float)
     a("--weight-decay", type=float)
     a("--lr-schedule", choices=["step", "cosine"])
-    a("--lr-milestones", type=_ints, help="comma-separated epochs where lr is divided by 10 (default 50%%,75%%)")
+    a("--lr-milestones", type=ints, help="comma-separated epochs where lr is divided by 10 (default 50%%,75%%)")
     a("--warmup-epochs", type=float)
     a("--label-smoothing", type=float)
     a("--survival", help="linear | uniform | none | learned")
@@ -38,13 +40,6 @@ def add_parser(sub):
     a("--resume", nargs="?", const="latest", metavar="RUN",
       help="continue an interrupted run (a run folder or checkpoint; no value: the newest run)")
     return p
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def run(args, reporter) -> int:

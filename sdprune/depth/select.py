@@ -1,6 +1,6 @@
 """Deciding which blocks to keep: pure functions of the statistics rows.
 
-A criterion turns rows (``sdprune.stats``) into an importance per block; blocks are then
+A criterion turns rows (``sdprune.prune.stats``) into an importance per block; blocks are then
 removed least important first until every target is met (a kept count, a parameter
 budget, a FLOP budget), skipping a block whose removal would empty its stage unless
 ``keep_stages=False``. Ties go to the deeper block (removed first), so every criterion is
@@ -18,6 +18,7 @@ from sdprune.report import human
 
 CRITERIA = ("survival", "ablation", "influence", "norm", "depth", "every-other", "random")
 _NEEDS = {"survival": "survival", "ablation": "delta_loss", "influence": "influence", "norm": "residual_ratio"}
+_LAYOUT = ("survival",)  # in every layout row (sdprune.depth.structure); the other fields are measured
 
 
 def check_keep(keep: float | None, keep_blocks: int | None) -> None:
@@ -27,6 +28,22 @@ def check_keep(keep: float | None, keep_blocks: int | None) -> None:
             raise SdpruneError(f"--keep must be a fraction in (0, 1], got {keep}")
     if keep_blocks is not None and keep_blocks < 1:
         raise SdpruneError(f"--keep-blocks {keep_blocks} leaves no block; keep at least 1")
+
+
+def check_budget(keep: float | None, keep_blocks: int | None, max_params: float | None,
+                 max_flops: float | None) -> None:
+    """Reject a budget no network can use, or none at all (before any work)."""
+    check_keep(keep, keep_blocks)
+    for flag, value in (("--max-params", max_params), ("--max-flops", max_flops)):
+        if value is not None and not value > 0:  # NaN too
+            raise SdpruneError(f"{flag} must be positive, got {value}")
+    if keep is None and keep_blocks is None and max_params is None and max_flops is None:
+        raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
+
+
+def needs_statistics(criteria: Sequence[str]) -> bool:
+    """Whether any criterion ranks by a measured statistic (``sdprune.prune.stats``), not the layout alone."""
+    return any(c in _NEEDS and _NEEDS[c] not in _LAYOUT for c in criteria)
 
 
 def check_criterion(criterion: str) -> None:
@@ -57,14 +74,22 @@ def importance(rows: Sequence[dict[str, Any]], criterion: str, seed: int = 0) ->
     return [float(rank) for rank in order]
 
 
-def target_count(total: int, keep: float | None, keep_blocks: int | None) -> int | None:
-    """Blocks to keep for a fraction (at least that fraction: rounded up) or a count."""
+def target_count(total: int, keep: float | None, keep_blocks: int | None, present: int | None = None) -> int | None:
+    """Blocks to keep for a fraction of ``total`` (at least that fraction: rounded up) or a count.
+
+    ``present``: the blocks the network still has (fewer than ``total`` once pruned); a
+    target above it is an error, since it would silently remove nothing.
+    """
     counts = []
     if keep is not None:
         counts.append(math.ceil(keep * total - 1e-9))
     if keep_blocks is not None:
         counts.append(keep_blocks)
-    return min(counts) if counts else None
+    target = min(counts) if counts else None
+    if target is not None and present is not None and target > present:
+        has = f"is already pruned to {present} of {total}" if present < total else f"has {present}"
+        raise SdpruneError(f"the network {has} blocks: cannot keep {target}")
+    return target
 
 
 def select_blocks(rows: Sequence[dict[str, Any]], criterion: str, keep: float | None = None,
@@ -76,20 +101,17 @@ def select_blocks(rows: Sequence[dict[str, Any]], criterion: str, keep: float | 
 
     ``keep`` is a fraction of ``total_blocks`` (default: the rows; pass the full
     architecture's count when re-pruning a pruned network); ``keep_blocks`` a count;
+    either above the rows present is an error (``target_count``);
     ``max_params``/``max_flops`` budgets on the whole network, which need its current
     totals ``model_params``/``model_flops`` (rows say what each removal saves).
     """
     check_criterion(criterion)
-    check_keep(keep, keep_blocks)
-    if keep is None and keep_blocks is None and max_params is None and max_flops is None:
-        raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
+    check_budget(keep, keep_blocks, max_params, max_flops)
     for flag, value, total in (("--max-params", max_params, model_params), ("--max-flops", max_flops, model_flops)):
         if value is not None and total is None:
             raise ValueError(f"{flag} needs the network's current total")
-        if value is not None and not value > 0:
-            raise SdpruneError(f"{flag} must be positive, got {value}")
     rows = list(rows)
-    target = target_count(total_blocks or len(rows), keep, keep_blocks)
+    target = target_count(total_blocks or len(rows), keep, keep_blocks, present=len(rows))
     scores = importance(rows, criterion, seed)
     order = sorted(range(len(rows)), key=lambda i: (scores[i], -rows[i]["position"]))
     params, flops = model_params or 0, model_flops or 0
@@ -120,7 +142,7 @@ def select_blocks(rows: Sequence[dict[str, Any]], criterion: str, keep: float | 
 
 def _why_unmet(target: int | None, count: int, max_params: int | None, params: int,
                max_flops: int | None, flops: int, keep_stages: bool) -> str:
-
+    """Why the smallest network the constraints allow still misses a target, in one line."""
     hint = " (every stage keeps a block; allow empty stages to go further)" if keep_stages else ""
     if target is not None and count > target:
         return f"cannot keep only {target} block(s): at least {count} must stay{hint}"

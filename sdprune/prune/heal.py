@@ -50,28 +50,36 @@ class HealSpec:
     distill: bool = True
     bn_batches: int = 20
 
+    def __post_init__(self) -> None:
+        if not self.finetune_epochs >= 0:  # NaN too
+            raise SdpruneError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.bn_batches < 1:
+            raise SdpruneError(f"BN re-estimation needs at least 1 batch, got {self.bn_batches}")
+
     @classmethod
     def of(cls, mode: str = "bn", finetune_epochs: float | None = None, distill: bool = True,
            bn_batches: int = 20) -> HealSpec:
         """The spec a ``--heal`` mode names; ``finetune_epochs`` with ``bn`` fine-tunes too."""
         if mode not in HEAL_MODES:
             raise SdpruneError(f"--heal must be one of {', '.join(HEAL_MODES)}, got {mode!r}")
-        if finetune_epochs is not None and not finetune_epochs >= 0:  # NaN too
-            raise SdpruneError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-        if bn_batches < 1:
-            raise SdpruneError(f"BN re-estimation needs at least 1 batch, got {bn_batches}")
         epochs = finetune_epochs if finetune_epochs is not None else (
             DEFAULT_FINETUNE_EPOCHS if mode == "finetune" else 0.0)
         if mode == "none" and epochs > 0:
             raise SdpruneError("--heal none fine-tunes nothing: use --heal finetune --finetune-epochs N")
         if mode == "finetune" and epochs == 0:
             raise SdpruneError("--heal finetune needs --finetune-epochs above 0")
-        return cls(bn=mode != "none", finetune_epochs=float(epochs), distill=distill, bn_batches=bn_batches)
+        return cls(bn=mode != "none", finetune_epochs=float(epochs), distill=distill,
+                   bn_batches=bn_batches)  # which checks the epochs (NaN, negative) and batches
 
     @property
     def mode(self) -> str:
         """The ``--heal`` mode this spec is: none, bn or finetune."""
         return "finetune" if self.finetune_epochs > 0 else "bn" if self.bn else "none"
+
+    def record(self) -> dict:
+        """The settings that change a result (JSON-ready): mode, epochs, distillation, BN batches."""
+        return {"heal": self.mode, "finetune_epochs": self.finetune_epochs,
+                "distill": self.distill and self.finetune_epochs > 0, "bn_batches": self.bn_batches if self.bn else None}
 
 
 BN_HEAL = HealSpec()  # the default: BN statistics, kept where they help val
@@ -194,18 +202,18 @@ def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cp
             seed: int = 0) -> dict:
     """Re-estimate BatchNorm statistics, keeping them only where they improve the validation slice.
 
-    Returns {"before", "after", "kept"}: val/test scores with the statistics the network
-    had and with re-estimated ones, and which it keeps ("recalibrated" or "trained"; the
-    test split is reported, never used to decide). The model ends with the kept ones.
+    Returns {"before", "after", "statistics"}: val/test scores with the statistics the
+    network had and with re-estimated ones, and which it keeps ("recalibrated" or
+    "trained"; the test split is reported, never used to decide). The model ends with them.
     """
     saved = bn_statistics(model)
     before = assess(model, data, device)
     recalibrate_bn(model, data, device, batches, seed=seed)
     after = assess(model, data, device)
-    kept = "recalibrated" if improves(after["val"], before["val"]) else "trained"
-    if kept == "trained":
+    statistics = "recalibrated" if improves(after["val"], before["val"]) else "trained"
+    if statistics == "trained":
         restore_bn_statistics(model, saved)
-    return {"before": before, "after": after, "kept": kept}
+    return {"before": before, "after": after, "statistics": statistics}
 
 
 def heal(model: nn.Module, data: DataBundle, spec: HealSpec, device: torch.device | str = "cpu",

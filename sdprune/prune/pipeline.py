@@ -7,7 +7,7 @@ statistics rows (``score_blocks``) it chooses the blocks a ``Budget`` keeps
 (``sdprune.prune.heal``) and measures it: accuracy and loss on the validation slice
 (where every choice is made) and the test split (reported, never used to choose),
 parameters, FLOPs. ``reference`` puts the unpruned network through the same healing, so a
-cost of pruning compares like with like. ``prune_checkpoint`` (`sdprune prune`),
+change from pruning compares like with like. ``prune_checkpoint`` (`sdprune prune`),
 ``sweep_checkpoint`` (`sdprune sweep`) and ``tools/bench_prune_quality.py`` (B2) are
 loops around these functions.
 """
@@ -25,13 +25,20 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.depth.select import check_criterion, check_keep, removed_blocks, select_blocks
+from sdprune.deploy.export import kept_blocks, total_blocks
+from sdprune.depth.select import (
+    check_budget,
+    check_criterion,
+    needs_statistics,
+    removed_blocks,
+    select_blocks,
+    target_count,
+)
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
-from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
-from sdprune.prune.stats import collect_stats
+from sdprune.prune.stats import check_stats_args, collect_stats
 from sdprune.report import Reporter, human
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.evaluate import assess, resolve_device
@@ -57,12 +64,7 @@ class Budget:
     keep_stages: bool = True
 
     def __post_init__(self) -> None:
-        check_keep(self.keep, self.keep_blocks)
-        for flag, value in (("--max-params", self.max_params), ("--max-flops", self.max_flops)):
-            if value is not None and not value > 0:
-                raise SdpruneError(f"{flag} must be positive, got {value}")
-        if self.keep is None and self.keep_blocks is None and self.max_params is None and self.max_flops is None:
-            raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
+        check_budget(self.keep, self.keep_blocks, self.max_params, self.max_flops)
 
     def label(self) -> str:
         """What is asked for, as a name: keep0.50, blocks7, params150k, flops20M (joined by -)."""
@@ -73,34 +75,6 @@ class Budget:
         return "-".join(p for p in parts if p)
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The unpruned network, as trained and with BN statistics re-estimated (always both).
-
-    ``kept`` says which statistics it keeps when healed the way pruned networks are (the
-    validation rule of ``heal_bn``, or "trained" without BN healing); ``healed`` is then
-    the figure a cost of pruning is measured against.
-    """
-
-    trained: Scores
-    recalibrated: Scores
-    kept: str
-    params: int
-    flops: int
-
-    @property
-    def healed(self) -> Scores:
-        return self.recalibrated if self.kept == "recalibrated" else self.trained
-
-    def cost(self, scores: Scores) -> dict[str, float]:
-        """Accuracy change in points, per split, of ``scores`` against the healed reference."""
-        return {split: scores[split]["acc"] - self.healed[split]["acc"] for split in ("val", "test")}
-
-    def record(self) -> dict[str, Any]:
-        return {"trained": self.trained, "recalibrated": self.recalibrated, "kept": self.kept,
-                "healed": self.healed, "params": self.params, "flops": self.flops}
-
-
 @dataclass
 class Pruned:
     """A pruned, healed network and what was measured on it."""
@@ -109,21 +83,59 @@ class Pruned:
     kept: list[str]
     removed: list[str]
     unhealed: Scores  # right after removal, trained statistics
-    bn: dict | None  # heal_bn's record: before / after re-estimation, which statistics were kept
+    bn: dict | None  # heal_bn's record: before / after re-estimation, which statistics it keeps
     finetune: dict | None
     after: Scores  # the network as it is returned
     params: int
     flops: int
 
     @property
-    def heal(self) -> str:
-        """The healing that was applied: none, bn or finetune."""
+    def mode(self) -> str:
+        """The heal mode that was applied (``HealSpec.mode``'s values): none, bn or finetune."""
         return "finetune" if self.finetune else "bn" if self.bn else "none"
 
     def record(self, reference: Reference) -> dict[str, Any]:
-        """Everything but the network (JSON-ready), with the cost of pruning against ``reference``."""
+        """Everything but the network (JSON-ready), with the change from pruning against ``reference``."""
         return {"kept": self.kept, "removed": self.removed, "unhealed": self.unhealed, "bn": self.bn,
-                "finetune": self.finetune, "after": self.after, "change": reference.cost(self.after)}
+                "finetune": self.finetune, "after": self.after, "change": reference.change(self.after)}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The unpruned network, as trained and with BN statistics re-estimated (always both).
+
+    ``statistics`` says which BN statistics it has when healed the way pruned networks are
+    (the validation rule of ``heal_bn``: "recalibrated" or "trained"; "trained" without BN
+    healing); ``healed`` is then the figure the change from pruning is measured against.
+    ``network``: that healed network, the point of a sweep that removes nothing.
+    """
+
+    trained: Scores
+    recalibrated: Scores
+    statistics: str
+    network: Pruned
+
+    @property
+    def healed(self) -> Scores:
+        return self.recalibrated if self.statistics == "recalibrated" else self.trained
+
+    @property
+    def params(self) -> int:
+        return self.network.params
+
+    @property
+    def flops(self) -> int:
+        return self.network.flops
+
+    def change(self, scores: Scores) -> dict[str, float]:
+        """Accuracy change in points, per split, of ``scores`` against the healed reference
+        (``scores - reference``: negative when pruning lost accuracy)."""
+        return {split: scores[split]["acc"] - self.healed[split]["acc"] for split in ("val", "test")}
+
+    def record(self) -> dict[str, Any]:
+        """Everything but the network (JSON-ready)."""
+        return {"trained": self.trained, "recalibrated": self.recalibrated, "statistics": self.statistics,
+                "healed": self.healed, "params": self.params, "flops": self.flops}
 
 
 def default_criterion(meta: dict) -> str:
@@ -135,7 +147,7 @@ def score_blocks(model: nn.Module, data: DataBundle, criteria: Sequence[str], de
                  batch_size: int = 128, max_images: int | None = None,
                  reporter: Reporter | None = None) -> list[dict[str, Any]]:
     """The statistics rows some criteria need, and no more (drop-one only for ``ablation``)."""
-    if any(c in ("ablation", "influence", "norm") for c in criteria):
+    if needs_statistics(criteria):
         return collect_stats(model, data, device, batch_size, max_images, "ablation" in criteria, reporter)
     return block_layout(model, tuple(data.input_shape))
 
@@ -181,12 +193,14 @@ def cut_and_heal(model: nn.Module, removed: Sequence[str], data: DataBundle, hea
     is the unpruned network healed as the reference is (BN statistics only).
     """
     pruned = remove_blocks(copy.deepcopy(model), removed)
-    unhealed = assess(pruned, data, device)
     spec = heal_spec if removed else replace(heal_spec, finetune_epochs=0.0)
+    # heal_bn measures the network it starts from: right after removal unless a fine-tune comes first
+    unhealed = assess(pruned, data, device) if spec.finetune_epochs > 0 or not spec.bn else None
     steps = heal(pruned, data, spec, device, teacher=model, seed=seed, reporter=reporter)
     bn = steps["bn"]
     if bn is not None:  # heal_bn measured the network with the statistics it kept
-        after = bn["after"] if bn["kept"] == "recalibrated" else bn["before"]
+        unhealed = unhealed or bn["before"]
+        after = bn["after"] if bn["statistics"] == "recalibrated" else bn["before"]
     else:
         after = assess(pruned, data, device) if steps["finetune"] else unhealed
     size = size_of(pruned, tuple(data.input_shape))
@@ -196,11 +210,11 @@ def cut_and_heal(model: nn.Module, removed: Sequence[str], data: DataBundle, hea
 
 def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int = 0,
               device: torch.device | str = "cpu") -> Reference:
-    """The unpruned network through the same pipeline (nothing removed), BN re-estimated always."""
-    unpruned = cut_and_heal(model, [], data, replace(heal_spec, bn=True), seed, device)
-    bn = unpruned.bn
-    return Reference(bn["before"], bn["after"], bn["kept"] if heal_spec.bn else "trained",
-                     unpruned.params, unpruned.flops)
+    """The unpruned network through the same pipeline (nothing removed), BN re-estimated always
+    (on a separate copy when ``heal_spec`` does not re-estimate)."""
+    unpruned = cut_and_heal(model, [], data, heal_spec, seed, device)
+    bn = unpruned.bn or heal_bn(copy.deepcopy(model), data, device, heal_spec.bn_batches, seed)
+    return Reference(bn["before"], bn["after"], bn["statistics"] if heal_spec.bn else "trained", unpruned)
 
 
 def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str, budget: Budget,
@@ -227,25 +241,27 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
                      stats_images: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Prune a checkpoint into ``<run>/pruned-<budget>-<criterion>[...]/{checkpoint.pt,summary.json}``.
 
-    Refuses (unless ``out`` is given) a folder that holds a prune made with other settings.
-    Returns the summary: the reference, the pruned network at each healing step, the cost.
+    Refuses, before any work, a folder that holds the checkpoint being pruned or one that is
+    not a pruned one, and (unless ``out`` is given) a prune made with other settings.
+    Returns the summary: the reference, the pruned network at each healing step, the change.
     """
     reporter = reporter or Reporter(quiet=True)
     if criterion is not None:
         check_criterion(criterion)
+    check_stats_args(batch_size, stats_images)
     t_start = time.perf_counter()
     ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None))
     meta = ckpt["meta"]
+    total, present = total_blocks(meta), len(kept_blocks(meta))
+    target_count(total, budget.keep, budget.keep_blocks, present)  # a keep above what is left: before scoring
     criterion = criterion or default_criterion(meta)
     settings = prune_settings(criterion, budget, heal_spec, iterative, seed, stats_images)
     out_dir = Path(out) if out else Path(ckpt["path"]).parent / folder_name(criterion, budget, heal_spec,
                                                                             iterative, seed)
-    if out is None:
-        check_folder(out_dir, settings)
+    check_folder(out_dir, ckpt["path"], None if out else settings)
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(meta)
-    total = len(meta.get("blocks") or block_names(model))
 
     def score(network: nn.Module) -> list[dict[str, Any]]:
         return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
@@ -253,18 +269,18 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
     rows = score(model)
     if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
         reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
-    # The one-shot choice, before any work: a budget that cannot be met fails here (whether it
-    # can does not depend on the order of removal, so this holds for --iterative too).
+    # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
+    # it can does not depend on the order of removal, so this holds for --iterative too).
     keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
-    reporter.info(f"pruning {ckpt['path']}: {len(rows)} of {total} blocks, criterion {criterion}"
+    reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
                   f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
     ref = reference(model, data, heal_spec, seed, dev)
     pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
                          score if iterative else None, reporter)
     summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"], **settings,
-               "blocks": {"total": total, "before": len(rows), "after": len(pruned.kept)},
+               "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
                "params": {"before": ref.params, "after": pruned.params},
                "flops": {"before": ref.flops, "after": pruned.flops},
-               "before": ref.trained, "reference": ref.record(), **pruned.record(ref),
+               "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
                "wall_s": time.perf_counter() - t_start}
     return write_pruned(out_dir, pruned.model.cpu(), meta, summary)

@@ -1,4 +1,4 @@
-"""Importance statistics of each gated block (scores only: deciding is ``sdprune.select``).
+"""Importance statistics of each gated block (scores only: deciding is ``sdprune.depth.select``).
 
 Per block, measured on the held-out validation slice (never the test split):
   * ``survival``: the block's survival probability p_l (learned, or the schedule's);
@@ -35,12 +35,21 @@ from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
+from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.evaluate import evaluate, resolve_device
 
 STATS_FILE = "stats.json"
 SUBSET_SEED = 0  # --stats-images picks the same images every time
+
+
+def check_stats_args(batch_size: int, images: int | None) -> None:
+    """Reject a batch size or image count no statistics pass can use (before loading anything)."""
+    if batch_size < 1:
+        raise SdpruneError(f"the batch size must be at least 1, got {batch_size}")
+    if images is not None and images < 1:
+        raise SdpruneError(f"the statistics need at least 1 image, got {images}")
 
 
 @torch.no_grad()
@@ -156,6 +165,7 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
     """
 
     reporter = reporter or Reporter(quiet=True)
+    check_stats_args(batch_size, max_images)
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)

@@ -16,26 +16,25 @@ def plot_sweep(result: dict, path: Path) -> str | None:
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (FuncFormatter)
+    from matplotlib.ticker import FuncFormatter
 
-
-    has_latency = all("latency_ms" in p for p in result["points"])
-    fig, axes = plt.subplots(1, 2 if has_latency else 1, figsize=(11 if has_latency else 6, 4.2), squeeze=False)
     u = result["unpruned"]
-    panels = [("params", "parameters", 1.0)] + ([("latency_ms", "ONNX Runtime latency, batch 1 (ms)", 1.0)]
-                                                  if has_latency else [])
-    for ax, (key, label, _) in zip(axes[0], panels):
+    has_latency = "latency_ms" in u  # the unpruned network is timed whenever the points are
+    fig, axes = plt.subplots(1, 2 if has_latency else 1, figsize=(11 if has_latency else 6, 4.2), squeeze=False)
+    panels = [("params", "parameters")] + ([("latency_ms", "ONNX Runtime latency, batch 1 (ms)")]
+                                           if has_latency else [])
+    for ax, (key, label) in zip(axes[0], panels):
         for criterion in dict.fromkeys(p["criterion"] for p in result["points"]):
             pts = sorted((p for p in result["points"] if p["criterion"] == criterion), key=lambda p: p[key])
             ax.plot([p[key] for p in pts], [p["test_acc"] for p in pts], marker="o", ms=3, label=criterion)
-        x0 = u[key] if key in u else max(p[key] for p in result["points"] if p["blocks"] == result["blocks_present"])
+        x0 = u[key]
         ax.plot([x0], [u["test_acc"]], marker="*", ms=14, color="black", ls="none", label="unpruned (reference)")
         if u["trained"]["test_acc"] != u["test_acc"]:
             ax.plot([x0], [u["trained"]["test_acc"]], marker="x", ms=8, color="grey", ls="none",
                     label="unpruned, as trained")
         ax.set_xlabel(label)
         if key == "params":
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human(v)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -55,21 +54,37 @@ def report_markdown(result: dict, files: dict) -> str:
              f"{u['recalibrated']['test_acc']:.2f}% with BatchNorm statistics re-estimated. "
              f"Blocks chosen on the validation slice, accuracy on the test split, heal `{result['heal']}`; "
              "re-estimated BatchNorm statistics are kept only where they improve the validation slice. "
-             f"\"change\" is against the unpruned network healed the same way ({u['test_acc']:.2f}%, "
-             f"{u['kept']} statistics).", "",
+             f"\"change\" is in test points against the unpruned network healed the same way "
+             f"({u['test_acc']:.2f}%, {u['statistics']} statistics); negative: accuracy lost. "
+             "Latency ratios are to the unpruned network.", "",
              "| keep | blocks | best criterion (val) | test % | change | BN statistics | params | latency ratio |",
              "|---:|---:|---|---:|---:|---|---:|---:|"]
-    free_until = None
+    best = {}
     for keep in sorted({p["keep"] for p in result["points"]}, reverse=True):
         pts = [p for p in result["points"] if p["keep"] == keep]
-        best = max(pts, key=lambda p: p["val_acc"])  # chosen on val, never on test
-        if best["change"] >= -1.0:
-            free_until = keep
-        ratio = f"{best['latency_ratio']:.2f}" if "latency_ratio" in best else "-"
-        lines.append(f"| {keep:g} | {best['blocks']} | {best['criterion']} | {best['test_acc']:.2f} | "
-                     f"{best['change']:+.2f} | {best['bn']['kept'] if best['bn'] else '-'} | {best['params']:,} | "
+        best[keep] = b = max(pts, key=lambda p: p["val_acc"])  # chosen on val, never on test
+        ratio = f"{b['latency_ratio']:.2f}" if "latency_ratio" in b else "-"
+        lines.append(f"| {keep:g} | {b['blocks']} | {b['criterion']} | {b['test_acc']:.2f} | "
+                     f"{b['change']:+.2f} | {b['bn']['statistics'] if b['bn'] else '-'} | {b['params']:,} | "
                      f"{ratio} |")
-    lines += ["", f"Pruning costs at most 1 point down to keep {free_until:g}." if free_until is not None
-              else "Every pruned point costs more than 1 point.", "",
+    lines += ["", free_until(best, result["blocks_present"]), "",
               "Files: " + ", ".join(f"`{Path(v).name}`" for v in files.values()), ""]
     return "\n".join(lines)
+
+
+def free_until(best: dict[float, dict], present: int, points: float = 1.0) -> str:
+    """Down to which keep pruning costs at most ``points`` (best point per keep, keeps descending):
+    only keeps that remove a block count, and the first that costs more ends the claim."""
+    pruned = [(keep, p) for keep, p in best.items() if p["blocks"] < present]
+    if not pruned:
+        return "No point removes a block."
+    free = None
+    for keep, p in pruned:
+        if p["change"] < -points:
+            break
+        free = (keep, p)
+    if free is None:
+        keep, p = pruned[0]
+        return f"Already the mildest pruning (keep {keep:g}, {p['blocks']} blocks) costs more than {points:g} point."
+    keep, p = free
+    return f"Pruning costs at most {points:g} point down to keep {keep:g} ({p['blocks']} blocks)."

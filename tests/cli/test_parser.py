@@ -42,3 +42,36 @@ def test_a_command_whose_import_fails_is_an_error_not_a_missing_command(monkeypa
     monkeypatch.setattr(sys, "meta_path", [BrokenDependency("sdprune.cli.bench", "onnxruntime"), *sys.meta_path])
     with pytest.raises(ModuleNotFoundError, match="onnxruntime"):
         build_parser()
+
+
+def options(parser: argparse.ArgumentParser, command: str) -> dict[str, argparse.Action]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {o: a for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+def test_prune_and_sweep_take_the_same_pruning_options():
+    """A sweep point is what `sdprune prune` makes: the options that shape a pruned network are the same."""
+    parser = build_parser()
+    prune, sweep = options(parser, "prune"), options(parser, "sweep")
+    shared = ["--allow-empty-stage", "--heal", "--no-heal", "--finetune-epochs", "--no-distill", "--seed",
+              "--device", "--batch-size", "--stats-images"]
+    for flag in shared:
+        assert flag in prune and flag in sweep, flag
+        a, b = prune[flag], sweep[flag]
+        assert (a.dest, a.default, a.choices, a.help, a.const) == (b.dest, b.default, b.choices, b.help, b.const), flag
+    args = parser.parse_args(["sweep", "--no-distill", "--allow-empty-stage", "--batch-size", "32",
+                              "--stats-images", "64", "--no-heal"])
+    assert (args.distill, args.keep_stages, args.batch_size, args.stats_images, args.heal) == (
+        False, False, 32, 64, "none")
+
+
+def test_comma_separated_integers_are_parsed_once():
+    from sdprune.cli.common import ints
+    from sdprune.deploy.latency import DEFAULT_BATCH_SIZES
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "m.onnx"]).batch_sizes == DEFAULT_BATCH_SIZES
+    assert parser.parse_args(["bench", "m.onnx", "--batch-sizes", "1,8"]).batch_sizes == (1, 8)
+    assert parser.parse_args(["train", "--lr-milestones", "3,6"]).lr_milestones == (3, 6)
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        ints("1,x")

@@ -48,7 +48,7 @@ def test_prune_then_eval(in_runs, capsys, tmp_path):
     rc, s, _ = call(capsys, "prune", "--keep", "0.5", "--criterion", "depth", "--json", "--device", "cpu")
     assert rc == 0 and len(s["kept"]) == 5 and s["removed"][-1] == "stages.2.2"
     assert s["params"]["after"] < s["params"]["before"]
-    assert set(s["after"]) == {"val", "test"} and set(s["before"]) == {"val", "test"}
+    assert set(s["after"]) == {"val", "test"} and set(s["unpruned"]) == {"val", "test"}
     assert Path(s["checkpoint"]).parent == in_runs / "pruned-keep0.50-depth"
     rc, e, _ = call(capsys, "eval", str(in_runs / "pruned-keep0.50-depth"), "--json", "--device", "cpu")
     assert rc == 0 and e["kind"] == "pruned" and e["blocks"] == {"kept": 5, "total": 9}
@@ -122,7 +122,7 @@ def test_the_unpruned_reference_is_healed_like_the_pruned_network(in_runs, capsy
                     "--out", str(tmp_path / "p"))
     assert rc == 0
     ref = s["reference"]
-    assert ref["trained"] == s["before"]
+    assert ref["trained"] == s["unpruned"]
     ckpt = load_checkpoint(in_runs)
     model, data = build_model(ckpt), data_for_checkpoint(ckpt["meta"])
     recalibrate_bn(model, data, "cpu", 20, seed=0)  # the unpruned network, BN re-estimated by hand
@@ -134,8 +134,8 @@ def test_the_unpruned_reference_is_healed_like_the_pruned_network(in_runs, capsy
     better = ref["recalibrated"]["val"]["acc"] > ref["trained"]["val"]["acc"] or (
         ref["recalibrated"]["val"]["acc"] == ref["trained"]["val"]["acc"]
         and ref["recalibrated"]["val"]["loss"] < ref["trained"]["val"]["loss"])
-    assert ref["kept"] == ("recalibrated" if better else "trained")
-    assert ref["healed"] == ref[ref["kept"]]
+    assert ref["statistics"] == ("recalibrated" if better else "trained")
+    assert ref["healed"] == ref[ref["statistics"]]
     for split in ("val", "test"):
         assert s["change"][split] == pytest.approx(s["after"][split]["acc"] - ref["healed"][split]["acc"])
 

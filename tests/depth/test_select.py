@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from sdprune.depth.select import CRITERIA, importance, removed_blocks, select_blocks, target_count
+from sdprune.depth.select import (
+    CRITERIA,
+    check_budget,
+    importance,
+    needs_statistics,
+    removed_blocks,
+    select_blocks,
+    target_count,
+)
 from sdprune.errors import SdpruneError
 
 
@@ -135,7 +143,33 @@ def test_other_bad_input():
 def test_keep_is_a_fraction_of_the_architecture_when_re_pruning():
     rows = make_rows()[:9]  # a network already pruned from 15 blocks
     assert len(select_blocks(rows, "depth", keep=0.4, total_blocks=15)) == 6
-    assert len(select_blocks(rows, "depth", keep=1.0, total_blocks=15)) == 9  # nothing to remove
+    assert len(select_blocks(rows, "depth", keep=0.6, total_blocks=15)) == 9  # exactly what is there
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"keep": 1.0, "total_blocks": 15}, "already pruned to 9 of 15 blocks: cannot keep 15"),
+    ({"keep": 0.61, "total_blocks": 15}, "already pruned to 9 of 15 blocks: cannot keep 10"),
+    ({"keep_blocks": 10}, "has 9 blocks: cannot keep 10"),
+])
+def test_a_keep_above_the_blocks_present_is_refused(kwargs, message):
+    """Re-pruning 9 of 15 blocks to keep 10 would silently remove nothing."""
+    with pytest.raises(SdpruneError, match=message):
+        select_blocks(make_rows()[:9], "depth", **kwargs)
+    with pytest.raises(SdpruneError, match=message):
+        target_count(kwargs.get("total_blocks", 9), kwargs.get("keep"), kwargs.get("keep_blocks"), present=9)
+
+
+def test_budget_checks_are_the_selections_own():
+    with pytest.raises(SdpruneError, match="say how much"):
+        check_budget(None, None, None, None)
+    with pytest.raises(SdpruneError, match="--max-flops must be positive"):
+        check_budget(None, None, None, 0)
+    check_budget(0.5, None, None, None)
+
+
+def test_which_criteria_need_measured_statistics():
+    assert needs_statistics(["depth", "ablation"]) and needs_statistics(["influence"]) and needs_statistics(["norm"])
+    assert not needs_statistics(["survival", "depth", "every-other", "random"])
 
 
 def test_every_criterion_returns_forward_ordered_names():

@@ -84,7 +84,7 @@ def test_finetune_without_distillation_and_its_guard(trained):
 def test_heal_bn_keeps_re_estimated_statistics_that_help_validation(trained):
     model, data = damaged(trained)
     record = heal_bn(model, data, "cpu", batches=10)
-    assert record["kept"] == "recalibrated"
+    assert record["statistics"] == "recalibrated"
     assert record["after"]["val"]["acc"] > record["before"]["val"]["acc"]
     assert evaluate(model, data.val, data.mean, data.std) == record["after"]["val"]
     assert set(record["before"]) == set(record["after"]) == {"val", "test"}  # test reported, not used
@@ -95,23 +95,46 @@ def test_heal_bn_restores_trained_statistics_where_re_estimation_hurts(trained, 
     saved = bn_statistics(model)
     record = heal_bn(model, zeros_only(data), "cpu", batches=10)
     assert record["after"]["val"]["acc"] < record["before"]["val"]["acc"]  # re-estimated on zeros: worse
-    assert record["kept"] == "trained" and not model.training
+    assert record["statistics"] == "trained" and not model.training
     after = bn_statistics(model)
     assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
     assert evaluate(model, data.val, data.mean, data.std) == record["before"]["val"]
 
 
-def test_heal_runs_the_spec_finetune_then_bn(trained):
+def test_heal_with_nothing_asked_does_nothing(trained):
     model, data = damaged(trained)
     untouched = copy.deepcopy(model)
     assert heal(model, data, HealSpec(bn=False)) == {"finetune": None, "bn": None}
     for a, b in zip(model.state_dict().values(), untouched.state_dict().values()):
         assert torch.equal(a, b)  # nothing asked, nothing done
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_heal_ends_with_the_statistics_its_bn_step_chose(trained, monkeypatch, helps):
+    """Fine-tune, then BN: re-estimated statistics when they help val, else the fine-tune's own."""
+    from sdprune.prune import heal as heal_mod
+
+    model, data = damaged(trained)
+    monkeypatch.setattr(heal_mod, "improves", lambda new, old: helps)
+    tuned = {}
+    real_finetune = heal_mod.finetune
+
+    def finetune_then_look(network, *args, **kwargs):
+        record = real_finetune(network, *args, **kwargs)
+        tuned.update(bn_statistics(network))
+        return record
+
+    monkeypatch.setattr(heal_mod, "finetune", finetune_then_look)
     steps = heal(model, data, HealSpec.of("finetune", 0.5), "cpu", teacher=trained[0])
-    assert steps["finetune"]["steps"] > 0 and steps["bn"]["kept"] in ("recalibrated", "trained")
-    if steps["bn"]["kept"] == "recalibrated":  # the last step re-estimated BN exactly: again changes nothing
-        again = copy.deepcopy(model)
-        recalibrate_bn(again, data, "cpu")
-        for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-            if "running" in name:
-                assert torch.allclose(a, b, atol=1e-5), name
+    assert steps["finetune"]["steps"] > 0 and steps["bn"]["statistics"] == ("recalibrated" if helps else "trained")
+    if helps:  # the last step re-estimated BN exactly: doing it again changes nothing
+        expected = copy.deepcopy(model)
+        recalibrate_bn(expected, data, "cpu")
+        expected = bn_statistics(expected)
+    else:  # the fine-tune's statistics are back, exactly
+        expected = tuned
+    final = bn_statistics(model)
+    assert final.keys() == expected.keys()
+    for name in final:
+        assert torch.allclose(final[name].float(), expected[name].float(), atol=1e-5), name
+    assert any(not torch.equal(tuned[n], final[n]) for n in final if "running" in n) == helps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def original(trained):
     return trained
 
 
+@pytest.fixture
+def own_run(run, tmp_path) -> Path:
+    """A copy of the trained run that a test may write into (or break, were the code wrong)."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy2(run / "checkpoint.pt", copy / "checkpoint.pt")
+    return copy
+
+
 def pruned_dirs(run: Path) -> list[Path]:
     return sorted(p for p in run.iterdir() if p.name.startswith("pruned"))
 
@@ -38,14 +48,14 @@ def test_keep_one_reproduces_the_unpruned_outputs_exactly(run, original, tmp_pat
     again = build_model(load_checkpoint(s["checkpoint"]))
     assert torch.equal(predict(again, data.test, data.mean, data.std),
                        predict(model, data.test, data.mean, data.std))
-    assert s["after"] == s["before"] and s["change"] == {"val": 0.0, "test": 0.0}
+    assert s["after"] == s["unpruned"] and s["change"] == {"val": 0.0, "test": 0.0}
 
 
 def test_keep_one_with_healing_is_the_healed_reference(run, tmp_path):
     """Nothing removed is the reference itself: the same healing, so a cost of exactly 0."""
     s = prune_checkpoint(run, Budget(keep=1.0), out=tmp_path / "k1bn", device="cpu")
     assert s["removed"] == [] and s["after"] == s["reference"]["healed"]
-    assert s["bn"]["kept"] == s["reference"]["kept"] and s["change"] == {"val": 0.0, "test": 0.0}
+    assert s["bn"]["statistics"] == s["reference"]["statistics"] and s["change"] == {"val": 0.0, "test": 0.0}
 
 
 def test_half_the_blocks_go_for_real_and_the_checkpoint_round_trips(run, original):
@@ -68,7 +78,7 @@ def test_half_the_blocks_go_for_real_and_the_checkpoint_round_trips(run, origina
     _, data = original
     assert evaluate(model, data.val, data.mean, data.std) == pytest.approx(s["after"]["val"])
     # healing helped (and was kept for it), and the summary on disk is the one returned
-    assert s["bn"]["kept"] == "recalibrated" and s["after"] == s["bn"]["after"]
+    assert s["bn"]["statistics"] == "recalibrated" and s["after"] == s["bn"]["after"]
     assert s["after"]["val"]["loss"] < s["unhealed"]["val"]["loss"]
     saved = json.loads((out / "summary.json").read_text())
     assert saved["removed"] == s["removed"] and saved["after"] == s["after"]
@@ -81,12 +91,12 @@ def test_bn_statistics_that_hurt_validation_are_not_kept(run, tmp_path, heal_on_
     s = prune_checkpoint(run, Budget(keep=0.5), "depth", out=tmp_path / "p", device="cpu")
     bn = s["bn"]
     assert bn["after"]["val"]["acc"] < bn["before"]["val"]["acc"]  # re-estimated on zeros only: worse on val
-    assert bn["kept"] == "trained"
+    assert bn["statistics"] == "trained"
     assert s["after"] == s["unhealed"] == bn["before"]  # the trained statistics are back, exactly
     saved = evaluate_checkpoint(s["checkpoint"], device="cpu")
     assert saved["test"]["acc"] == pytest.approx(s["unhealed"]["test"]["acc"])  # and they are what was saved
     ref = s["reference"]  # the same rule for the unpruned network
-    assert ref["recalibrated"]["val"]["acc"] < ref["trained"]["val"]["acc"] and ref["kept"] == "trained"
+    assert ref["recalibrated"]["val"]["acc"] < ref["trained"]["val"]["acc"] and ref["statistics"] == "trained"
 
 
 def test_re_pruning_a_pruned_checkpoint_accumulates_removals(run, tmp_path):
@@ -99,16 +109,114 @@ def test_re_pruning_a_pruned_checkpoint_accumulates_removals(run, tmp_path):
     assert len(gated_blocks(build_model(load_checkpoint(second["checkpoint"])))) == 4
 
 
-def test_iterative_budget_and_finetune(run, tmp_path):
-    s = prune_checkpoint(run, Budget(keep_blocks=7), "ablation", iterative=True, out=tmp_path / "it",
+def test_iterative_pruning_rescores_after_every_removal(run, tmp_path, monkeypatch):
+    from sdprune.depth.select import removed_blocks, select_blocks
+    from sdprune.prune import pipeline
+
+    scored = []
+    real = pipeline.score_blocks
+
+    def spy(*args, **kwargs):
+        scored.append(real(*args, **kwargs))
+        return scored[-1]
+
+    monkeypatch.setattr(pipeline, "score_blocks", spy)
+    s = prune_checkpoint(run, Budget(keep_blocks=6), "ablation", iterative=True, out=tmp_path / "it",
                          device="cpu", stats_images=64)
-    assert len(s["removed"]) == 2 and s["iterative"]
+    assert len(s["removed"]) == 3 and s["iterative"]
+    assert [len(rows) for rows in scored] == [9, 8, 7, 6]  # the network, then what each removal left
+    for rows, victim in zip(scored, s["removed"]):  # each block went by the scores of the network it left
+        assert removed_blocks(rows, select_blocks(rows, "ablation", keep_blocks=len(rows) - 1)) == [victim]
     assert s["unhealed"] == s["bn"]["before"]  # the final network is healed from its trained statistics
+
+
+def test_a_parameter_budget_with_a_distilled_finetune(run, tmp_path):
     budget = 150_000
     s = prune_checkpoint(run, Budget(max_params=budget), "norm", HealSpec.of("bn", finetune_epochs=0.2),
                          out=tmp_path / "ft", device="cpu")
     assert s["params"]["after"] <= budget < s["params"]["before"]
     assert s["finetune"]["steps"] > 0 and s["distill"] and s["heal"] == "finetune"
+    assert s["unhealed"] != s["bn"]["before"]  # the fine-tune ran between the two
+
+
+def test_out_never_replaces_the_checkpoint_being_pruned(own_run):
+    source = (own_run / "checkpoint.pt").read_bytes()
+    with pytest.raises(SdpruneError, match="is the checkpoint being pruned"):
+        prune_checkpoint(own_run, Budget(keep=0.5), "depth", out=own_run, device="cpu")
+    assert (own_run / "checkpoint.pt").read_bytes() == source
+    assert sorted(p.name for p in own_run.iterdir()) == ["checkpoint.pt"]
+    first = prune_checkpoint(own_run, Budget(keep=0.75), "depth", HealSpec.of("none"), device="cpu")
+    folder = Path(first["checkpoint"]).parent
+    with pytest.raises(SdpruneError, match="is the checkpoint being pruned"):  # re-pruning into its own folder
+        prune_checkpoint(folder, Budget(keep=0.5), "depth", out=folder, device="cpu")
+
+
+def test_out_replaces_only_a_pruned_checkpoint(own_run, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(own_run / "checkpoint.pt", other / "checkpoint.pt")  # a training checkpoint
+    source = (other / "checkpoint.pt").read_bytes()
+    with pytest.raises(SdpruneError, match="holds a checkpoint that is not a pruned one"):
+        prune_checkpoint(own_run, Budget(keep=0.5), "depth", out=other, device="cpu")
+    assert (other / "checkpoint.pt").read_bytes() == source
+    # a prune made with other settings may be replaced when --out names its folder
+    first = prune_checkpoint(own_run, Budget(keep=0.75), "depth", HealSpec.of("none"), device="cpu")
+    folder = Path(first["checkpoint"]).parent
+    s = prune_checkpoint(own_run, Budget(keep=0.5), "depth", HealSpec.of("none"), out=folder, device="cpu")
+    assert load_checkpoint(folder)["meta"]["kept"] == s["kept"] and len(s["kept"]) == 5
+
+
+def test_a_keep_above_what_a_pruned_checkpoint_holds_is_refused_before_scoring(run, tmp_path, monkeypatch):
+    from sdprune.prune import pipeline
+
+    first = prune_checkpoint(run, Budget(keep_blocks=7), "depth", HealSpec.of("none"), out=tmp_path / "a",
+                             device="cpu")
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored a network for a budget it cannot meet")
+
+    monkeypatch.setattr(pipeline, "score_blocks", never)
+    for budget in (Budget(keep=0.9), Budget(keep_blocks=8), Budget(keep=1.0)):
+        with pytest.raises(SdpruneError, match="already pruned to 7 of 9 blocks: cannot keep"):
+            prune_checkpoint(first["checkpoint"], budget, "depth", out=tmp_path / "b", device="cpu")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_crash_while_writing_leaves_the_previous_prune_whole(run, tmp_path, monkeypatch):
+    from sdprune.prune import output
+
+    folder = tmp_path / "p"
+    prune_checkpoint(run, Budget(keep=0.5), "depth", HealSpec.of("none"), out=folder, device="cpu")
+    saved = {name: (folder / name).read_bytes() for name in ("checkpoint.pt", "summary.json")}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(output, "write_json", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        prune_checkpoint(run, Budget(keep=0.75), "depth", HealSpec.of("none"), out=folder, device="cpu")
+    assert {name: (folder / name).read_bytes() for name in saved} == saved  # not a new checkpoint, old summary
+    assert sorted(p.name for p in folder.iterdir()) == sorted(saved)  # and nothing staged left behind
+
+
+def test_a_folder_with_an_unreadable_summary_says_so(own_run):
+    folder = own_run / "pruned-keep0.50-depth"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{cut short")
+    with pytest.raises(SdpruneError, match="unreadable prune summary"):
+        prune_checkpoint(own_run, Budget(keep=0.5), "depth", device="cpu")
+
+
+@pytest.mark.parametrize("kwargs,message", [({"batch_size": 0}, "batch size"),
+                                            ({"stats_images": 0}, "at least 1 image")])
+def test_statistics_settings_are_checked_before_loading(tmp_path, kwargs, message):
+    from sdprune.prune.stats import score_checkpoint
+
+    missing = tmp_path / "nothing" / "checkpoint.pt"  # loading it would fail with "not found"
+    with pytest.raises(SdpruneError, match=message):
+        prune_checkpoint(missing, Budget(keep=0.5), **kwargs)
+    with pytest.raises(SdpruneError, match=message):
+        score_checkpoint(missing, batch_size=kwargs.get("batch_size", 128), max_images=kwargs.get("stats_images"))
 
 
 def test_rerunning_the_same_prune_is_allowed_even_when_nothing_is_removed(run):
@@ -125,6 +233,7 @@ def test_rerunning_the_same_prune_is_allowed_even_when_nothing_is_removed(run):
     (lambda: Budget(max_params=-1), "--max-params"), (lambda: Budget(), "how much"),
     (lambda: HealSpec.of("full"), "--heal"), (lambda: HealSpec.of("bn", float("nan")), "--finetune-epochs"),
     (lambda: HealSpec.of("none", 1.0), "--heal none"), (lambda: HealSpec.of("finetune", 0), "--heal finetune"),
+    (lambda: HealSpec(finetune_epochs=-1.0), "--finetune-epochs"), (lambda: HealSpec(bn_batches=0), "1 batch"),
 ])
 def test_bad_budgets_and_heals_are_refused_before_any_work(make, message):
     with pytest.raises(SdpruneError, match=message):

@@ -82,14 +82,14 @@ def test_sweep_and_prune_run_the_same_pipeline(run_dir, tmp_path):
         assert point["params"] == s["params"]["after"] and point["flops"] == s["flops"]["after"]
         assert point["change"] == s["change"]["test"]
         assert result["unpruned"]["test_acc"] == s["reference"]["healed"]["test"]["acc"]
-        assert result["unpruned"]["trained"]["test_acc"] == s["before"]["test"]["acc"]
+        assert result["unpruned"]["trained"]["test_acc"] == s["unpruned"]["test"]["acc"]
 
 
 def test_the_cost_is_measured_against_the_reference_healed_the_same_way(run_dir, tmp_path):
     result = sweep_checkpoint(run_dir, keeps=(1.0, 0.5), criteria=("depth",), onnx=False, out=tmp_path)
     u = result["unpruned"]
     assert u["recalibrated"] != u["trained"]  # BN re-estimation changes the unpruned network
-    assert u["test_acc"] == u[u["kept"]]["test_acc"] and u["val_acc"] == u[u["kept"]]["val_acc"]
+    assert u["test_acc"] == u[u["statistics"]]["test_acc"] and u["val_acc"] == u[u["statistics"]]["val_acc"]
     for p in result["points"]:
         assert p["change"] == p["test_acc"] - u["test_acc"]
     report = (tmp_path / "sweep.md").read_text()
@@ -97,7 +97,7 @@ def test_the_cost_is_measured_against_the_reference_healed_the_same_way(run_dir,
     assert f"{u['recalibrated']['test_acc']:.2f}% with BatchNorm statistics re-estimated" in report
     without = sweep_checkpoint(run_dir, keeps=(0.5,), criteria=("depth",), heal_spec=HealSpec.of("none"),
                                onnx=False, out=tmp_path / "none")
-    assert without["unpruned"]["kept"] == "trained" and without["points"][0]["bn"] is None
+    assert without["unpruned"]["statistics"] == "trained" and without["points"][0]["bn"] is None
     assert without["unpruned"]["recalibrated"] == u["recalibrated"]  # reported all the same
 
 
@@ -108,7 +108,7 @@ def test_sweep_points_keep_trained_statistics_where_re_estimation_hurts(run_dir,
     result = sweep_checkpoint(run_dir, keeps=(0.5,), criteria=("depth",), onnx=False, out=tmp_path)
     point = result["points"][0]
     assert point["bn"]["after"]["val"]["acc"] < point["bn"]["before"]["val"]["acc"]
-    assert point["bn"]["kept"] == "trained" and point["test_acc"] == point["unhealed"]["test"]["acc"]
+    assert point["bn"]["statistics"] == "trained" and point["test_acc"] == point["unhealed"]["test"]["acc"]
 
 
 def test_cli_rejects_keep_above_an_already_pruned_model(run_dir, tmp_path):
@@ -127,3 +127,95 @@ def test_without_matplotlib_everything_but_the_plot_is_written(run_dir, monkeypa
     assert "plot" not in result["files"] and not (out / "sweep.png").exists()
     for name in ("sweep.csv", "sweep.json", "sweep.md"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_latency_is_relative_to_the_unpruned_network_without_keep_one(run_dir, tmp_path, monkeypatch):
+    """No point keeps every block: the unpruned network is still exported and timed, first."""
+    import sdprune.prune.sweep as sweep_mod
+
+    seen = {}
+    real = sweep_mod.bench_onnx
+
+    def spy(files, **kwargs):
+        seen["files"], seen["result"] = list(files), real(files, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(sweep_mod, "bench_onnx", spy)
+    result = sweep_checkpoint(run_dir, keeps=(0.5,), criteria=("depth",), onnx=True, bench_repeats=2,
+                              out=tmp_path)
+    u, (point,) = result["unpruned"], result["points"]
+    timed = seen["result"]["models"]
+    assert len(timed) == 2  # the unpruned network first, then the one pruned architecture
+    assert u["latency_ms"] == timed[0]["latency"]["1"]["p50_ms"] and u["latency_ratio"] == 1.0
+    assert point["latency_ratio"] == timed[1]["latency"]["1"]["ratio"] and point["onnx_bytes"] < u["onnx_bytes"]
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_sweep_refuses_a_keep_above_what_a_pruned_checkpoint_holds_before_any_work(run_dir, tmp_path,
+                                                                                   monkeypatch):
+    import sdprune.prune.sweep as sweep_mod
+
+    pruned = prune_checkpoint(run_dir, Budget(keep_blocks=7), "depth", HealSpec.of("none"), out=tmp_path / "p")
+    monkeypatch.setattr(sweep_mod, "build_model", lambda *a: pytest.fail("loaded a network for nothing"))
+    with pytest.raises(SdpruneError, match="already pruned to 7 of 9 blocks: cannot keep 9"):
+        sweep_checkpoint(pruned["checkpoint"], keeps=(0.5, 0.9), criteria=("depth",), onnx=False,
+                         out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [({"bench_repeats": 0}, "--repeats"), ({"threads": 0}, "--threads"),
+                                            ({"batch_size": 0}, "batch size"),
+                                            ({"stats_images": 0}, "at least 1 image")])
+def test_sweep_settings_are_checked_before_loading(tmp_path, kwargs, message):
+    with pytest.raises(SdpruneError, match=message):
+        sweep_checkpoint(tmp_path / "missing" / "checkpoint.pt", keeps=(0.5,), criteria=("depth",), **kwargs)
+
+
+def test_sweep_takes_the_options_prune_takes(run_dir, tmp_path):
+    """Empty stages, statistics images and healing: the same point as `sdprune prune` with the same options."""
+    heal = HealSpec.of("bn", 0.1, distill=False)
+    result = sweep_checkpoint(run_dir, keeps=(0.2,), criteria=("ablation",), heal_spec=heal, onnx=False,
+                              keep_stages=False, stats_images=64, batch_size=32, out=tmp_path / "s")
+    s = prune_checkpoint(run_dir, Budget(keep=0.2, keep_stages=False), "ablation", heal, stats_images=64,
+                         batch_size=32, out=tmp_path / "p")
+    (point,) = result["points"]
+    assert point["blocks"] == 2 and point["kept"] == s["kept"]  # one stage left empty, as asked
+    assert point["test_acc"] == s["after"]["test"]["acc"] and point["finetune"] == s["finetune"]
+    assert not s["distill"] and result["distill"] is False and result["stats_images"] == 64
+
+
+def test_a_sweep_with_other_settings_is_not_overwritten(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy2(run_dir / "checkpoint.pt", run / "checkpoint.pt")
+    sweep_checkpoint(run, keeps=(0.5,), criteria=("depth",), onnx=False)
+    written = (run / "sweep.json").read_bytes()
+    with pytest.raises(SdpruneError, match="holds a sweep made with other settings .*pass --out"):
+        sweep_checkpoint(run, keeps=(0.75,), criteria=("depth",), onnx=False)
+    assert (run / "sweep.json").read_bytes() == written
+    sweep_checkpoint(run, keeps=(0.5,), criteria=("depth",), onnx=False)  # the same sweep may be redone
+    sweep_checkpoint(run, keeps=(0.75,), criteria=("depth",), onnx=False, out=run)  # --out: anything goes
+
+
+def _result(changes: dict[float, float], present: int = 8) -> dict:
+    """A sweep result with one point per keep: its change from pruning, blocks kept 8 * keep."""
+    points = [{"criterion": "depth", "keep": k, "blocks": round(present * k), "val_acc": 90.0 + c,
+               "test_acc": 90.0 + c, "change": c, "bn": None, "params": 1000} for k, c in changes.items()]
+    return {"model": "m", "dataset": "d", "checkpoint": "c", "heal": "bn", "blocks_present": present,
+            "unpruned": {"params": 2000, "test_acc": 90.0, "statistics": "trained",
+                         "trained": {"test_acc": 90.0}, "recalibrated": {"test_acc": 89.0}},
+            "points": points}
+
+
+def test_the_report_says_where_pruning_stops_being_free():
+    from sdprune.prune.sweep_plot import report_markdown
+
+    free = report_markdown(_result({1.0: 0.0, 0.75: -0.5, 0.5: -2.0, 0.25: -0.8}), {})
+    assert "costs at most 1 point down to keep 0.75 (6 blocks)" in free  # stops at 0.5, whatever 0.25 does
+    costly = report_markdown(_result({1.0: 0.0, 0.5: -3.0}), {})
+    assert "Already the mildest pruning (keep 0.5, 4 blocks) costs more than 1 point" in costly
+    assert "keep 1" not in costly.split("|")[-1]
+    nothing = report_markdown(_result({1.0: 0.0}), {})
+    assert "No point removes a block" in nothing
