@@ -3,7 +3,7 @@
 B3: ResNet-110 (CIFAR style, 3x32x32, 54 gated blocks) full and with keep 0.75 / 0.5 /
 0.25 (kept blocks evenly spaced in forward order: keep 0.5 is every other block), each
 exported to verified fp32 ONNX and to int8 (static QDQ, per-channel weights) for the two
-CPU targets of `sdprune export --int8-target`; ONNX Runtime CPU latency p50/p90 at batch 1
+CPU targets of `sdprune export --target`; ONNX Runtime CPU latency p50/p90 at batch 1
 and 32 of all twelve files measured INTERLEAVED in one run (`sdprune.deploy.latency`), as ratios
 to the full fp32 model; file sizes, parameters and FLOPs. Weights are random (latency does
 not depend on them) with BatchNorm statistics re-estimated on generated images, so
@@ -34,6 +34,7 @@ from sdprune.data.bundle import load_data
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name
 from sdprune.deploy.quantize import quantize_int8
+from sdprune.depth.select import target_count
 from sdprune.depth.structure import gated_blocks, remove_blocks
 from sdprune.nets.registry import create_model
 from sdprune.prune.heal import recalibrate_bn
@@ -43,9 +44,10 @@ KEEPS = (1.0, 0.75, 0.5, 0.25)
 HEADING = "## B3/B4"
 
 
-def evenly_kept(names: list[str], keep: float) -> list[str]:
-    """Blocks to remove so that round(keep * L) evenly spaced blocks remain (0.5: every other)."""
-    n_keep = max(1, round(keep * len(names)))
+def evenly_removed(names: list[str], keep: float) -> list[str]:
+    """Blocks to remove so that `sdprune prune --keep`'s count of evenly spaced blocks remains
+    (at least ``keep`` of them, rounded up: ``target_count``; 0.5 of an even count: every other)."""
+    n_keep = target_count(len(names), keep, None)
     kept = {int(i * len(names) / n_keep) for i in range(n_keep)}
     return [n for i, n in enumerate(names) if i not in kept]
 
@@ -57,7 +59,7 @@ def b3(args, root: Path, reporter: Reporter) -> dict:
         torch.manual_seed(0)  # the same weights for every variant: pruning only removes blocks
         model = create_model(args.model, len(data.classes), 3)
         names = [n for n, _ in gated_blocks(model)]
-        removed = evenly_kept(names, keep)
+        removed = evenly_removed(names, keep)
         remove_blocks(model, removed)
         recalibrate_bn(model, data, batches=10, batch_size=64)  # as `sdprune prune` heals
         meta = {"model": {"name": args.model}, "data": data.meta(), "blocks": names, "removed": removed}

@@ -1,6 +1,6 @@
-"""B2: what pruning costs in accuracy (docs: ../shared/docs/benchmarks.md).
+"""B2: what pruning costs in accuracy (docs: benchmarks protocol B2).
 
-Fashion-MNIST (a fixed training subset, the full test split unless capped), a CIFAR-style
+Fashion-MNIST (a fixed training subset, the full test split or a seeded random part), a CIFAR-style
 ResNet, one schedule for every arm. Arms: plain, linear stochastic depth, learned
 survival, and learned prune-aware for keep 0.5 ("aware"), each over several seeds. For each
 trained network: full-depth accuracy (as trained, BN re-estimated, and healed like the
@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import struct
 import sys
 import time
@@ -34,10 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from b2_report import markdown  # tools/, beside this script
+
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.select import CRITERIA, target_count
+from sdprune.depth.select import CRITERIA, check_criterion, check_keep, target_count
+from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.prune.pipeline import Budget, prune_model, reference, score_blocks
+from sdprune.prune.pipeline import Budget, cut_and_heal, prune_model, reference, score_blocks
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.config import TrainConfig
 from sdprune.train.loop import train
@@ -45,7 +45,9 @@ from sdprune.train.loop import train
 # arm -> (survival schedule, prune-aware target keep)
 ARMS = {"plain": ("none", None), "linear": ("linear", None), "learned": ("learned", None),
         "aware": ("learned", 0.5)}
-FORMAT = 3  # of an arm's JSON: 2 = reference healed like the pruned networks, BN kept where it helps val; 3 = compute as executed blocks
+# of an arm's JSON: 2 = reference healed like the pruned networks, BN kept where it helps val; 3 = compute as
+# executed blocks; 4 = each prune's change from pruning as the pipeline records it, BN "statistics" named so
+FORMAT = 4
 
 
 def parse_args(argv=None):
@@ -55,7 +57,7 @@ def parse_args(argv=None):
     a("--data-dir", help="Fashion-MNIST folder (default: sdprune's usual places)")
     a("--model", default="resnet32")
     a("--train-images", type=int, default=10000, help="fixed training subset (incl. the 10%% val slice)")
-    a("--test-images", type=int, default=0, help="cap the test split (0: all 10,000)")
+    a("--test-images", type=int, default=0, help="a seeded random subset of the test split (0: all 10,000)")
     a("--epochs", type=int, default=6)
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=0.1)
@@ -73,21 +75,40 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Refuse arms, criteria, keeps or a fine-tune no run can use, before anything is trained."""
+    unknown = [a for a in args.arms.split(",") if a and a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
+    try:
+        for c in args.criteria.split(","):
+            check_criterion(c)
+        for k in args.keeps.split(","):
+            check_keep(float(k), None)
+        if args.finetune != "none":
+            HealSpec.of("finetune", args.finetune_epochs)
+        if args.test_images < 0:
+            raise SdpruneError(f"--test-images must be >= 0, got {args.test_images}")
+    except (SdpruneError, ValueError) as err:
+        raise SystemExit(str(err)) from None
+
+
 def write_subset(args, root: Path) -> Path:
     """The fixed subset as idx files torchvision reads (seeded, the same for every arm)."""
     from sdprune.data.readers import load_splits
 
     spec = {"train_images": args.train_images, "test_images": args.test_images, "seed": 0}
+    if args.test_images:  # (once the first N test images: a subset that says how it was drawn is another one)
+        spec["test_draw"] = "seeded random"
     marker = root / "subset.json"
     if marker.exists():
         if json.loads(marker.read_text()) != spec:
             raise SystemExit(f"{root} holds another subset {marker.read_text().strip()}; use another --out")
         return root
     train_set, test_set, _, _ = load_splits("fashion-mnist", args.data_dir, False, None)
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_images]
-    train_set = train_set.subset(pick.sort().values)
+    train_set = train_set.sample(args.train_images, 0)
     if args.test_images:
-        test_set = test_set.subset(torch.arange(min(args.test_images, len(test_set))))
+        test_set = test_set.sample(args.test_images, 0)
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, s in (("train", train_set), ("t10k", test_set)):
@@ -101,7 +122,7 @@ def write_subset(args, root: Path) -> Path:
 
 
 def config(args, data_root: Path, model: str, arm: str, seed: int, out: Path) -> TrainConfig:
-    survival, target_keep = ARMS.get(arm, ("none", None))
+    survival, target_keep = ARMS[arm]
     return TrainConfig(model=model, dataset="fashion-mnist", data_dir=str(data_root), epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine", survival=survival,
                        target_keep=target_keep, seed=seed, device=args.device, out=str(out))
@@ -144,13 +165,14 @@ def prune_arm(args, ckpt_path: Path, seed: int) -> dict:
         for criterion in criteria:
             healed = prune_model(full, rows, data, criterion, Budget(keep), bn, seed=seed, device=dev).record(ref)
             per[criterion] = {"removed": healed["removed"], "unhealed": healed["unhealed"],
-                              "recalibrated": healed["bn"]["after"], "bn_kept": healed["bn"]["kept"],
-                              "bn": healed["after"]}
+                              "recalibrated": healed["bn"]["after"], "statistics": healed["bn"]["statistics"],
+                              "bn": healed["after"], "change": healed["change"]}
         best = max(per, key=lambda c: per[c]["bn"]["val"]["acc"])
         for criterion, entry in per.items():
             if args.finetune == "all" or (args.finetune == "best" and criterion == best):
-                entry["finetune"] = prune_model(full, rows, data, criterion, Budget(keep), tuned, seed=seed,
-                                                device=dev).after
+                # the same blocks, fine-tuned: chosen once, by the criterion on the validation slice
+                ft = cut_and_heal(full, entry["removed"], data, tuned, seed, dev).record(ref)
+                entry["finetune"], entry["finetune_change"] = ft["after"], ft["change"]
         result["keeps"][str(keep)] = {"kept": target_count(len(rows), keep, None), "best": best, "criteria": per}
     return result
 
@@ -186,6 +208,7 @@ def cached(path: Path, make, valid=lambda value: True) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -216,7 +239,7 @@ def main(argv=None) -> int:
             key = f"scratch-{name}-s{seed}"
 
             def run_scratch() -> dict:
-                ckpt, executed = trained(config(args, data_root, name, "none", seed, out / "runs" / key))
+                ckpt, executed = trained(config(args, data_root, name, "plain", seed, out / "runs" / key))
                 meta = load_checkpoint(ckpt)["meta"]
                 return {"model": name, "seed": seed, "executed_blocks": executed, "blocks": len(meta["blocks"]),
                         "test_acc": meta["metrics"]["test_acc"], "val_acc": meta["metrics"]["val_acc"]}
@@ -225,83 +248,6 @@ def main(argv=None) -> int:
     (out / "B2.md").write_text(table)
     print(table)
     return 0
-
-
-def ms(values: list[float], runs: int | None = None) -> str:
-    """Mean ± sample standard deviation over seeds (and how many seeds, if not all)."""
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}" + (f" (1/{runs} seeds)" if runs and runs > 1 else "")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {sd:.2f}" + (f" ({len(values)}/{runs} seeds)" if runs and len(values) < runs else "")
-
-
-def markdown(args, results: dict, baselines: dict) -> str:
-    import onnxruntime
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    lines = [f"Command: `python tools/bench_prune_quality.py {' '.join(sys.argv[1:])}`  ",
-             f"Machine: {os.cpu_count()} cores, {cpu}, torch {torch.__version__}, onnxruntime "
-             f"{onnxruntime.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
-             f"{time.strftime('%Y-%m-%d')}  ",
-             f"Schedule (every arm): {args.model}, {args.train_images} Fashion-MNIST training images "
-             f"(10% of them the validation slice), {args.epochs} epochs, batch {args.batch_size}, cosine lr "
-             f"{args.lr}; test split {args.test_images or 'all 10,000'} images. Accuracy: test %, mean ± sd "
-             f"over seeds {args.seeds}; blocks chosen and 'best' picked on the validation slice. Training compute "
-             "is given as executed blocks per step, not wall time: arms may run in parallel on one device.", ""]
-    stages = ("unhealed", "recalibrated", "bn", "finetune")
-    for arm, runs in results.items():
-        refs = [r["reference"] for r in runs]
-        lines += [(f"**{arm}** — full depth {ms([x['trained']['test']['acc'] for x in refs])} as trained, "
-                   f"{ms([x['recalibrated']['test']['acc'] for x in refs])} BN re-estimated, reference (healed "
-                   f"like the pruned networks) {ms([x['healed']['test']['acc'] for x in refs])} "
-                   f"({runs[0]['blocks']} blocks), executed blocks per training step "
-                   f"{ms([r['executed_blocks'] for r in runs])}"), "",
-                  "| keep | criterion | unhealed | BN re-estimated | BN-healed (kept where val improves) | fine-tuned |",
-                  "|---|---|---|---|---|---|"]
-        for keep, info in runs[0]["keeps"].items():
-            for criterion in info["criteria"]:
-                cells = [ms([r["keeps"][keep]["criteria"][criterion][stage]["test"]["acc"]
-                             for r in runs if stage in r["keeps"][keep]["criteria"][criterion]], len(runs))
-                         for stage in stages]
-                lines.append(f"| {keep} ({info['kept']}) | {criterion} | " + " | ".join(cells) + " |")
-            picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
-            cells = [ms([p[s]["test"]["acc"] for p in picked if s in p]) for s in stages]
-            lines.append(f"| {keep} ({info['kept']}) | **best on val** | " + " | ".join(cells) + " |")
-            base = baselines.get(keep, [])
-            if base:
-                lines.append(f"| {keep} ({info['kept']}) | scratch {base[0]['model']} ({base[0]['blocks']} blocks) | "
-                             f"| | | {ms([b['test_acc'] for b in base])} |")
-        lines.append("")
-    lines += targets(results, baselines)
-    return "\n".join(lines) + "\n"
-
-
-def targets(results: dict, baselines: dict, keep: str = "0.5") -> list[str]:
-    """The issue's targets for the stochastic-depth arm at keep 0.5, best criterion on val."""
-    runs, base = results.get("linear"), baselines.get(keep)
-    if not runs or keep not in runs[0]["keeps"]:
-        return []
-    full = sum(r["reference"]["healed"]["test"]["acc"] for r in runs) / len(runs)
-    picked = [r["keeps"][keep]["criteria"][r["keeps"][keep]["best"]] for r in runs]
-    bn = sum(p["bn"]["test"]["acc"] for p in picked) / len(picked)
-    lines = [(f"Targets (linear arm, keep {keep}, best criterion on val; means over seeds; full: the reference, "
-              "healed like the pruned networks):"),
-             (f"- BN-healed {bn:.2f} vs full {full:.2f}: {full - bn:+.2f} points lost "
-              f"({'met' if full - bn <= 3 else 'not met'}: within 3)")]
-    tuned = [p["finetune"]["test"]["acc"] for p in picked if "finetune" in p]
-    if len(tuned) == len(picked):
-        ft = sum(tuned) / len(tuned)
-        verdict = "met" if full - ft <= 0.5 else "not met"
-        lines.append(f"- fine-tuned {ft:.2f}: {full - ft:+.2f} points lost ({verdict}: within 0.5)")
-        if base:
-            scratch = sum(b["test_acc"] for b in base) / len(base)
-            lines.append(f"- vs scratch {base[0]['model']} {scratch:.2f}: {ft - scratch:+.2f} "
-                         f"({'met' if ft > scratch else 'not met'}: above)")
-    return lines + [""]
 
 
 if __name__ == "__main__":
