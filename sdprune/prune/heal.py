@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdprune.data.augment import augment
@@ -28,6 +27,7 @@ from sdprune.data.images import drops_last, iterate_batches, normalization, norm
 from sdprune.depth.gates import expected_gates
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
+from sdprune.train.distill import distillation_loss
 from sdprune.train.evaluate import assess
 from sdprune.train.trainer import build_sgd
 
@@ -139,7 +139,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
         raise ValueError("distillation needs a teacher")
     drop_last = drops_last(len(data.train), batch_size)
     per_epoch = max(1, num_batches(len(data.train), batch_size, drop_last))
-    total = max(1, int(round(epochs * per_epoch)))
+    total = max(1, round(epochs * per_epoch))
     optimizer = build_sgd(model.parameters(), lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     mean_std = normalization(data.mean, data.std, device)
     gen_order, gen_aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
@@ -160,13 +160,11 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
                                   *mean_std)
                     y = labels.to(device, non_blocking=True)
                     logits = model(x).float()
-                    loss = F.cross_entropy(logits, y)
+                    target = None
                     if distill:
                         with torch.no_grad():
                             target = teacher(x).float()
-                        kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(target / temperature, 1),
-                                      reduction="batchmean", log_target=True) * temperature ** 2
-                        loss = alpha * kd + (1 - alpha) * loss
+                    loss = distillation_loss(logits, target, y, alpha if distill else 0.0, temperature)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
