@@ -32,6 +32,13 @@ def add_parser(sub):
     a("--target-survival", type=float, help="learned: mean survival budget (default: linear's mean)")
     a("--target-keep", type=float, help="learned, prune-aware: fraction of blocks the pruned model keeps")
     a("--p-min", type=float, help="learned: lowest survival a block may get")
+    a("--init", metavar="WEIGHTS",
+      help="retrofit: start from a trained network (an sdprune run/checkpoint or a torchvision state dict); "
+           "its architecture, a fine-tune schedule (5 epochs, lr 0.01 cosine, 0.5 warm-up) and distillation "
+           "from it become the defaults")
+    a("--distill", type=float, help="with --init: weight of distillation from the initial network in [0, 1] "
+                                      "(default 0.5; 0: labels only)")
+    a("--distill-temperature", type=float, help="softmax temperature of distillation (default 1)")
     a("--seed", type=int)
     a("--workers", type=int)
     a("--device", help="auto | cpu | cuda")
@@ -43,6 +50,7 @@ def add_parser(sub):
 
 
 def run(args, reporter) -> int:
+    from sdprune.prune.retrofit import rank_for_retrofit
     from sdprune.train.checkpoint import load_checkpoint
     from sdprune.train.config import TrainConfig, config_fields, resolve_config
     from sdprune.train.loop import train
@@ -60,7 +68,7 @@ def run(args, reporter) -> int:
         config = TrainConfig(device=args.device or "auto", workers=args.workers or 0)
     else:
         config = resolve_config(args.recipe, overrides)
-    summary = train(config, reporter, resume=resume)
+    summary = train(config, reporter, resume=resume, rank_blocks=rank_for_retrofit)
     final = summary["final"]
     if final:
         reporter.info(f"done: {summary['checkpoint']}  test {final['test_acc']:.2f}%  val {final['val_acc']:.2f}%"

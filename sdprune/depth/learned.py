@@ -26,6 +26,15 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
   kept blocks always on execute less (keep 0.25 of a 0.75 budget), they run at 1 and
   ``summary()`` reports the executed fraction obtained and ``budget_feasible: False``.
 
+* Retrofit (a network that is already trained, ``start`` and ``ranking`` given): the
+  blocks to exclude are chosen once, at step 0, from ``ranking`` (the drop-one ablation
+  of the trained network, the same score ``sdprune prune`` uses), and annealed from their
+  trained survival to 0 between step 0 and ``RETROFIT_ANNEAL_END``; the kept blocks keep
+  their trained survival (the default budget: what the pruned network executes) or are
+  fitted to ``target_survival``. Waiting for the regression to warm up would spend the
+  short fine-tune on a network that is about to lose blocks anyway; the trained network
+  already says which blocks it needs.
+
 The feedback is deliberate: a block that gets lower survival is dropped more often, the
 network learns to do without it, and its measured importance falls further. After
 training the blocks with low survival are the ones the network has learned to live
@@ -33,6 +42,8 @@ without.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +55,7 @@ from sdprune.errors import SdpruneError
 
 WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
 ANNEAL_END = 0.6     # prune-aware: excluded blocks reach survival 0 here
+RETROFIT_ANNEAL_END = 0.5  # retrofit: excluded blocks reach survival 0 here (annealed from step 0)
 HALF_LIFE = 0.08     # of total steps: memory of the regression
 RELAX = 0.05         # of total steps: time constant of survival moving to its target
 RIDGE = 1e-3
@@ -101,7 +113,8 @@ class LearnedSurvival:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], *, p_last: float = 0.5,
                  target_survival: float | None = None, target_keep: float | None = None,
-                 p_min: float = 0.05) -> None:
+                 p_min: float = 0.05, start: Sequence[float] | None = None,
+                 ranking: Sequence[float] | None = None) -> None:
         self.model = model
         self.layout = block_layout(model, input_shape)
         self.names = [row["name"] for row in self.layout]
@@ -109,17 +122,38 @@ class LearnedSurvival:
         flops = torch.tensor([float(row["flops"]) for row in self.layout])
         self.weights = flops if float(flops.sum()) > 0 else torch.ones(n)
         linear = torch.tensor(survival_schedule("linear", n, p_last))
-        self.target = target_survival if target_survival is not None else budget_mean(linear, self.weights)
         self.p_min = p_min
+        self.n_keep = target_count(n, target_keep, None) if target_keep is not None else None
+        # Retrofit: survivals start where the trained network has them; with a ranking and a
+        # keep target, the excluded blocks are fixed now (see the module doc).
+        self.start = torch.tensor(list(start), dtype=torch.float64) if start is not None else None
+        self.ranking = torch.tensor(list(ranking), dtype=torch.float64) if ranking is not None else None
+        if self.ranking is not None and (self.start is None or self.n_keep is None or len(self.ranking) != n):
+            raise ValueError("a step-0 ranking needs start survivals, a keep target and one score per block")
+        self.excluded: list[int] = []
+        if self.ranking is not None:
+            kept = select_kept(self.ranking.float(), self.layout, self.n_keep)
+            self.excluded = [i for i in range(n) if i not in kept]
+        self.hold_kept = self.ranking is not None and target_survival is None
+        if target_survival is not None:
+            self.target = target_survival
+        elif self.ranking is not None:  # what the pruned network executes at its trained survivals
+            kept_start = self.start.float().clone()
+            kept_start[self.excluded] = 0.0
+            self.target = budget_mean(kept_start, self.weights)
+        else:
+            self.target = budget_mean(linear, self.weights)
         if n and self.target < p_min:  # fit_budget would silently run above the budget
             raise SdpruneError(f"--p-min {p_min} is above the survival budget {self.target:.4g}; "
                                "lower --p-min or raise --target-survival")
-        self.n_keep = target_count(n, target_keep, None) if target_keep is not None else None
         stages = len({row["stage"] for row in self.layout})
         if self.n_keep is not None and self.n_keep < stages:  # fail now, not when annealing starts
             raise SdpruneError(f"--target-keep {target_keep} keeps {self.n_keep} blocks; "
                                f"this network needs at least {stages} (one per stage)")
-        initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
+        if self.start is not None:
+            initial = self.start.float()
+        else:
+            initial = shift_to_budget(linear, self.target, self.weights, self.p_min) if n else linear
         set_survival(model, initial.tolist())
         # The survivals in float64 on the CPU: reading the float32 buffers back would sync a
         # GPU and round them, so a resumed run would drift from an uninterrupted one.
@@ -128,7 +162,6 @@ class LearnedSurvival:
         self.xtx = torch.zeros(n + 2, n + 2, dtype=torch.float64)
         self.xty = torch.zeros(n + 2, dtype=torch.float64)
         self.importance = torch.zeros(n, dtype=torch.float64)
-        self.excluded: list[int] = []
         self.feasible = True  # prune-aware: whether the kept blocks can carry the budget
 
     # -- the trainer's hooks ---------------------------------------------------------
@@ -150,14 +183,15 @@ class LearnedSurvival:
         self.xtx.mul_(decay).add_(x.T @ x, alpha=1.0 / len(x))
         self.xty.mul_(decay).add_(x.T @ y, alpha=1.0 / len(x))
         every = max(1, total_steps // 400)
-        if progress < WARMUP or step % every:
+        warmup = 0.0 if self.ranking is not None else WARMUP  # retrofit anneals from step 0
+        if progress < warmup or step % every:
             return None
         ridge = RIDGE * (float(self.xtx.diagonal().mean()) + 1e-12)
         coef = torch.linalg.solve(self.xtx + ridge * torch.eye(n + 2, dtype=torch.float64), self.xty)
         self.importance = -coef[1:n + 1]
         rate = min(1.0, every / max(1.0, RELAX * total_steps))
         new = self.current + rate * (self.update_targets(progress) - self.current)
-        if progress >= ANNEAL_END and self.excluded:
+        if progress >= self.anneal_end and self.excluded:
             new[self.excluded] = 0.0  # exactly 0: these blocks now evaluate as removed
         self.current = new
         set_survival(self.model, new.tolist())
@@ -185,12 +219,15 @@ class LearnedSurvival:
         Prune-aware, before ``ANNEAL_END``, it also re-selects the excluded blocks from the
         current importances; from then on the selection is fixed.
         """
-        imp = self.importance.float()
+        # Retrofit: the trained network's ranking stands in for the regression until it warms up.
+        imp = (self.ranking if self.ranking is not None and progress < WARMUP else self.importance).float()
         spread = float((imp - imp.median()).abs().median()) * 1.4826 + 1e-8  # robust std
         scores = (imp - imp.median()) / spread
         w = self.weights
         if self.n_keep is None:
             return fit_budget(scores, self.target, w, self.p_min).double()
+        if self.ranking is not None:
+            return self._retrofit_targets(progress, scores)
         if progress < ANNEAL_END or not self.excluded:
             kept = select_kept(imp, self.layout, self.n_keep)
             self.excluded = [i for i in range(len(imp)) if i not in kept]
@@ -207,12 +244,37 @@ class LearnedSurvival:
         p[kept] = fit_budget(scores[kept], carry, w[kept], self.p_min) if carry < 1.0 else 1.0
         return p.double()
 
+    @property
+    def anneal_end(self) -> float:
+        """Fraction of training at which the excluded blocks reach survival 0."""
+        return RETROFIT_ANNEAL_END if self.ranking is not None else ANNEAL_END
+
+    def _retrofit_targets(self, progress: float, scores: Tensor) -> Tensor:
+        """Excluded blocks: their trained survival, annealed linearly to 0 by ``anneal_end``.
+        Kept blocks: the budget as it will be once the excluded blocks are gone."""
+        w = self.weights
+        kept = [i for i in range(len(scores)) if i not in self.excluded]
+        p = torch.zeros(len(scores))
+        anneal = max(0.0, 1.0 - progress / self.anneal_end)
+        p[self.excluded] = anneal * self.start.float()[self.excluded]
+        carry = self.target * float(w.sum()) / float(w[kept].sum())
+        self.feasible = self.hold_kept or carry <= 1.0 + 1e-6
+        if self.hold_kept:  # the default budget: the trained survivals stand
+            p[kept] = self.start.float()[kept]
+        elif carry >= 1.0:
+            p[kept] = 1.0
+        else:
+            p[kept] = fit_budget(scores[kept], carry, w[kept], self.p_min)
+        return p.double()
+
     # -- resume ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly (copies: ``observe`` updates in place)."""
         return {"current": self.current.clone(), "xtx": self.xtx.clone(), "xty": self.xty.clone(),
                 "importance": self.importance.clone(), "excluded": list(self.excluded), "target": self.target,
-                "budget_feasible": self.feasible, "executed_fraction": self.executed_fraction()}
+                "budget_feasible": self.feasible, "executed_fraction": self.executed_fraction(),
+                "start": None if self.start is None else self.start.clone(),
+                "ranking": None if self.ranking is None else self.ranking.clone(), "hold_kept": self.hold_kept}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``'s copy; the model's survivals are set to match."""
@@ -223,6 +285,9 @@ class LearnedSurvival:
         self.excluded = list(state["excluded"])
         self.target = float(state["target"])
         self.feasible = bool(state.get("budget_feasible", True))  # absent before it was recorded
+        if state.get("ranking") is not None:  # a retrofit: its step-0 ranking, not a new one
+            self.start, self.ranking = state["start"].clone(), state["ranking"].clone()
+            self.hold_kept = bool(state["hold_kept"])
         if "current" in state:
             self.current = state["current"].clone()
             set_survival(self.model, self.current.tolist())

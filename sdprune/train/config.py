@@ -19,10 +19,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+DEFAULT_MODEL = "resnet32"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
-    model: str = "resnet32"
+    model: str | None = None               # None: resnet32, or with --init the architecture of its file
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -45,6 +48,10 @@ class TrainConfig:
     target_survival: float | None = None   # learned: mean survival budget (None: linear's mean)
     target_keep: float | None = None       # learned, prune-aware: fraction of blocks to keep
     p_min: float = 0.05                    # learned: lower bound of a survival probability
+    # retrofit: start from trained weights (see sdprune.train.adopt)
+    init: str | None = None                # sdprune checkpoint/run folder or a torchvision state dict file
+    distill: float | None = None           # weight of distillation from the initial network (None: 0.5 with --init)
+    distill_temperature: float = 1.0       # softmax temperature of the distillation loss
     # run
     seed: int = 0
     workers: int = 0                       # image decoding processes (imagefolder)
@@ -55,6 +62,8 @@ class TrainConfig:
     out: str | None = None                 # run folder; None = runs/<model>-<dataset>-<survival>-<time>
 
     def __post_init__(self) -> None:
+        if self.model is None and self.init is None:
+            object.__setattr__(self, "model", DEFAULT_MODEL)
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +127,13 @@ def validate(c: TrainConfig) -> None:
         bad(f"--workers must be >= 0, got {c.workers}")
     if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):
         bad("--lr-milestones must be epochs >= 0")
+    if c.distill is not None:
+        if not 0.0 <= c.distill <= 1.0:  # also rejects NaN
+            bad(f"--distill must be in [0, 1], got {c.distill}")
+        if c.distill > 0 and c.init is None:
+            bad("--distill needs --init: the teacher is the network training starts from")
+    if not (c.distill_temperature > 0 and math.isfinite(c.distill_temperature)):
+        bad(f"--distill-temperature must be a positive number, got {c.distill_temperature}")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -136,15 +152,35 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Retrofit (``--init``): the network is already trained, so the defaults become a
+# fine-tune's: a tenth of the from-scratch peak lr, a short linear warm-up (the
+# momentum buffers start empty on trained weights), a cosine to 0, few epochs.
+FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 5, "lr": 0.01, "lr_schedule": "cosine", "warmup_epochs": 0.5}
+DEFAULT_DISTILL = 0.5  # with --init: half distillation from the initial network, half labels
+
+
 def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < recipe < command-line flags (None in overrides means 'not given')."""
+    """Defaults < (fine-tune defaults, with ``init``) < recipe < command-line flags.
+
+    None in ``overrides`` means 'not given'.
+    """
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("init") is not None:
+        values = {**FINETUNE_DEFAULTS, **values}
     return TrainConfig.from_dict(values)
+
+
+def distill_weight(config: TrainConfig) -> float:
+    """The distillation weight a config trains with (``DEFAULT_DISTILL`` with --init unless set)."""
+    if config.distill is not None:
+        return config.distill
+    return DEFAULT_DISTILL if config.init is not None else 0.0
 
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["TrainConfig", "config_fields", "load_recipe", "resolve_config", "validate"]
+__all__ = ["DEFAULT_DISTILL", "FINETUNE_DEFAULTS", "TrainConfig", "config_fields", "distill_weight", "load_recipe",
+           "resolve_config", "validate"]

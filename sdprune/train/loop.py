@@ -8,13 +8,16 @@ crops and gates as an uninterrupted one and ends with the same weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
-from sdprune.data.bundle import load_data
+from sdprune.data.bundle import DataBundle, load_data
 from sdprune.data.images import drops_last, iterate_batches
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
@@ -22,15 +25,27 @@ from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
+from sdprune.train.adopt import Adopted, adopt
 from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
-from sdprune.train.config import TrainConfig
+from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT, new_run_dir
 from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
-    """Train a network as configured (or resume a run); returns the run summary."""
+# Scores the blocks of a trained network (higher = more needed) for keeping a fraction of them:
+# a prune-aware retrofit's step-0 ranking. Injected by the caller (the CLI passes the pruning
+# pipeline's selection), so training does not depend on the pruning layer above it.
+RankBlocks = Callable[[nn.Module, DataBundle, torch.device, float], Sequence[float]]
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
+          rank_blocks: RankBlocks | None = None) -> dict:
+    """Train a network as configured (or resume a run); returns the run summary.
+
+    With ``config.init`` the run is a retrofit of that trained network (``sdprune.train.adopt``);
+    ``rank_blocks`` then ranks its blocks at step 0 when the run is learned and prune-aware.
+    """
     reporter = reporter or Reporter(quiet=True)
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
@@ -38,15 +53,29 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
         saved = TrainConfig.from_dict(ckpt["meta"]["config"])
         config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
-    model_info(config.model)  # an unknown model fails before a large dataset is read
+    if config.model is not None:
+        model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
-    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
-        new_run_dir(config.model, config.dataset, config.survival)
-    if (run_dir / CHECKPOINT).exists() and ckpt is None:
-        raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    if ckpt is None and config.out and (Path(config.out) / CHECKPOINT).exists():
+        raise SdpruneError(f"{config.out} already holds a run; use --resume {config.out} or another --out")
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
-    trainer = build_training(config, data, device)
+    adopted, ranking = None, None
+    if config.init is not None:
+        adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0])
+        config = dataclasses.replace(config, model=adopted.model_name)
+        data = _adopted_normalization(data, adopted, reporter)
+        if adopted.source.get("new_head") and distill_weight(config) > 0:
+            if config.distill is not None:
+                raise SdpruneError("--distill needs the initial network's classes; --init has another head")
+            config = dataclasses.replace(config, distill=0.0)
+            reporter.warn("the data has other classes than --init: a new classifier, no distillation")
+        if ckpt is None and config.survival == "learned" and config.target_keep is not None \
+                and rank_blocks is not None:
+            ranking = list(rank_blocks(adopted.model, data, device, config.target_keep))
+    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
+        new_run_dir(config.model, config.dataset, config.survival)
+    trainer = build_training(config, data, device, adopted=adopted, ranking=ranking)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
     if ckpt is not None:
@@ -101,7 +130,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         history.append(row)
         extra = {"controller": controller.state_dict()} if controller is not None else {}
         save_checkpoint(run_dir / CHECKPOINT, model,
-                        checkpoint_meta(config, data, model, epoch=epoch + 1, step=step, metrics=_public(row)),
+                        checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
+                                        metrics=_public(row)),
                         optimizer=optimizer.state_dict(), **extra)
         _write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
@@ -116,6 +146,15 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             "dataset": config.dataset, "survival": config.survival, "epochs": config.epochs,
             "blocks": blocks, "device": str(device), "wall_s": time.perf_counter() - t_run,
             "final": _public(final)}
+
+
+def _adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
+    """The data normalised as the adopted weights were trained (their function is kept exactly)."""
+    if adopted.mean is None or len(adopted.mean) != len(data.mean):
+        return data
+    if (adopted.mean, adopted.std) != (data.mean, data.std):
+        reporter.info(f"normalising as --init was trained: mean {adopted.mean}, std {adopted.std}")
+    return dataclasses.replace(data, mean=list(adopted.mean), std=list(adopted.std))
 
 
 def _public(row: dict) -> dict:

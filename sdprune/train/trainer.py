@@ -8,12 +8,12 @@ learned-survival controller from a ``TrainConfig``.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdprune import __version__
@@ -26,7 +26,9 @@ from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
-from sdprune.train.config import TrainConfig
+from sdprune.train.adopt import Adopted
+from sdprune.train.config import TrainConfig, distill_weight
+from sdprune.train.distill import distillation_loss
 
 AUGMENT_STREAM, ORDER_STREAM = 0x5EED_A116, 0x5EED_0D3E  # independent seeds per purpose
 
@@ -44,16 +46,21 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return config.lr * 0.1 ** sum(epoch >= m for m in milestones)
 
 
-def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, **state: Any) -> dict:
+def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, adopted: Adopted | None = None,
+                    **state: Any) -> dict:
     """Everything needed to rebuild the model and know what it is, JSON-able."""
     c, h, w = data.input_shape
+    removed = list(adopted.removed) if adopted is not None else []
+    kwargs = dict(adopted.kwargs) if adopted is not None else {}
+    if adopted is not None:
+        state = {"init": adopted.source, **state}
     return {
         "sdprune_version": __version__,
         "kind": "train",
-        "model": {"name": config.model, "num_classes": len(data.classes), "in_channels": c, "kwargs": {}},
+        "model": {"name": config.model, "num_classes": len(data.classes), "in_channels": c, "kwargs": kwargs},
         "data": data.meta(),
-        "blocks": [name for name, _ in gated_blocks(model)],
-        "removed": [],
+        "blocks": [name for name, _ in gated_blocks(model)] + removed,
+        "removed": removed,
         "survival": get_survival(model),
         "config": config.to_dict(),
         **state,
@@ -83,6 +90,8 @@ class Trainer:
     sampler: GateSampler
     controller: LearnedSurvival | None = None  # for --survival learned
     steps_per_epoch: int = 1
+    teacher: nn.Module | None = None  # retrofit: the adopted network, frozen, in eval mode
+    distill: float = 0.0              # weight of the distillation loss (0: labels only)
     gen_aug: torch.Generator = field(default_factory=torch.Generator)
     # The normalisation on the device, built once: building it per step is a blocking copy.
     mean_std: tuple[Tensor, Tensor] = field(init=False)
@@ -116,8 +125,12 @@ class Trainer:
         with self.sampler.install(step, len(y)) as gates, \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
             logits = self.model(x)
-            losses = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing,
-                                     reduction="none" if per_sample else "mean")
+            teacher_logits = None
+            if self.teacher is not None and self.distill > 0:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x).float()
+            losses = distillation_loss(logits.float(), teacher_logits, y, self.distill, config.distill_temperature,
+                                       config.label_smoothing, reduction="none" if per_sample else "mean")
             loss = losses.mean() if per_sample else losses
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,28 +167,43 @@ def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nester
 
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
-                   steps_per_epoch: int | None = None) -> Trainer:
+                   steps_per_epoch: int | None = None, adopted: Adopted | None = None,
+                   ranking: Sequence[float] | None = None) -> Trainer:
     """Model (with its initial survival), optimizer, gate sampler and survival controller.
 
-    The weights are initialised from ``config.seed`` without touching the caller's
-    global random state.
+    From scratch, the weights are initialised from ``config.seed`` without touching the
+    caller's global random state. A retrofit (``adopted``) trains a copy of the adopted
+    network, which itself becomes the frozen distillation teacher; learned survival then
+    starts from its survivals, and ``ranking`` (one score per gated block, higher = more
+    needed) fixes the blocks a prune-aware retrofit excludes.
     """
     c, _, _ = data.input_shape
-    with torch.random.fork_rng(devices=[]):  # the model is built on the CPU
-        torch.manual_seed(config.seed)
-        model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
-    set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
+    teacher = None
+    if adopted is None:
+        with torch.random.fork_rng(devices=[]):  # the model is built on the CPU
+            torch.manual_seed(config.seed)
+            model = create_model(config.model, num_classes=len(data.classes), in_channels=c)
+    else:
+        model = copy.deepcopy(adopted.model)
+        if distill_weight(config) > 0:
+            teacher = adopted.model.eval().requires_grad_(False).to(device)
+    start = get_survival(model) if adopted is not None else None
+    if config.survival != "learned":
+        set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
     controller = None
     if config.survival == "learned":  # before any move to the device: a bad --target-keep fails cheaply
         controller = LearnedSurvival(model, data.input_shape, p_last=config.p_last,
                                      target_survival=config.target_survival, target_keep=config.target_keep,
-                                     p_min=config.p_min)
+                                     p_min=config.p_min, start=start, ranking=ranking)
     model.to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
     sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
     if steps_per_epoch is None:
         steps_per_epoch = num_batches(len(data.train), config.batch_size,
                                       drop_last=drops_last(len(data.train), config.batch_size))
-    return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch)
+    return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch,
+                   teacher=teacher, distill=distill_weight(config) if teacher is not None else 0.0)

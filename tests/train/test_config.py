@@ -69,7 +69,7 @@ def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_train(config, reporter=None, resume=None):
+    def fake_train(config, reporter=None, resume=None, rank_blocks=None):
         seen["config"] = config
         return {"final": {}}
 

@@ -1,0 +1,52 @@
+"""Choosing the blocks of a trained network to remove: once, on the validation slice.
+
+Used two ways, so both start from the same decision:
+
+* ``sdprune prune``-style direct pruning of a network that never learned survivals
+  (benchmark B5's arm (a)): ``best_selection`` prunes with every data-driven criterion,
+  heals BatchNorm, and keeps the criterion whose pruned network is best on validation;
+* the step-0 ranking of a prune-aware retrofit (``sdprune train --init W --survival
+  learned --target-keep K``): ``rank_for_retrofit`` returns scores that rank the blocks
+  that selection keeps above the ones it removes, so retrofit and direct pruning differ
+  only in how the network is brought to the smaller architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sdprune.data.bundle import DataBundle
+from sdprune.depth.select import CRITERIA
+from sdprune.prune.heal import BN_HEAL
+from sdprune.prune.pipeline import Budget, Pruned, prune_model, score_blocks
+
+# Criteria that read the trained network (survival is only meaningful once learned;
+# depth / every-other / random ignore the data).
+MEASURED = tuple(c for c in CRITERIA if c in ("ablation", "influence", "norm"))
+RANK_IMAGES = 2000  # validation images the statistics use: enough to order blocks
+
+
+def best_selection(model: nn.Module, data: DataBundle, keep: float, device: torch.device | str = "cpu",
+                   criteria: tuple[str, ...] = MEASURED, seed: int = 0,
+                   max_images: int | None = RANK_IMAGES) -> tuple[str, Pruned, list[dict]]:
+    """The criterion whose pruned, BN-healed network is best on validation, that network, and the rows.
+
+    ``model`` is left untouched; the decision never sees the test split.
+    """
+    rows = score_blocks(model, data, criteria, device, max_images=max_images)
+    candidates = {c: prune_model(model, rows, data, c, Budget(keep), BN_HEAL, seed=seed, device=device)
+                  for c in criteria}
+    best = max(candidates, key=lambda c: candidates[c].after["val"]["acc"])
+    return best, candidates[best], rows
+
+
+def rank_for_retrofit(model: nn.Module, data: DataBundle, device: torch.device, keep: float) -> list[float]:
+    """One score per gated block, in forward order: the blocks ``best_selection`` keeps score in
+    [1, 1.5], the ones it removes in [0, 0.5] (ordered by their drop-one loss increase within each)."""
+    model.to(device)
+    _, chosen, rows = best_selection(model, data, keep, device)
+    removed = set(chosen.removed)
+    loss = torch.tensor([float(r["delta_loss"]) for r in rows])
+    spread = (loss - loss.min()) / max(float(loss.max() - loss.min()), 1e-12)
+    return [(0.0 if r["name"] in removed else 1.0) + 0.5 * float(s) for r, s in zip(rows, spread)]

@@ -1,0 +1,131 @@
+"""Starting training from a network someone already trained (``sdprune train --init``).
+
+Two kinds of file are adopted, both loaded with ``weights_only`` (nothing is unpickled):
+
+* an sdprune checkpoint (any run: plain, linear, learned, even pruned): the architecture,
+  its removed blocks and its survivals come from the checkpoint's metadata;
+* a torchvision state dict (ResNet-18..152, MobileNetV2), as ``torch.save(model.state_dict())``
+  and torchvision's weights cache write it: converted to the gated layout
+  (``sdprune.nets.convert``).
+
+When the data has another number of classes, the classifier is new and the backbone
+kept. The adopted network is also the teacher of retrofit training (distillation), so
+``Adopted`` keeps what is needed to build it again on resume: nothing but the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdprune.depth.structure import remove_blocks
+from sdprune.errors import SdpruneError
+from sdprune.nets.registry import create_model
+from sdprune.train.checkpoint import FORMAT, build_model, load_checkpoint
+
+# What torchvision's ImageNet weights expect (1 channel: the mean of the three, as timm does).
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TV_ARCHS = {"resnet18": "tv_resnet18", "resnet34": "tv_resnet34", "resnet50": "tv_resnet50",
+            "resnet101": "tv_resnet101", "resnet152": "tv_resnet152", "mobilenet_v2": "mobilenet_v2"}
+
+
+@dataclass
+class Adopted:
+    """A trained network in sdprune's gated form, and what it was adopted from."""
+    model: nn.Module                       # eval mode, on the CPU
+    model_name: str                        # registry name of its architecture
+    removed: list[str]                     # blocks the file had already removed
+    kwargs: dict[str, Any]                 # the architecture's builder arguments
+    mean: list[float] | None               # the normalisation its weights were trained with
+    std: list[float] | None
+    source: dict[str, Any] = field(default_factory=dict)  # JSON-able: path, kind, new head ...
+
+
+def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
+    """Load the network in ``path`` for data of ``num_classes`` classes and ``in_channels`` channels.
+
+    ``model_name``, when given, must be the file's architecture (a mismatch is an error, not
+    a silent rebuild). Raises ``SdpruneError`` with one line for anything it cannot adopt.
+    """
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise SdpruneError(f"--init {path}: no such file")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickled module, a truncated file ...
+        raise SdpruneError(f"--init {file} is not a weights file sdprune can read safely "
+                           f"({type(err).__name__}); save a state_dict, not a model") from None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return _adopt_sdprune(file, model_name, num_classes, in_channels)
+    return _adopt_torchvision(file, model_name, num_classes, in_channels)
+
+
+def _adopt_sdprune(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
+    ckpt = load_checkpoint(file)
+    meta = ckpt["meta"]
+    arch = meta["model"]
+    if model_name is not None and model_name != arch["name"]:
+        raise SdpruneError(f"--init {file} is a {arch['name']}, not --model {model_name}")
+    if arch["in_channels"] != in_channels:
+        raise SdpruneError(f"--init {file} takes {arch['in_channels']}-channel images; "
+                           f"this dataset has {in_channels}")
+    source: dict[str, Any] = {"path": str(file), "kind": "sdprune", "new_head": False,
+                              "survival": meta.get("config", {}).get("survival")}
+    model = build_model(ckpt)
+    if arch["num_classes"] != num_classes:
+        model = _with_new_head(model, ckpt, num_classes)
+        source["new_head"] = True
+    data = meta.get("data", {})
+    return Adopted(model, arch["name"], list(meta.get("removed", [])), dict(arch.get("kwargs", {})),
+                   data.get("mean"), data.get("std"), source)
+
+
+def _with_new_head(model: nn.Module, ckpt: dict, num_classes: int) -> nn.Module:
+    """The same network with a freshly initialised classifier for ``num_classes``."""
+    arch = ckpt["meta"]["model"]
+    fresh = create_model(arch["name"], num_classes, arch["in_channels"], **arch.get("kwargs", {}))
+    if ckpt["meta"].get("removed"):
+        remove_blocks(fresh, ckpt["meta"]["removed"])
+    new_state = fresh.state_dict()
+    head = _classifier_keys(fresh)
+    old = model.state_dict()
+    for key, value in old.items():
+        if key not in head:
+            new_state[key] = value
+    fresh.load_state_dict(new_state)
+    return fresh.eval()
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the network's last Linear layer (the classifier)."""
+    last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise SdpruneError("cannot find the classifier (no Linear layer) to give it new classes")
+    return {f"{last[-1]}.{k}" for k, _ in model.get_submodule(last[-1]).named_parameters()}
+
+
+def _adopt_torchvision(file: Path, model_name: str | None, num_classes: int,
+                       in_channels: int) -> Adopted:
+    from sdprune.nets.convert import adopt_torchvision, detect_torchvision_arch, load_state_dict_file
+
+    state = load_state_dict_file(file)
+    arch = detect_torchvision_arch(state)
+    if model_name is None:
+        if arch is None:
+            raise SdpruneError(f"--init {file}: not an sdprune checkpoint, and not the weights of a "
+                               f"torchvision {' / '.join(TV_ARCHS)}")
+        model_name = TV_ARCHS[arch]
+    tv_arch = next((a for a, name in TV_ARCHS.items() if name == model_name), None)
+    if tv_arch is None:
+        raise SdpruneError(f"--init {file} holds torchvision weights; --model {model_name} is not a "
+                           f"torchvision architecture ({', '.join(TV_ARCHS.values())})")
+    model, info = adopt_torchvision(state, tv_arch, num_classes, in_channels)
+    mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
+    std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
+    source = {"path": str(file), "kind": "torchvision", "arch": tv_arch, **info}
+    return Adopted(model.eval(), model_name, [], {}, mean, std, source)

@@ -1,0 +1,156 @@
+"""Retrofit: adopting a trained sdprune network, distillation, and a prune that is free."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdprune.data.bundle import data_for_checkpoint, load_data
+from sdprune.depth.schedule import get_survival
+from sdprune.depth.structure import block_names, remove_blocks
+from sdprune.errors import SdpruneError
+from sdprune.prune.retrofit import rank_for_retrofit
+from sdprune.report import Reporter
+from sdprune.train.adopt import adopt
+from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.config import FINETUNE_DEFAULTS, TrainConfig, distill_weight, resolve_config
+from sdprune.train.distill import distillation_loss
+from sdprune.train.loop import train
+from sdprune.train.trainer import build_training
+
+FAST = dict(dataset="digits", batch_size=128, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A plainly trained ResNet-20 on digits: the network the user already has."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    train(TrainConfig(model="resnet20", survival="none", epochs=3, out=str(out), **FAST))
+    return out
+
+
+class Interrupt(Reporter):
+    def __init__(self, after: int) -> None:
+        super().__init__(quiet=True)
+        self.after = after
+
+    def info(self, message: str) -> None:
+        if message.startswith(f"epoch {self.after}/"):
+            raise KeyboardInterrupt
+
+
+def test_distillation_loss_is_cross_entropy_at_alpha_zero_and_zero_for_a_perfect_student():
+    gen = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
+    labels = torch.randint(0, 5, (8,), generator=gen)
+    assert torch.allclose(distillation_loss(logits, teacher, labels, 0.0), F.cross_entropy(logits, labels))
+    assert float(distillation_loss(teacher, teacher, labels, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    kd = distillation_loss(logits, teacher, labels, 1.0, temperature=2.0, reduction="none")
+    want = F.kl_div(F.log_softmax(logits / 2, 1), F.log_softmax(teacher / 2, 1), reduction="none",
+                    log_target=True).sum(1) * 4
+    assert kd.shape == (8,) and torch.allclose(kd, want, atol=1e-6)
+
+
+def test_init_makes_the_defaults_a_fine_tune_and_flags_still_win():
+    tuned = resolve_config(None, {"init": "x.pt"})
+    assert (tuned.epochs, tuned.lr, tuned.lr_schedule, tuned.warmup_epochs) == tuple(
+        FINETUNE_DEFAULTS[k] for k in ("epochs", "lr", "lr_schedule", "warmup_epochs"))
+    assert tuned.model is None and distill_weight(tuned) == 0.5
+    assert resolve_config(None, {"init": "x.pt", "lr": 0.05}).lr == 0.05
+    assert distill_weight(resolve_config(None, {})) == 0.0
+    with pytest.raises(SdpruneError, match="--distill needs --init"):
+        TrainConfig(distill=0.5)
+    assert TrainConfig().model == "resnet32" and TrainConfig(init="x.pt").model is None
+
+
+def test_an_adopted_checkpoint_computes_what_it_computed(plain):
+    ckpt = load_checkpoint(plain)
+    original = build_model(ckpt)
+    adopted = adopt(plain, None, 10, 1)
+    x = torch.randn(4, 1, 8, 8)
+    assert adopted.model_name == "resnet20" and adopted.source["new_head"] is False
+    assert torch.equal(adopted.model(x), original(x))
+    assert adopted.mean == ckpt["meta"]["data"]["mean"]
+
+
+def test_other_classes_get_a_new_head_and_keep_the_backbone(plain):
+    adopted = adopt(plain, None, 4, 1)
+    old = build_model(load_checkpoint(plain)).state_dict()
+    new = adopted.model.state_dict()
+    assert adopted.source["new_head"] and new["head.2.weight"].shape == (4, 64)
+    assert all(torch.equal(new[k], v) for k, v in old.items() if not k.startswith("head."))
+
+
+@pytest.mark.parametrize("model, classes, channels, message", [
+    ("resnet32", 10, 1, "is a resnet20, not --model resnet32"),
+    (None, 10, 3, "takes 1-channel images"),
+])
+def test_a_mismatched_init_is_refused_in_one_line(plain, model, classes, channels, message):
+    with pytest.raises(SdpruneError, match=message) as err:
+        adopt(plain, model, classes, channels)
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_that_is_not_weights_is_refused(tmp_path):
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(SdpruneError, match="not a weights file"):
+        adopt(bad, None, 10, 1)
+    with pytest.raises(SdpruneError, match="no such file"):
+        adopt(tmp_path / "missing.pt", None, 10, 1)
+
+
+def test_distillation_is_used_when_on_and_absent_when_off(plain):
+    data = load_data("digits")
+    adopted = adopt(plain, None, 10, 1)
+    on = build_training(TrainConfig(init=str(plain), model="resnet20", **FAST), data, torch.device("cpu"),
+                        adopted=adopted)
+    off = build_training(TrainConfig(init=str(plain), model="resnet20", distill=0.0, **FAST), data,
+                         torch.device("cpu"), adopted=adopt(plain, None, 10, 1))
+    assert off.teacher is None and off.distill == 0.0
+    assert on.teacher is not None and on.distill == 0.5 and not on.teacher.training
+    calls = []
+    on.teacher.register_forward_hook(lambda *a: calls.append(1))
+    images, labels = data.train.images[:32], data.train.labels[:32]
+    on.step(0, images, labels)
+    assert calls == [1]
+    assert all(p.grad is None for p in on.teacher.parameters())  # frozen: the student learns, not it
+
+
+def test_a_prune_aware_retrofit_excludes_the_chosen_blocks_and_its_prune_is_free(plain, tmp_path):
+    data = data_for_checkpoint(load_checkpoint(plain)["meta"])
+    ranking = rank_for_retrofit(adopt(plain, None, 10, 1).model, data, torch.device("cpu"), 0.5)
+    out = tmp_path / "retro"
+    cfg = resolve_config(None, dict(init=str(plain), survival="learned", target_keep=0.5, epochs=2, out=str(out),
+                                    **FAST))  # the fine-tune defaults, as `sdprune train --init` gets them
+    summary = train(cfg, rank_blocks=lambda *a: ranking)
+    ckpt = load_checkpoint(summary["checkpoint"])
+    model = build_model(ckpt)
+    survival = get_survival(model)
+    names = block_names(model)
+    excluded = [n for n, r in zip(names, ranking) if r < 1.0]
+    assert len(excluded) == len(names) - 5  # keep 0.5 of 9 blocks
+    assert [n for n, p in zip(names, survival) if p == 0.0] == excluded
+    assert all(p == 1.0 for n, p in zip(names, survival) if n not in excluded)  # plain init: kept stay on
+    assert ckpt["meta"]["init"]["kind"] == "sdprune" and ckpt["meta"]["config"]["lr"] == 0.01
+    x = data.test.images[:16].float().div(255).sub(data.mean[0]).div(data.std[0])
+    pruned = remove_blocks(build_model(ckpt), excluded)
+    assert torch.allclose(pruned(x), model(x), atol=1e-6)
+
+
+def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path):
+    ranks = []
+
+    def rank(model, data, device, keep):
+        ranks.append(keep)
+        return [1.0, 1.2, 0.1, 1.1, 0.2, 0.3, 1.3, 0.4, 1.4]
+
+    cfg = dict(init=str(plain), survival="learned", target_keep=0.5, epochs=2, **FAST)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **cfg), rank_blocks=rank)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "cut"), **cfg), Interrupt(1), rank_blocks=rank)
+    resumed = train(TrainConfig(device="cpu"), resume=tmp_path / "cut", rank_blocks=rank)
+    assert ranks == [0.5, 0.5]  # the resumed run kept its step-0 ranking
+    a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
