@@ -99,8 +99,8 @@ def _layout(name: str) -> Layout:
 
 
 def _optional(key: str) -> bool:
-    # BatchNorm's step counter: absent from old files (torchvision's own ResNet weights
-    # among them) and harmless to take from the model (it only matters for momentum=None).
+    # BatchNorm's step counter: absent from files saved before PyTorch 0.4.1, and harmless
+    # to take from the model (it only matters for momentum=None).
     return key.endswith("num_batches_tracked")
 
 
