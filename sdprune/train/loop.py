@@ -9,6 +9,7 @@ crops and gates as an uninterrupted one and ends with the same weights.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -19,31 +20,51 @@ from sdprune.data.images import drops_last, iterate_batches
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
-from sdprune.errors import SdpruneError
+from sdprune.errors import Interrupted, SdpruneError
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from sdprune.train import faults
+from sdprune.train.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate, resolve_device
-from sdprune.train.runs import CHECKPOINT, new_run_dir
+from sdprune.train.lock import locked_run
+from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, record_run
 from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
-    """Train a network as configured (or resume a run); returns the run summary."""
+    """Train a network as configured (or resume a run); returns the run summary.
+
+    ``resume`` is a checkpoint, or a run folder interrupted before its first checkpoint
+    (it starts over from the folder's config.json). The run folder is locked while the
+    run writes it; Ctrl-C raises ``Interrupted``, whose message says how to resume.
+    """
     reporter = reporter or Reporter(quiet=True)
-    ckpt = load_checkpoint(resume) if resume is not None else None
-    if ckpt is not None:
+    ckpt, run_dir = None, None
+    if resume is not None and Path(resume).is_dir() and not (Path(resume) / CHECKPOINT).exists():
+        run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
+    elif resume is not None:
+        ckpt = load_checkpoint(resume)
         if ckpt["meta"].get("kind") != "train" or "optimizer" not in ckpt:
             raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
-        saved = TrainConfig.from_dict(ckpt["meta"]["config"])
-        config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
+        config = TrainConfig.from_dict({**ckpt["meta"]["config"], "device": config.device, "workers": config.workers})
     model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
-    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
-        new_run_dir(config.model, config.dataset, config.survival)
+    run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else
+                          new_run_dir(config.model, config.dataset, config.survival))
+    with locked_run(run_dir):
+        return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None)
+
+
+def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, run_dir: Path,
+                  device: torch.device, resumed: bool) -> dict:
+    """``train`` once the run folder is locked: nothing else writes it now."""
     if (run_dir / CHECKPOINT).exists() and ckpt is None:
-        raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        raise SdpruneError(f"{run_dir} already holds a run; continue it with "
+                           f"`{resume_command(run_dir)}` or use another --out")
+    if (run_dir / CONFIG).exists() and ckpt is None and not resumed:
+        reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
+    remove_stale_temps(run_dir)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
     trainer = build_training(config, data, device)
@@ -56,11 +77,44 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             controller.load_state_dict(ckpt.get("controller", {}))
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / CONFIG, config.to_dict())
+    record_run(run_dir, "train")
     metrics_path = run_dir / "metrics.jsonl"
-    history = _read_metrics(metrics_path, start_epoch)
+    # The checkpoint carries every epoch's metrics: a run killed between writing its
+    # checkpoint and its metrics line gets the line back here.
+    history = list(ckpt["history"]) if ckpt is not None and isinstance(ckpt.get("history"), list) \
+        else _read_metrics(metrics_path, start_epoch)
+    if ckpt is not None:
+        _write_metrics(metrics_path, history)
+    try:
+        return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step)
+    except KeyboardInterrupt:
+        raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
 
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``."""
+    return f"sdprune train --resume {shlex.quote(str(run_dir))}"
+
+
+def _saved_config(path: Path, given: TrainConfig) -> TrainConfig:
+    """The config a run folder saved (only device and workers may change on resume)."""
+    if not path.is_file():
+        raise SdpruneError(f"{path.parent} holds no run to resume (no {CHECKPOINT} and no {CONFIG})")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SdpruneError(f"{path} is not readable ({type(err).__name__})") from None
+    if not isinstance(saved, dict):
+        raise SdpruneError(f"{path} is not a run's config")
+    return TrainConfig.from_dict({**saved, "device": given.device, "workers": given.workers})
+
+
+def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,
+            history: list[dict], start_epoch: int, step: int) -> dict:
+    """Epochs ``start_epoch``..``config.epochs - 1``, each ending in a checkpoint and a metrics line."""
+    model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
+    metrics_path = run_dir / "metrics.jsonl"
     steps_per_epoch, drop_last = trainer.steps_per_epoch, drops_last(len(data.train), config.batch_size)
     blocks = len(sampler.blocks)
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
@@ -102,7 +156,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         extra = {"controller": controller.state_dict()} if controller is not None else {}
         save_checkpoint(run_dir / CHECKPOINT, model,
                         checkpoint_meta(config, data, model, epoch=epoch + 1, step=step, metrics=_public(row)),
-                        optimizer=optimizer.state_dict(), **extra)
+                        optimizer=optimizer.state_dict(), history=history, **extra)
+        faults.reached("epoch-saved")
         _write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                       f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  "
