@@ -21,8 +21,8 @@ def run(args, reporter) -> int:
     from sdprune.report import human
     from sdprune.train.runs import resolve_checkpoint
 
-    doc = score_checkpoint(resolve_checkpoint(args.checkpoint, reporter=reporter), args.device, args.batch_size, args.images,
-                           args.ablation, args.out, reporter)
+    checkpoint = resolve_checkpoint(args.checkpoint, reporter=reporter)
+    doc = score_checkpoint(checkpoint, args.device, args.batch_size, args.images, args.ablation, args.out, reporter)
 
     def num(v, spec):
         return "-" if v is None else format(v, spec)
