@@ -3,3 +3,7 @@
 
 class SdpruneError(Exception):
     """Bad input or an unusable file: the message is shown to the user as one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what to do next (the CLI shows the message after "interrupted")."""

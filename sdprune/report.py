@@ -29,21 +29,35 @@ class Reporter:
         self.err = Console(stderr=True, highlight=False)
         self.out = Console(highlight=False, soft_wrap=True)
         self.rich = self.err.is_terminal if rich is None else rich
+        self._notes: list[str] = []
 
     # -- messages ---------------------------------------------------------------------
     def info(self, message: str) -> None:
-        """A progress message on stderr, verbatim (text such as ``[0.5]`` is not rich markup)."""
+        """A progress message on stderr, one line, verbatim (text such as ``[0.5]`` is not rich markup)."""
+        self._flush()
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         """A warning on stderr, shown even when quiet."""
-        self.err.print(f"warning: {message}", markup=False, style="yellow")
+        self._flush()
+        self.err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """An ``info`` message held back until the command shows something else (a message or
+        progress): a command that fails first ends with its error alone, on one line."""
+        self._notes.append(message)
+
+    def _flush(self) -> None:
+        notes, self._notes = self._notes, []
+        for message in notes:
+            self.info(message)
 
     # -- progress ---------------------------------------------------------------------
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator["Progress"]:
         """A progress bar of ``total`` steps for the scope (a no-op when quiet or piped)."""
+        self._flush()
         if self.quiet or not self.rich:
             yield Progress()  # piped or quiet: the per-epoch lines from info() are the progress
             return

@@ -14,6 +14,19 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(int(os.environ.get("SDPRUNE_TEST_THREADS", "1")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runs_folder(tmp_path_factory):
+    """Runs the tests make are listed in a runs index of their own, not in ./runs of the checkout
+    (where "the newest run" would otherwise become a test's)."""
+    saved = os.environ.get("SDPRUNE_RUNS")
+    os.environ["SDPRUNE_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    if saved is None:
+        del os.environ["SDPRUNE_RUNS"]
+    else:
+        os.environ["SDPRUNE_RUNS"] = saved
+
+
 @pytest.fixture(scope="session")
 def subprocess_env() -> dict[str, str]:
     """Environment for `python -m sdprune` subprocesses: same thread count, repo importable."""

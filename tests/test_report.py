@@ -27,3 +27,14 @@ def test_quiet_and_json_mode(capsys):
 def test_numbers_are_formatted_for_tables():
     assert human(1234567) == "1.23M" and human(999) == "999"
     assert fmt(0.123456) == "0.1235" and fmt(25000) == "25k" and fmt(True) == "True"
+
+
+def test_a_note_waits_for_the_next_message_and_never_precedes_an_error_alone(capsys):
+    reporter = Reporter()
+    reporter.note("using the newest run")
+    assert capsys.readouterr().err == ""  # a command failing now ends with its error line alone
+    reporter.info("pruning x")
+    assert capsys.readouterr().err.splitlines() == ["using the newest run", "pruning x"]
+    long = "y" * 300
+    reporter.info(long)
+    assert capsys.readouterr().err == long + "\n"  # one line, however long (not wrapped)

@@ -38,6 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     except SdpruneError as err:
         print(f"sdprune {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sdprune {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # sdprune.errors.Interrupted says what to do next
+        print(f"sdprune {args.command}: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130

@@ -1,6 +1,7 @@
 """`sdprune export`: a checkpoint to a verified ONNX model (+ int8, + ONNX Runtime mobile format).
 
-Writes to <checkpoint folder>/export/ unless --out is given: model.onnx, model.int8.onnx
+Writes to <checkpoint folder>/export/ (export-NAME/ for a checkpoint file NAME.pt) unless --out
+is given: model.onnx, model.int8.onnx
 (--int8), model.ort / model.int8.ort and required_operators.config (--ort), export.json.
 """
 
@@ -41,7 +42,7 @@ def run(args, reporter) -> int:
     from sdprune.deploy.package import export_checkpoint
     from sdprune.train.runs import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(args.checkpoint, prefer_pruned=True)
+    checkpoint = resolve_checkpoint(args.checkpoint, prefer_pruned=True, reporter=reporter)
     record = export_checkpoint(checkpoint, args.out, opset=args.opset, atol=args.atol, samples=args.samples,
                                int8=args.int8, calib_batches=args.calib_batches, target=args.target,
                                ort=args.ort, reporter=reporter, int8_min_agreement=args.int8_min_agreement)

@@ -11,7 +11,8 @@ def add_parser(sub):
     p.add_argument("--images", type=int, help="use a seeded random subset of N validation images (default: all)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false",
                    help="skip drop-one ablation (influence and norms only: one pass)")
-    p.add_argument("--out", help="where to write the statistics (default: stats.json next to the checkpoint)")
+    p.add_argument("--out", help="where to write the statistics (default: stats.json next to checkpoint.pt, "
+                                   "stats-NAME.json next to another checkpoint file NAME.pt)")
     return p
 
 
@@ -20,8 +21,8 @@ def run(args, reporter) -> int:
     from sdprune.report import human
     from sdprune.train.runs import resolve_checkpoint
 
-    doc = score_checkpoint(resolve_checkpoint(args.checkpoint), args.device, args.batch_size, args.images,
-                           args.ablation, args.out, reporter)
+    checkpoint = resolve_checkpoint(args.checkpoint, reporter=reporter)
+    doc = score_checkpoint(checkpoint, args.device, args.batch_size, args.images, args.ablation, args.out, reporter)
 
     def num(v, spec):
         return "-" if v is None else format(v, spec)

@@ -54,13 +54,14 @@ def run(args, reporter) -> int:
     from sdprune.train.checkpoint import load_checkpoint
     from sdprune.train.config import TrainConfig, config_fields, resolve_config
     from sdprune.train.loop import train
-    from sdprune.train.runs import resolve_checkpoint
+    from sdprune.train.runs import resolve_resume
 
     overrides = {f.name: getattr(args, f.name, None) for f in config_fields()}
     resume = None
     if args.resume is not None:
-        resume = resolve_checkpoint(None if args.resume == "latest" else args.resume)
-        load_checkpoint(resume)  # a bad file fails here, before any other message
+        resume = resolve_resume(None if args.resume == "latest" else args.resume, reporter)
+        if resume.is_file():
+            load_checkpoint(resume)  # a bad file fails here, before any other message
         ignored = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
                    if v is not None and k not in ("device", "workers")]
         if ignored or args.recipe:

@@ -25,8 +25,12 @@ RECORD = "export.json"
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
-    """Where `sdprune export` writes when not told: an ``export`` folder next to the checkpoint."""
-    return Path(checkpoint).parent / EXPORT_DIR
+    """Where `sdprune export` writes when not told: ``export`` beside ``checkpoint.pt``,
+    ``export-<name>`` beside any other checkpoint file (two never share one)."""
+    from sdprune.train.runs import CHECKPOINT
+
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / (EXPORT_DIR if checkpoint.name == CHECKPOINT else f"{EXPORT_DIR}-{checkpoint.stem}")
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None, opset: int | None = None,
@@ -46,7 +50,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
         kept_blocks, prepare_dir, total_blocks)
     from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
         quantize_int8)
-    from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+    from sdprune.train.checkpoint import TEMP_SUFFIX, build_model, load_checkpoint, remove_stale_temps, write_json
 
     reporter = reporter or Reporter(quiet=True)
     opset = DEFAULT_OPSET if opset is None else opset
@@ -67,9 +71,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir if out_dir is not None else default_out_dir(ckpt["path"]))
     created = not out.exists()
     prepare_dir(out)
+    remove_stale_temps(out)  # staging folders of a killed export
     reporter.info(f"exporting {ckpt['path']} ({meta['model']['name']}, "
                   f"{len(kept_blocks(meta))}/{total_blocks(meta)} blocks) to {out}/")
-    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    stage = Path(tempfile.mkdtemp(prefix=f".export.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=out))
     try:
         onnx_rec = export_onnx(model, meta, stage, opset, atol, samples, reporter, data=data, source=ckpt["path"])
         made = {"model.onnx": "fp32 ONNX"}

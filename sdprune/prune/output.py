@@ -21,8 +21,8 @@ from torch import nn
 from sdprune.depth.schedule import get_survival
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
-from sdprune.train.runs import CHECKPOINT, PRUNED_PREFIX
+from sdprune.train.checkpoint import TEMP_SUFFIX, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
+from sdprune.train.runs import CHECKPOINT, PRUNED_PREFIX, record_run
 
 if TYPE_CHECKING:
     from sdprune.prune.pipeline import Budget
@@ -70,6 +70,7 @@ def check_folder(folder: Path, source: str | Path, settings: dict[str, Any] | No
     if checkpoint.exists() and not (folder / SUMMARY_FILE).exists():
         raise SdpruneError(f"{folder} holds a checkpoint without a prune summary; pass --out to write elsewhere")
     check_settings(folder / SUMMARY_FILE, settings, "prune")
+    check_source(folder / SUMMARY_FILE, source, "prune", "parent")
 
 
 def check_settings(record: Path, settings: dict[str, Any], what: str) -> None:
@@ -90,6 +91,18 @@ def check_settings(record: Path, settings: dict[str, Any], what: str) -> None:
                            f"{settings[k]!r} now); pass --out to write elsewhere")
 
 
+def check_source(record: Path, source: str | Path, what: str, key: str = "checkpoint") -> None:
+    """Refuse to replace ``record`` (a JSON summary, ``record[key]`` the checkpoint it was made
+    from) when it was made from another checkpoint of the same folder."""
+    try:
+        old = json.loads(record.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return  # none yet (an unreadable one is check_settings' to refuse)
+    if isinstance(old, str) and Path(old).name != Path(source).name:
+        raise SdpruneError(f"{record.parent} holds a {what} of {Path(old).name}, not of {Path(source).name}; "
+                           "pass --out to write elsewhere")
+
+
 def write_pruned(folder: Path, model: nn.Module, meta: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``checkpoint.pt`` (metadata of the parent, extended) and ``summary.json``; returns the summary.
 
@@ -105,7 +118,9 @@ def write_pruned(folder: Path, model: nn.Module, meta: dict[str, Any], summary: 
                 "metrics": {"val_loss": after["val"]["loss"], "val_acc": after["val"]["acc"],
                             "test_loss": after["test"]["loss"], "test_acc": after["test"]["acc"]}}
     created = not folder.exists()
-    staged = {name: folder / f".{name}.new" for name in (CHECKPOINT, SUMMARY_FILE)}
+    if not created:
+        remove_stale_temps(folder)
+    staged = {name: folder / f".{name}.{os.getpid()}-new{TEMP_SUFFIX}" for name in (CHECKPOINT, SUMMARY_FILE)}
     try:
         save_checkpoint(staged[CHECKPOINT], model, new_meta)
         write_json(staged[SUMMARY_FILE], summary)
@@ -118,4 +133,5 @@ def write_pruned(folder: Path, model: nn.Module, meta: dict[str, Any], summary: 
         if created:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    record_run(folder, "pruned")
     return {**summary, "summary": str(folder / SUMMARY_FILE)}

@@ -250,7 +250,7 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         check_criterion(criterion)
     check_stats_args(batch_size, stats_images)
     t_start = time.perf_counter()
-    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None))
+    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None, reporter=reporter))
     meta = ckpt["meta"]
     total, present = total_blocks(meta), len(kept_blocks(meta))
     target_count(total, budget.keep, budget.keep_blocks, present)  # a keep above what is left: before scoring

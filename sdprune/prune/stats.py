@@ -37,8 +37,9 @@ from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.train.checkpoint import build_model, load_checkpoint, remove_stale_temps, write_json
 from sdprune.train.evaluate import evaluate, resolve_device
+from sdprune.train.runs import CHECKPOINT
 
 STATS_FILE = "stats.json"
 SUBSET_SEED = 0  # --stats-images picks the same images every time
@@ -158,7 +159,7 @@ def _reduce(rec: _Record, part: dict, i: int):
 def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 128,
                      max_images: int | None = None, ablation: bool = True, out: str | Path | None = None,
                      reporter: Reporter | None = None) -> dict[str, Any]:
-    """Statistics of a checkpoint's blocks, written to ``stats.json`` next to it.
+    """Statistics of a checkpoint's blocks, written to ``stats.json`` next to it (``stats_path``).
 
     Also times one plain evaluation pass over the same images, so the document says
     what the statistics cost relative to evaluating the network.
@@ -167,6 +168,9 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
     reporter = reporter or Reporter(quiet=True)
     check_stats_args(batch_size, max_images)
     ckpt = load_checkpoint(path)
+    target = Path(out) if out else stats_path(ckpt["path"])
+    if target.parent.is_dir():
+        remove_stale_temps(target.parent)
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(ckpt["meta"])
@@ -191,10 +195,17 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "blocks": rows,
     }
-    target = Path(out) if out else Path(ckpt["path"]).parent / STATS_FILE
     write_json(target, doc)
     doc["written"] = str(target)
     return doc
+
+
+def stats_path(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's statistics go by default: ``stats.json`` beside ``checkpoint.pt``,
+    ``stats-<name>.json`` beside any other checkpoint file (two never share one)."""
+    checkpoint = Path(checkpoint)
+    name = STATS_FILE if checkpoint.name == CHECKPOINT else f"stats-{checkpoint.stem}.json"
+    return checkpoint.parent / name
 
 
 def ablation_flop_ratio(layout: list[dict[str, Any]]) -> float:

@@ -25,12 +25,12 @@ from sdprune.deploy.latency import bench_onnx, check_bench
 from sdprune.depth.select import check_criterion, removed_blocks, target_count
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import BN_HEAL, HealSpec
-from sdprune.prune.output import check_settings
+from sdprune.prune.output import check_settings, check_source
 from sdprune.prune.pipeline import Budget, Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
 from sdprune.prune.stats import check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import atomic_write, build_model, load_checkpoint, write_json
+from sdprune.train.checkpoint import atomic_write, build_model, load_checkpoint, remove_stale_temps, write_json
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.runs import resolve_checkpoint
 
@@ -80,7 +80,7 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     """
     reporter = reporter or Reporter(quiet=True)
     check_sweep(keeps, criteria, bench_repeats, threads, batch_size, stats_images)
-    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path else None))
+    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path else None, reporter=reporter))
     meta = ckpt["meta"]
     total, present = total_blocks(meta), len(kept_blocks(meta))
     for keep in keeps:  # a keep above what is left: before any work
@@ -89,6 +89,9 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     out_dir = Path(out) if out else Path(ckpt["path"]).parent
     if out is None:
         check_settings(out_dir / SWEEP_FILE, settings, "sweep")
+        check_source(out_dir / SWEEP_FILE, ckpt["path"], "sweep")
+    if out_dir.is_dir():
+        remove_stale_temps(out_dir)  # what a killed sweep (or other command) left there
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,14 +23,16 @@ from sdprune.data.images import drops_last, iterate_batches
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
-from sdprune.errors import SdpruneError
+from sdprune.errors import Interrupted, SdpruneError
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
+from sdprune.train import faults
 from sdprune.train.adopt import Adopted, adopt
-from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from sdprune.train.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
-from sdprune.train.runs import CHECKPOINT, new_run_dir
+from sdprune.train.lock import locked_run
+from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, record_run
 from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
@@ -45,19 +48,39 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
     With ``config.init`` the run is a retrofit of that trained network (``sdprune.train.adopt``);
     ``rank_blocks`` then ranks its blocks at step 0 when the run is learned and prune-aware.
+
+    ``resume`` is a checkpoint, or a run folder interrupted before its first checkpoint
+    (it starts over from the folder's config.json). The run folder is locked while the
+    run writes it; Ctrl-C raises ``Interrupted``, whose message says how to resume.
     """
     reporter = reporter or Reporter(quiet=True)
-    ckpt = load_checkpoint(resume) if resume is not None else None
-    if ckpt is not None:
+    ckpt, run_dir = None, None
+    if resume is not None and Path(resume).is_dir() and not (Path(resume) / CHECKPOINT).exists():
+        run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
+    elif resume is not None:
+        ckpt = load_checkpoint(resume)
         if ckpt["meta"].get("kind") != "train" or "optimizer" not in ckpt:
             raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
-        saved = TrainConfig.from_dict(ckpt["meta"]["config"])
-        config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
-    if config.model is not None:
+        config = TrainConfig.from_dict({**ckpt["meta"]["config"], "device": config.device, "workers": config.workers})
+    if config.model is not None:  # None: the architecture of --init, known once it is read
         model_info(config.model)  # an unknown model fails before a large dataset is read
     device = resolve_device(config.device)
-    if ckpt is None and config.out and (Path(config.out) / CHECKPOINT).exists():
-        raise SdpruneError(f"{config.out} already holds a run; use --resume {config.out} or another --out")
+    run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else
+                          new_run_dir(config.model or "retrofit", config.dataset, config.survival))
+    with locked_run(run_dir):
+        return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None,
+                             rank_blocks=rank_blocks)
+
+
+def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, run_dir: Path,
+                  device: torch.device, resumed: bool, rank_blocks: RankBlocks | None = None) -> dict:
+    """``train`` once the run folder is locked: nothing else writes it now."""
+    if (run_dir / CHECKPOINT).exists() and ckpt is None:
+        raise SdpruneError(f"{run_dir} already holds a run; continue it with "
+                           f"`{resume_command(run_dir)}` or use another --out")
+    if (run_dir / CONFIG).exists() and ckpt is None and not resumed:
+        reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
+    remove_stale_temps(run_dir)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
     adopted, ranking = None, None
@@ -73,8 +96,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         if ckpt is None and config.survival == "learned" and config.target_keep is not None \
                 and rank_blocks is not None:
             ranking = list(rank_blocks(adopted.model, data, device, config.target_keep))
-    run_dir = Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else \
-        new_run_dir(config.model, config.dataset, config.survival)
     trainer = build_training(config, data, device, adopted=adopted, ranking=ranking)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
@@ -85,11 +106,44 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             controller.load_state_dict(ckpt.get("controller", {}))
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / CONFIG, config.to_dict())
+    record_run(run_dir, "train")
     metrics_path = run_dir / "metrics.jsonl"
-    history = _read_metrics(metrics_path, start_epoch)
+    # The checkpoint carries every epoch's metrics: a run killed between writing its
+    # checkpoint and its metrics line gets the line back here.
+    history = list(ckpt["history"]) if ckpt is not None and isinstance(ckpt.get("history"), list) \
+        else _read_metrics(metrics_path, start_epoch)
+    if ckpt is not None:
+        _write_metrics(metrics_path, history)
+    try:
+        return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
+    except KeyboardInterrupt:
+        raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
 
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``."""
+    return f"sdprune train --resume {shlex.quote(str(run_dir))}"
+
+
+def _saved_config(path: Path, given: TrainConfig) -> TrainConfig:
+    """The config a run folder saved (only device and workers may change on resume)."""
+    if not path.is_file():
+        raise SdpruneError(f"{path.parent} holds no run to resume (no {CHECKPOINT} and no {CONFIG})")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SdpruneError(f"{path} is not readable ({type(err).__name__})") from None
+    if not isinstance(saved, dict):
+        raise SdpruneError(f"{path} is not a run's config")
+    return TrainConfig.from_dict({**saved, "device": given.device, "workers": given.workers})
+
+
+def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,
+            history: list[dict], start_epoch: int, step: int, adopted: Adopted | None = None) -> dict:
+    """Epochs ``start_epoch``..``config.epochs - 1``, each ending in a checkpoint and a metrics line."""
+    model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
+    metrics_path = run_dir / "metrics.jsonl"
     steps_per_epoch, drop_last = trainer.steps_per_epoch, drops_last(len(data.train), config.batch_size)
     blocks = len(sampler.blocks)
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
@@ -132,7 +186,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         save_checkpoint(run_dir / CHECKPOINT, model,
                         checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
                                         metrics=_public(row)),
-                        optimizer=optimizer.state_dict(), **extra)
+                        optimizer=optimizer.state_dict(), history=history, **extra)
+        faults.reached("epoch-saved")
         _write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                       f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  "

@@ -1,15 +1,25 @@
-"""Where runs live on disk, and how commands find the newest one without being told."""
+"""Where runs live on disk, and how commands find the newest one without being told.
+
+Runs made without ``--out`` live under the runs folder (``runs/``, or ``$SDPRUNE_RUNS``);
+every run `sdprune train` or `sdprune prune` writes, wherever it is, is also listed in
+``<runs folder>/index.jsonl`` (one line appended per run), so "the newest run" includes
+runs written elsewhere with ``--out``. Newest means the most recently written checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
+from sdprune.report import Reporter
 
 RUNS_DIR = "runs"
 CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+INDEX = "index.jsonl"
 PRUNED_PREFIX = "pruned"  # `sdprune prune` names its folders pruned-...; export looks for them
 
 
@@ -27,19 +37,64 @@ def new_run_dir(model: str, dataset: str, survival: str) -> Path:
     return path
 
 
+def record_run(folder: str | Path, kind: str) -> None:
+    """List a run folder (``kind`` "train" or "pruned") in the runs index.
+
+    One line appended by a single ``write`` (atomic against other writers; a reader skips
+    a line it cannot parse). An index that cannot be written costs only the listing.
+    """
+    line = json.dumps({"run": str(Path(folder).resolve()), "kind": kind, "time": time.time()}) + "\n"
+    try:
+        runs_root().mkdir(parents=True, exist_ok=True)
+        fd = os.open(runs_root() / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def indexed_runs() -> dict[Path, str]:
+    """Run folders listed in the index that still exist, with their kind (the last line wins)."""
+    try:
+        lines = (runs_root() / INDEX).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    runs: dict[Path, str] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            runs[Path(entry["run"])] = str(entry["kind"])
+        except (ValueError, TypeError, KeyError):
+            continue  # a torn or foreign line
+    return {folder: kind for folder, kind in runs.items() if folder.is_dir()}
+
+
 def find_checkpoints(root: Path | None = None, pruned: bool | None = None) -> list[Path]:
-    """All checkpoints under the runs folder, newest first (pruned=True/False filters)."""
-    root = root or runs_root()
-    if not root.is_dir():
-        return []
-    found = [p for p in root.rglob(CHECKPOINT) if p.is_file()]
-    if pruned is not None:
-        found = [p for p in found if p.parent.name.startswith(PRUNED_PREFIX) == pruned]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    """Checkpoints under the runs folder and in the runs it indexes, newest first.
+
+    ``pruned=True/False`` keeps only pruned / only trained ones (the index's kind, else a
+    folder named ``pruned-...``). With ``root`` only that folder is scanned.
+    """
+    found: dict[Path, tuple[Path, str]] = {}  # the same file found twice counts once
+    scan = root or runs_root()
+    if scan.is_dir():
+        for p in scan.rglob(CHECKPOINT):
+            found[p.resolve()] = (p, "pruned" if p.parent.name.startswith(PRUNED_PREFIX) else "train")
+    if root is None:
+        for folder, kind in indexed_runs().items():
+            p = folder / CHECKPOINT
+            found[p.resolve()] = (found.get(p.resolve(), (_relative(p), kind))[0], kind)
+    picked = [p for p, kind in found.values() if p.is_file() and (pruned is None or (kind == "pruned") == pruned)]
+    return sorted(picked, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resolve_checkpoint(path: str | None, prefer_pruned: bool = False) -> Path:
-    """A checkpoint path from the user's argument, a run folder, or the newest run."""
+def resolve_checkpoint(path: str | None, prefer_pruned: bool = False, reporter: Reporter | None = None) -> Path:
+    """A checkpoint path from the user's argument, a run folder, or the newest run.
+
+    When it picks the newest run, it says which one through ``reporter``.
+    """
     if path:
         p = Path(path)
         if p.is_dir():
@@ -49,5 +104,26 @@ def resolve_checkpoint(path: str | None, prefer_pruned: bool = False) -> Path:
         return p
     candidates = (find_checkpoints(pruned=True) if prefer_pruned else []) or find_checkpoints(pruned=False)
     if not candidates:
-        raise SdpruneError(f"no checkpoint given and no run found under {runs_root()}/ (run `sdprune train` first)")
-    return candidates[0]
+        raise SdpruneError(f"no checkpoint given and no run found under {runs_root()}/ or in its {INDEX} "
+                           "(run `sdprune train` first)")
+    picked = candidates[0]
+    if reporter is not None:  # said once the command starts its work (not before a one-line error)
+        reporter.note(f"no checkpoint given: using the newest run, {picked} "
+                      f"(written {time.strftime('%Y-%m-%d %H:%M', time.localtime(picked.stat().st_mtime))})")
+    return picked
+
+
+def resolve_resume(path: str | None, reporter: Reporter | None = None) -> Path:
+    """What `train --resume` continues: a checkpoint, or a run folder interrupted before its
+    first checkpoint (it holds only its ``config.json``; the run starts over from it)."""
+    if path and Path(path).is_dir() and not (Path(path) / CHECKPOINT).exists() and (Path(path) / CONFIG).is_file():
+        return Path(path)
+    return resolve_checkpoint(path, reporter=reporter)
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it (shorter messages)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path

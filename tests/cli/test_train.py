@@ -50,6 +50,17 @@ def test_quiet_prints_nothing(tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def test_a_run_interrupted_before_its_first_checkpoint_is_started_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": "resnet32"}')  # all a first epoch killed leaves
+    assert main(["train", *FAST, "--out", str(run), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"warning: {run} holds a run interrupted before its first checkpoint; starting it over\n"
+    assert json.loads((run / "config.json").read_text())["model"] == "resnet20"
+    assert (run / "checkpoint.pt").is_file()
+
+
 def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     """Each case: flags and the message it must give. Writes the garbage checkpoint."""
     garbage = tmp_path / "garbage.pt"

@@ -13,6 +13,7 @@ from torch import nn
 
 from sdprune.cli import main
 from sdprune.data.bundle import load_data
+from sdprune.deploy.package import default_out_dir
 from sdprune.depth.structure import remove_blocks
 from sdprune.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from sdprune.train.config import TrainConfig
@@ -82,6 +83,11 @@ def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monk
     assert record["int8"]["activation_type"] == "QInt8" and not record["int8"]["reduce_range"]
 
 
+def test_checkpoints_of_one_folder_export_to_folders_of_their_own():
+    assert default_out_dir("runs/r/checkpoint.pt") == Path("runs/r/export")
+    assert default_out_dir("runs/r/best.pt") == Path("runs/r/export-best")
+
+
 def test_full_export_graph_metadata_size_and_stale_files(runs, capsys):
     out = runs / "r20" / "export"
     out.mkdir(exist_ok=True)
@@ -89,10 +95,14 @@ def test_full_export_graph_metadata_size_and_stale_files(runs, capsys):
     (out / "model.int8.onnx").write_bytes(b"old")
     (out / "notes.txt").write_text("mine")
     (out / "export.json").write_text(json.dumps({"files": [{"name": "model.int8.onnx"}]}))
+    killed = out / ".export.999999999-ab12.tmp"  # the staging folder of an export killed mid-way (pid > pid_max)
+    killed.mkdir()
+    (killed / "model.onnx").write_bytes(b"half")
     rc, record, err = call(capsys, "export", str(runs / "r20"), "--json", "--samples", "16")
     assert rc == 0, err
     assert record["kind"] == "train" and record["blocks"]["removed"] == []
     assert not (out / "model.int8.onnx").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not killed.exists()
     proto = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert not {n.op_type for n in proto.graph.node} & {"Dropout", "Bernoulli", "RandomUniform", "RandomUniformLike"}

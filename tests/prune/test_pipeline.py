@@ -199,6 +199,21 @@ def test_a_crash_while_writing_leaves_the_previous_prune_whole(run, tmp_path, mo
     assert sorted(p.name for p in folder.iterdir()) == sorted(saved)  # and nothing staged left behind
 
 
+def test_two_checkpoints_of_one_folder_never_share_a_prune(own_run):
+    first = prune_checkpoint(own_run, Budget(keep=0.75), "depth", HealSpec.of("none"), device="cpu")
+    folder = Path(first["checkpoint"]).parent
+    saved = (folder / "checkpoint.pt").read_bytes()
+    shutil.copy2(own_run / "checkpoint.pt", own_run / "best.pt")
+    with pytest.raises(SdpruneError, match="holds a prune of checkpoint.pt, not of best.pt; pass --out"):
+        prune_checkpoint(own_run / "best.pt", Budget(keep=0.75), "depth", HealSpec.of("none"), device="cpu")
+    assert (folder / "checkpoint.pt").read_bytes() == saved
+    # The same prune again replaces it, and removes what a prune killed while writing left there.
+    killed = folder / ".checkpoint.pt.999999999-new.tmp"  # pid > pid_max: a dead writer's
+    killed.write_bytes(b"half")
+    prune_checkpoint(own_run, Budget(keep=0.75), "depth", HealSpec.of("none"), device="cpu")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "summary.json"]
+
+
 def test_a_folder_with_an_unreadable_summary_says_so(own_run):
     folder = own_run / "pruned-keep0.50-depth"
     folder.mkdir()

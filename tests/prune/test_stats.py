@@ -100,6 +100,13 @@ def test_score_checkpoint_writes_stats_next_to_it(model, data, tmp_path):
     assert doc["full"] == saved["full"]
     assert {"name", "stage", "index", "survival", "delta_loss", "delta_acc", "influence",
             "residual_ratio", "params", "flops"} <= set(saved["blocks"][0])
+    # Another checkpoint of the same folder gets its own file: the first one's stays.
+    other = tmp_path / "run" / "best.pt"
+    other.write_bytes(path.read_bytes())
+    second = score_checkpoint(other, device="cpu", max_images=32, ablation=False)
+    assert second["written"] == str(tmp_path / "run" / "stats-best.json")
+    assert json.loads((tmp_path / "run" / "stats.json").read_text()) == saved
+    assert json.loads((tmp_path / "run" / "stats-best.json").read_text())["images"] == 32
 
 
 def test_stats_on_fewer_images_sample_every_class(model, data):

@@ -195,6 +195,10 @@ def test_a_sweep_with_other_settings_is_not_overwritten(run_dir, tmp_path):
     with pytest.raises(SdpruneError, match="holds a sweep made with other settings .*pass --out"):
         sweep_checkpoint(run, keeps=(0.75,), criteria=("depth",), onnx=False)
     assert (run / "sweep.json").read_bytes() == written
+    shutil.copy2(run / "checkpoint.pt", run / "best.pt")  # another checkpoint of the folder, same settings
+    with pytest.raises(SdpruneError, match="holds a sweep of checkpoint.pt, not of best.pt; pass --out"):
+        sweep_checkpoint(run / "best.pt", keeps=(0.5,), criteria=("depth",), onnx=False)
+    assert (run / "sweep.json").read_bytes() == written
     sweep_checkpoint(run, keeps=(0.5,), criteria=("depth",), onnx=False)  # the same sweep may be redone
     sweep_checkpoint(run, keeps=(0.75,), criteria=("depth",), onnx=False, out=run)  # --out: anything goes
 

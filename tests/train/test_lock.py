@@ -1,0 +1,73 @@
+"""The run folder's lock: a second training of the same folder fails at once, a dead holder
+blocks nothing, and a training that fails before writing leaves no folder behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import sdprune.train.loop as loop
+from sdprune.cli import main
+from sdprune.errors import SdpruneError
+from sdprune.train.lock import LOCK_FILE, locked_run
+
+HOLD = ("import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d' % os.getpid())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n")
+
+
+def test_a_second_training_of_a_locked_folder_fails_at_once(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded although the run folder is in use")
+
+    monkeypatch.setattr(loop, "load_data", no_data)
+    with locked_run(run):
+        assert main(["train", "--model", "resnet20", "--epochs", "1", "--out", str(run)]) == 2
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # nothing written
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"sdprune train: error: {run} is being written by another training (pid {os.getpid()})")
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(SdpruneError, match=rf"being written by another training \(pid {holder.pid}\)"):
+            with locked_run(run):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no chance to unlock
+        holder.wait()
+    with locked_run(run):  # the OS released it; the dead pid in the file does not matter
+        assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert (run / LOCK_FILE).exists()  # the file stays (removing it would race with the next holder)
+
+
+def test_a_failed_start_removes_the_folders_it_made(tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    with pytest.raises(SdpruneError, match="no data"):
+        with locked_run(run):
+            raise SdpruneError("no data")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "kept").mkdir()
+    with locked_run(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()  # a folder that existed stays
+
+
+def test_a_folder_that_cannot_be_made_is_one_clean_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SdpruneError, match="cannot write to run folder"):
+        with locked_run(tmp_path / "file" / "run"):
+            pass
