@@ -36,11 +36,13 @@ from sdprune.depth.block import GatedBlock
 from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.errors import SdpruneError
+from sdprune.files import check_output
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.evaluate import evaluate, resolve_device
 
 STATS_FILE = "stats.json"
+STATS_ROOM = 1 << 20  # bytes a statistics file may take (a few kB per block)
 SUBSET_SEED = 0  # --stats-images picks the same images every time
 
 
@@ -166,7 +168,9 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
 
     reporter = reporter or Reporter(quiet=True)
     check_stats_args(batch_size, max_images)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, reporter)
+    target = Path(out) if out else Path(ckpt["path"]).parent / STATS_FILE
+    check_output(target, folder=False, need_bytes=STATS_ROOM, what="statistics file")
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(ckpt["meta"])
@@ -191,7 +195,6 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "blocks": rows,
     }
-    target = Path(out) if out else Path(ckpt["path"]).parent / STATS_FILE
     write_json(target, doc)
     doc["written"] = str(target)
     return doc

@@ -20,12 +20,14 @@ from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
+from sdprune.files import check_output
 from sdprune.nets.registry import model_info
-from sdprune.report import Reporter
+from sdprune.report import Reporter, json_text
 from sdprune.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT, new_run_dir
+from sdprune.train.schema import check_resumable, load_training_state
 from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
@@ -34,8 +36,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     reporter = reporter or Reporter(quiet=True)
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
-        if ckpt["meta"].get("kind") != "train" or "optimizer" not in ckpt:
-            raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
+        check_resumable(ckpt)
         saved = TrainConfig.from_dict(ckpt["meta"]["config"])
         config = TrainConfig.from_dict({**saved.to_dict(), "device": config.device, "workers": config.workers})
     model_info(config.model)  # an unknown model fails before a large dataset is read
@@ -44,16 +45,14 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         new_run_dir(config.model, config.dataset, config.survival)
     if (run_dir / CHECKPOINT).exists() and ckpt is None:
         raise SdpruneError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    check_output(run_dir, folder=True, what="run folder")
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
     trainer = build_training(config, data, device)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if controller is not None:
-            controller.load_state_dict(ckpt.get("controller", {}))
+        load_training_state(ckpt, model, optimizer, controller)
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,5 +133,5 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.writelines(json_text(r, indent=None) + "\n" for r in rows)
     atomic_write(path, write)
