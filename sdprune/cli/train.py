@@ -18,7 +18,8 @@ def add_parser(sub):
     a("--dataset", help=f"{' | '.join(DATASETS)} (default {d.dataset})")
     a("--data-dir", help="dataset folder (default ~/.cache/sdprune/data/<dataset>)")
     a("--download", action="store_true", default=None, help="download the dataset if missing")
-    a("--image-size", type=int, help="image side in pixels (default 64 for imagefolder, 32 for synthetic; others: fixed)")
+    a("--image-size", type=int,
+      help="image side in pixels (default 64 for imagefolder, 32 for synthetic; other datasets: their own)")
     a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
     a("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
     a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
