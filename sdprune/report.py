@@ -8,6 +8,7 @@ object and nothing else. On a terminal progress is a rich bar; when piped it is 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -105,7 +106,7 @@ class Reporter:
     def result(self, obj: dict[str, Any]) -> None:
         """The command's machine-readable result: printed only in --json mode."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+            sys.stdout.write(json_text(obj) + "\n")  # strict JSON: NaN and infinities as null
             sys.stdout.flush()
 
 
@@ -118,6 +119,30 @@ class Progress:
     def update(self, advance: int = 1, status: str = "") -> None:
         if self.bar is not None:
             self.bar.update(self.task, advance=advance, status=status)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None and tensors/arrays as lists (a copy)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON for ``obj`` (see ``json_safe``); never contains NaN or Infinity.
+
+    The one way sdprune writes JSON, ``--json`` output and every JSON file alike: Python's
+    ``json`` would write a bare ``NaN``, which JavaScript, jq and most parsers reject.
+    """
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 
 
 def fmt(v: Any) -> str:
@@ -135,10 +160,4 @@ def human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:g}"
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
 

@@ -38,3 +38,32 @@ def test_a_note_waits_for_the_next_message_and_never_precedes_an_error_alone(cap
     long = "y" * 300
     reporter.info(long)
     assert capsys.readouterr().err == long + "\n"  # one line, however long (not wrapped)
+
+
+def strict(text: str):
+    """Parse JSON as strict parsers do: a bare NaN or Infinity is an error."""
+    def refuse(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_never_holds_nan_or_infinity(capsys):
+    import numpy as np
+    import torch
+
+    from sdprune.report import json_text
+
+    value = {"loss": float("nan"), "rows": [{"x": float("inf")}, (float("-inf"), 1.5)], 3: torch.tensor([1.0, np.nan]),
+             "n": np.float32(2.5), "flag": True, "none": None}
+    assert strict(json_text(value)) == {"loss": None, "rows": [{"x": None}, [None, 1.5]], "3": [1.0, None],
+                                        "n": 2.5, "flag": True, "none": None}
+    assert value["loss"] != value["loss"]  # the caller's object is left as it was
+    Reporter(json_mode=True).result({"acc": float("nan")})
+    assert strict(capsys.readouterr().out) == {"acc": None}
+
+
+def test_json_files_hold_no_nan(tmp_path):
+    from sdprune.train.checkpoint import write_json
+
+    write_json(tmp_path / "x.json", {"val_loss": float("nan"), "ok": 1})
+    assert strict((tmp_path / "x.json").read_text()) == {"val_loss": None, "ok": 1}

@@ -41,7 +41,6 @@ the skip decision stays in Python and every branch keeps one graph (it always ru
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -58,6 +57,7 @@ import torch
 from sdprune.data.bundle import load_data
 from sdprune.depth.learned import WARMUP
 from sdprune.depth.structure import gated_blocks
+from sdprune.report import json_text
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.trainer import Trainer, build_training
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, info = summarise(arms), machine(device)
     print(markdown(rows, info, args))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "arms": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json_text({"machine": info, "args": vars(args), "arms": rows}) + "\n")
     return 0
 
 

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from sdprune import __version__
 
 COMMANDS = ("models", "train", "stats", "prune", "eval", "export", "bench", "sweep")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with every usage error one line on stderr (exit 2), as sdprune's own errors are."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="sdprune", description="Train deep with stochastic depth, ship shallow.")
+    parser = Parser(prog="sdprune", description="Train deep with stochastic depth, ship shallow.")
     parser.add_argument("--version", action="version", version=f"sdprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -36,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args, reporter) or 0)
     except SdpruneError as err:
-        print(f"sdprune {args.command}: error: {err}", file=sys.stderr)
+        print(f"sdprune {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+        return 2
+    except OSError as err:  # the machine's, not sdprune's: a disk that filled up, a folder that went away
+        where = f": {err.filename}" if err.filename else ""
+        print(f"sdprune {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # sdprune.errors.Interrupted says what to do next
         print(f"sdprune {args.command}: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)

@@ -29,9 +29,9 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
       help="epochs of fine-tuning (with the default --heal bn: fine-tune too; default 1 with --heal finetune)")
     a("--no-distill", dest="distill", action="store_false",
       help="fine-tune on labels only (default: distil from the unpruned network)")
-    a("--seed", type=int, default=0, help="seed of the random criterion, BN batches and fine-tuning")
-    a("--device", default="auto", help="auto | cpu | cuda")
-    a("--batch-size", type=int, default=128, help="batch size of the statistics")
+    a("--seed", type=int, default=0, help="seed of the random criterion, BN batches and fine-tuning (default 0)")
+    a("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    a("--batch-size", type=int, default=128, help="batch size of the statistics (default 128)")
     a("--stats-images", type=int,
       help="score on a seeded random subset of N validation images (default: all of them)")
 

@@ -7,7 +7,7 @@ def add_parser(sub):
     p = sub.add_parser("eval", help="accuracy, loss, parameters and FLOPs of a model", description=__doc__)
     p.add_argument("model", help="checkpoint (.pt), run folder, or exported .onnx model")
     p.add_argument("--dataset", help="evaluate on another dataset (default: the model's own)")
-    p.add_argument("--data-dir", help="dataset folder")
+    p.add_argument("--data-dir", help="dataset folder (default: the model's own, else ~/.cache/sdprune/data/<dataset>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints; default auto)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     return p

@@ -12,10 +12,11 @@ def add_parser(sub):
     p = sub.add_parser("prune", help="remove residual blocks and heal the smaller network", description=__doc__)
     a = p.add_argument
     a("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest unpruned run)")
-    a("--keep", type=float, help="fraction of the gated blocks to keep, in (0, 1] (rounded up to whole blocks)")
-    a("--keep-blocks", type=int, help="number of gated blocks to keep")
-    a("--max-params", type=_amount, help="parameter budget for the whole network (e.g. 150k)")
-    a("--max-flops", type=_amount, help="FLOP budget per image (e.g. 20M)")
+    a("--keep", type=float, help="fraction of the gated blocks to keep, in (0, 1], rounded up to whole blocks "
+                                  "(default: no such limit; at least one budget is needed)")
+    a("--keep-blocks", type=int, help="number of gated blocks to keep (default: no such limit)")
+    a("--max-params", type=_amount, help="parameter budget for the whole network, e.g. 150k (default: no such limit)")
+    a("--max-flops", type=_amount, help="FLOP budget per image, e.g. 20M (default: no such limit)")
     a("--criterion", choices=CRITERIA,
       help="how blocks are ranked (default: survival if the run learned it, else ablation)")
     a("--iterative", action="store_true", help="remove one block at a time, re-scoring after each removal")

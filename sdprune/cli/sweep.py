@@ -29,8 +29,10 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest unpruned run)")
-    a("--keep", type=_floats, default=DEFAULT_KEEPS, help="comma-separated kept fractions")
-    a("--criteria", type=_names, default=DEFAULT_CRITERIA, help="comma-separated criteria")
+    a("--keep", type=_floats, default=DEFAULT_KEEPS,
+      help=f"comma-separated kept fractions (default {','.join(f'{k:g}' for k in DEFAULT_KEEPS)})")
+    a("--criteria", type=_names, default=DEFAULT_CRITERIA,
+      help=f"comma-separated criteria (default {','.join(DEFAULT_CRITERIA)})")
     add_pruning_args(p)
     a("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export and latency (faster)")
     a("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per model at batch 1 (default {DEFAULT_REPEATS})")

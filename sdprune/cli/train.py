@@ -2,50 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(sub):
     from sdprune.cli.common import ints
+    from sdprune.data.bundle import DATASETS
+    from sdprune.depth.schedule import SCHEDULES
+    from sdprune.train.config import TrainConfig
 
-    p = sub.add_parser("train", help="train a network with stochastic depth", description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()  # every flag not given keeps the recipe's value, else this default
+
+    p = sub.add_parser("train", help="train a network with stochastic depth", description=__doc__)
     a = p.add_argument
-    a("--recipe", help="TOML recipe (models/*.toml); flags given here override it")
-    a("--model", help="architecture (sdprune models); default resnet32")
-    a("--dataset", help="digits | synthetic | mnist | fashion-mnist | cifar10 | cifar100 | svhn | imagefolder")
+    a("--recipe", help="TOML recipe (models/*.toml); flags given here override it (default: none)")
+    a("--model", help=f"architecture (sdprune models); default {d.model}")
+    a("--dataset", help=f"{' | '.join(DATASETS)} (default {d.dataset})")
     a("--data-dir", help="dataset folder (default ~/.cache/sdprune/data/<dataset>)")
     a("--download", action="store_true", default=None, help="download the dataset if missing")
-    a("--image-size", type=int, help="image side in pixels (imagefolder, synthetic)")
-    a("--epochs", type=int)
-    a("--batch-size", type=int)
-    a("--lr", type=float)
-    a("--momentum", type=float)
-    a("--weight-decay", type=float)
-    a("--lr-schedule", choices=["step", "cosine"])
+    a("--image-size", type=int,
+      help="image side in pixels (default 64 for imagefolder, 32 for synthetic; other datasets: their own)")
+    a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
+    a("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
+    a("--momentum", type=float, help=f"SGD momentum in [0, 1); 0: plain SGD, without Nesterov (default {d.momentum:g})")
+    a("--weight-decay", type=float, help=f"on conv and linear weights (default {d.weight_decay:g})")
+    a("--lr-schedule", choices=["step", "cosine"], help=f"default {d.lr_schedule}")
     a("--lr-milestones", type=ints, help="comma-separated epochs where lr is divided by 10 (default 50%%,75%%)")
-    a("--warmup-epochs", type=float)
-    a("--label-smoothing", type=float)
-    a("--survival", help="linear | uniform | none | learned")
-    a("--p-last", type=float, help="p_L of the linear rule (or p of uniform); default 0.5")
-    a("--drop-mode", help="batch (skips the branch) | row (per-sample mask)")
+    a("--warmup-epochs", type=float, help=f"linear learning-rate warm-up (default {d.warmup_epochs:g})")
+    a("--label-smoothing", type=float, help=f"in [0, 1) (default {d.label_smoothing:g})")
+    a("--survival", help=f"{' | '.join(SCHEDULES)} (default {d.survival})")
+    a("--p-last", type=float, help=f"p_L of the linear rule (or p of uniform); default {d.p_last:g}")
+    a("--drop-mode", help=f"batch (skips the branch) | row (per-sample mask); default {d.drop_mode}")
     a("--target-survival", type=float, help="learned: mean survival budget (default: linear's mean)")
-    a("--target-keep", type=float, help="learned, prune-aware: fraction of blocks the pruned model keeps")
-    a("--p-min", type=float, help="learned: lowest survival a block may get")
+    a("--target-keep", type=float,
+      help="learned, prune-aware: fraction of blocks the pruned model keeps (default: not prune-aware)")
+    a("--p-min", type=float, help=f"learned: lowest survival a block may get (default {d.p_min:g})")
     a("--init", metavar="WEIGHTS",
       help="retrofit: start from a trained network (an sdprune run/checkpoint or a torchvision state dict); "
            "its architecture, a fine-tune schedule (5 epochs, lr 0.01 cosine, 0.5 warm-up) and distillation "
-           "from it become the defaults")
+           "from it become the defaults (default: none, train from scratch)")
     a("--distill", type=float, help="with --init: weight of distillation from the initial network in [0, 1] "
-                                      "(default 0.5; 0: labels only)")
-    a("--distill-temperature", type=float, help="softmax temperature of distillation (default 1)")
-    a("--seed", type=int)
-    a("--workers", type=int)
-    a("--device", help="auto | cpu | cuda")
+                                      "(default 0.5 with --init; 0: labels only)")
+    a("--distill-temperature", type=float,
+      help=f"softmax temperature of distillation (default {d.distill_temperature:g})")
+    a("--seed", type=int, help=f"0 to 2**63 - 1 (default {d.seed})")
+    a("--workers", type=int, help=f"image decoding processes, imagefolder only (default {d.workers})")
+    a("--device", help=f"auto | cpu | cuda | cuda:N (default {d.device})")
     a("--no-amp", dest="amp", action="store_false", default=None, help="no bfloat16 autocast on CUDA")
     a("--out", help="run folder (default runs/<model>-<dataset>-<survival>-<time>)")
     a("--resume", nargs="?", const="latest", metavar="RUN",
-      help="continue an interrupted run (a run folder or checkpoint; no value: the newest run)")
+      help="continue an interrupted run (a run folder or checkpoint; no value: the newest run; default: a new run)")
     return p
 
 
@@ -55,13 +60,14 @@ def run(args, reporter) -> int:
     from sdprune.train.config import TrainConfig, config_fields, resolve_config
     from sdprune.train.loop import train
     from sdprune.train.runs import resolve_resume
+    from sdprune.train.schema import check_resumable
 
     overrides = {f.name: getattr(args, f.name, None) for f in config_fields()}
     resume = None
     if args.resume is not None:
         resume = resolve_resume(None if args.resume == "latest" else args.resume, reporter)
         if resume.is_file():
-            load_checkpoint(resume)  # a bad file fails here, before any other message
+            check_resumable(load_checkpoint(resume))  # a bad file fails here, before any other message
         ignored = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
                    if v is not None and k not in ("device", "workers")]
         if ignored or args.recipe:

@@ -171,10 +171,32 @@ def load_imagefolder(root: Path, size: int, workers: int = 0) -> tuple[ImageSet,
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
 
     def read(ds) -> ImageSet:
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+        loader = torch.utils.data.DataLoader(_Decoded(ds), batch_size=None, num_workers=workers)
         items = list(loader)
+        broken = next((item for item in items if isinstance(item[0], str)), None)
+        if broken is not None:
+            raise SdpruneError(f"{broken[0]} is not a readable image ({broken[1]}); remove or replace it")
         channels = max(x.shape[0] for x, _ in items)
         images = torch.stack([x.expand(channels, -1, -1) if x.shape[0] == 1 else x[:channels] for x, _ in items])
         return ImageSet(images.contiguous(), torch.tensor([y for _, y in items], dtype=torch.long))
 
     return read(train_set), read(test_set), list(train_set.classes)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """An ImageFolder whose unreadable files (not an image, truncated, corrupt) come back as
+    (path, reason) instead of raising: inside a DataLoader worker an exception would reach the
+    user as a multi-line traceback of the worker."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.folder[i]
+        except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # PIL's errors for broken files
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            return self.folder.samples[i][0], reason

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,8 +54,8 @@ def check_export_args(opset: int, atol: float, samples: int) -> None:
     top = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= top:
         raise SdpruneError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {top}")
-    if not atol >= 0:  # also rejects NaN
-        raise SdpruneError(f"--atol must be >= 0, got {atol}")
+    if not (atol >= 0 and math.isfinite(atol)):  # also rejects NaN
+        raise SdpruneError(f"--atol must be >= 0 and finite, got {atol}")
     if samples < 1:
         raise SdpruneError(f"--samples must be at least 1, got {samples}")
 

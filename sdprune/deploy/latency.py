@@ -8,6 +8,8 @@ of single runs at each batch size, with the intra-op thread count stated.
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import statistics
 import time
@@ -20,6 +22,7 @@ from sdprune.report import Reporter
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 50
 DEFAULT_BATCH_SIZES = (1, 32)
+MAX_INPUT_BYTES = 2**31  # one timed input batch; larger ones time the allocator, or exhaust memory
 
 
 def cpu_name() -> str:
@@ -56,8 +59,9 @@ def check_bench(threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeat
         raise SdpruneError(f"need --warmup >= 0 and --repeats >= 1 (got {warmup}, {repeats})")
     if not batch_sizes or min(batch_sizes) < 1:
         raise SdpruneError("batch sizes must be positive integers")
-    if threads is not None and threads < 1:
-        raise SdpruneError(f"--threads must be at least 1, got {threads}")
+    cpus = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cpus:
+        raise SdpruneError(f"--threads must be 1 to {cpus} (the CPUs of this machine), got {threads}")
 
 
 def bench_onnx(paths: Sequence[str | Path], threads: int | None = None, warmup: int = DEFAULT_WARMUP,
@@ -87,8 +91,14 @@ def bench_onnx(paths: Sequence[str | Path], threads: int | None = None, warmup: 
     for p in paths:
         session = open_session(p, threads, spinning=spinning)
         name, shape = check_classifier(session, p)
-        if not all(isinstance(d, int) for d in shape[1:]):
+        if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
             raise SdpruneError(f"{p} has a symbolic image size {shape[1:]}; cannot make an input for it")
+        if isinstance(shape[0], int) and any(b != shape[0] for b in batch_sizes):
+            raise SdpruneError(f"{p} has a fixed batch size {shape[0]}; cannot run batch "
+                               f"{next(b for b in batch_sizes if b != shape[0])}")
+        if 4 * max(batch_sizes) * math.prod(shape[1:]) > MAX_INPUT_BYTES:
+            raise SdpruneError(f"batch {max(batch_sizes)} of {p}'s {shape[1:]} images needs more than "
+                               f"{MAX_INPUT_BYTES // 2**30} GiB of input; use smaller --batch-sizes")
         models.append({"path": str(p), "session": session, "input": name, "shape": shape,
                        "file_bytes": Path(p).stat().st_size, "latency": {}})
     rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdprune.errors import SdpruneError
+from sdprune.files import check_output, file_bytes
 from sdprune.report import Reporter
 
 EXPORT_DIR = "export"  # default output: <checkpoint folder>/export/
@@ -64,11 +65,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
         raise SdpruneError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if int8 and calib_batches < 1:
         raise SdpruneError(f"--calib-batches must be at least 1, got {calib_batches}")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, finite=True)  # NaN in, NaN out: no verification could pass it
     meta = ckpt["meta"]
+    out = Path(out_dir if out_dir is not None else default_out_dir(ckpt["path"]))
+    # fp32, int8 and .ort files: about three times the weights
+    check_output(out, folder=True, need_bytes=3 * file_bytes(ckpt["path"]), what="output folder")
     model = build_model(ckpt)
     data = data_for_checkpoint(meta)
-    out = Path(out_dir if out_dir is not None else default_out_dir(ckpt["path"]))
     created = not out.exists()
     prepare_dir(out)
     remove_stale_temps(out)  # staging folders of a killed export

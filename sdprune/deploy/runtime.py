@@ -70,6 +70,8 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     """The sdprune metadata of an ONNX file (class names, input shape, normalisation, blocks ...)."""
     import onnx
 
+    from sdprune.train.schema import check_data_meta
+
     path = Path(path)
     if not path.is_file():
         raise SdpruneError(f"model file {path} not found")
@@ -89,6 +91,14 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise SdpruneError(f"{path}: sdprune metadata lacks {', '.join(missing)}")
+
+    def bad(message: str) -> None:
+        raise SdpruneError(f"{path}: {message}")
+
+    check_data_meta(meta, bad, "metadata ")  # the checkpoint's rules: a device normalises with these
+    for key in ("params", "flops"):
+        if key in meta and not (isinstance(meta[key], int) and not isinstance(meta[key], bool)):
+            bad(f"metadata {key} must be a whole number, got {meta[key]!r}")
     meta["opset"] = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
     return meta
 
@@ -126,7 +136,9 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     path = Path(path)
     meta = read_onnx_meta(path)
     session = open_session(path)
-    check_classifier(session, path)
+    _, shape = check_classifier(session, path)
+    if any(isinstance(d, int) and d != m for d, m in zip(shape[1:], meta["input_shape"])):
+        raise SdpruneError(f"{path}: metadata input_shape {meta['input_shape']} but the graph takes {shape[1:]}")
     # the file's metadata plays the checkpoint's part: its dataset, shape and normalisation
     as_checkpoint = {"data": {k: meta[k] for k in ("dataset", "input_shape", "mean", "std")}, "config": {}}
     data = data_for_checkpoint(as_checkpoint, dataset, data_dir)
@@ -140,6 +152,12 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     with reporter.progress(f"eval {path.name} on {data.name}", steps) as bar:
         logits = onnx_logits(session, test.images, meta["mean"], meta["std"], batch_size, bar)
     scores = score_logits(logits, test.labels)
+    from sdprune.deploy.export import non_finite_rows
+
+    bad = non_finite_rows(logits)
+    if bad:
+        reporter.warn(f"{path}: non-finite logits on {bad} of {len(test)} test images: its loss and accuracy "
+                      "are not meaningful")
     result = {"path": str(path), "model": meta.get("model", path.name), "dataset": data.name, "split": "test",
               "n": len(test), "acc": scores["acc"], "loss": scores["loss"],
               "test": {"acc": scores["acc"], "loss": scores["loss"], "n": len(test)},

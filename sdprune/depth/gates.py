@@ -29,6 +29,15 @@ from sdprune.errors import SdpruneError
 DROP_MODES = ("batch", "row")
 
 
+MAX_SEED = 2**63 - 1  # what every generator seeded from a --seed accepts
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Reject a seed no generator takes (torch's are 64-bit), before any work."""
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise SdpruneError(f"{flag} must be a whole number from 0 to 2**63 - 1, got {seed}")
+
+
 def step_seed(seed: int, step: int) -> int:
     """A 63-bit seed for (seed, step): splitmix64, so neighbouring steps are unrelated."""
     z = (seed * 0x9E3779B97F4A7C15 + step + 1) & 0xFFFFFFFFFFFFFFFF

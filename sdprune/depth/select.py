@@ -35,8 +35,8 @@ def check_budget(keep: float | None, keep_blocks: int | None, max_params: float 
     """Reject a budget no network can use, or none at all (before any work)."""
     check_keep(keep, keep_blocks)
     for flag, value in (("--max-params", max_params), ("--max-flops", max_flops)):
-        if value is not None and not value > 0:  # NaN too
-            raise SdpruneError(f"{flag} must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):  # NaN too
+            raise SdpruneError(f"{flag} must be positive and finite, got {value}")
     if keep is None and keep_blocks is None and max_params is None and max_flops is None:
         raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
 

@@ -65,10 +65,16 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
 
 
 def describe_model(name: str, num_classes: int = 10) -> dict:
-    """Blocks, parameters and FLOPs of a registered model at its default input."""
+    """Blocks, parameters and FLOPs of a registered model at its default input.
+
+    Counted on PyTorch's ``meta`` device: shapes only, no memory and no weight
+    initialisation, so the whole table takes a moment whatever the number of classes.
+    """
+    import torch
 
     info = model_info(name)
-    model = create_model(name, num_classes=num_classes, in_channels=info.default_input[0])
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_channels=info.default_input[0])
     return {
         "name": name,
         "blocks": len(gated_blocks(model)),

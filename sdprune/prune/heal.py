@@ -51,8 +51,8 @@ class HealSpec:
     bn_batches: int = 20
 
     def __post_init__(self) -> None:
-        if not self.finetune_epochs >= 0:  # NaN too
-            raise SdpruneError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if not (self.finetune_epochs >= 0 and math.isfinite(self.finetune_epochs)):  # NaN too
+            raise SdpruneError(f"--finetune-epochs must be >= 0 and finite, got {self.finetune_epochs}")
         if self.bn_batches < 1:
             raise SdpruneError(f"BN re-estimation needs at least 1 batch, got {self.bn_batches}")
 

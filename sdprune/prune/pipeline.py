@@ -26,6 +26,7 @@ from torch import nn
 
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
 from sdprune.deploy.export import kept_blocks, total_blocks
+from sdprune.depth.gates import check_seed
 from sdprune.depth.select import (
     check_budget,
     check_criterion,
@@ -35,6 +36,7 @@ from sdprune.depth.select import (
     target_count,
 )
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
+from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
 from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
@@ -250,7 +252,9 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         check_criterion(criterion)
     check_stats_args(batch_size, stats_images)
     t_start = time.perf_counter()
-    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None, reporter=reporter))
+    check_seed(seed)
+    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path is not None else None, reporter=reporter),
+                           reporter)
     meta = ckpt["meta"]
     total, present = total_blocks(meta), len(kept_blocks(meta))
     target_count(total, budget.keep, budget.keep_blocks, present)  # a keep above what is left: before scoring
@@ -259,6 +263,7 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
     out_dir = Path(out) if out else Path(ckpt["path"]).parent / folder_name(criterion, budget, heal_spec,
                                                                             iterative, seed)
     check_folder(out_dir, ckpt["path"], None if out else settings)
+    check_output(out_dir, folder=True, need_bytes=file_bytes(ckpt["path"]), what="output folder")
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
     data = data_for_checkpoint(meta)

@@ -36,12 +36,14 @@ from sdprune.depth.block import GatedBlock
 from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.errors import SdpruneError
+from sdprune.files import check_output
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, remove_stale_temps, write_json
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT
 
 STATS_FILE = "stats.json"
+STATS_ROOM = 1 << 20  # bytes a statistics file may take (a few kB per block)
 SUBSET_SEED = 0  # --stats-images picks the same images every time
 
 
@@ -167,8 +169,9 @@ def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 1
 
     reporter = reporter or Reporter(quiet=True)
     check_stats_args(batch_size, max_images)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, reporter)
     target = Path(out) if out else stats_path(ckpt["path"])
+    check_output(target, folder=False, need_bytes=STATS_ROOM, what="statistics file")
     if target.parent.is_dir():
         remove_stale_temps(target.parent)
     dev = resolve_device(device)

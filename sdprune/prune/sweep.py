@@ -22,8 +22,10 @@ from torch import nn
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.deploy.export import export_onnx, kept_blocks, total_blocks
 from sdprune.deploy.latency import bench_onnx, check_bench
+from sdprune.depth.gates import check_seed
 from sdprune.depth.select import check_criterion, removed_blocks, target_count
 from sdprune.errors import SdpruneError
+from sdprune.files import check_output
 from sdprune.prune.heal import BN_HEAL, HealSpec
 from sdprune.prune.output import check_settings, check_source
 from sdprune.prune.pipeline import Budget, Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
@@ -38,6 +40,7 @@ DEFAULT_KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 DEFAULT_CRITERIA = ("survival", "ablation", "influence", "depth", "every-other", "random")
 DEFAULT_REPEATS = 30  # timed rounds per model at batch 1
 SWEEP_FILE = "sweep.json"
+SWEEP_ROOM = 4 << 20  # bytes: sweep.json, .csv, .md and the plot
 FIELDS = ("criterion", "keep", "blocks", "val_acc", "test_acc", "test_loss", "change", "params", "flops",
           "onnx_bytes", "latency_ms", "latency_ratio", "heal", "statistics")
 
@@ -80,7 +83,10 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     """
     reporter = reporter or Reporter(quiet=True)
     check_sweep(keeps, criteria, bench_repeats, threads, batch_size, stats_images)
-    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path else None, reporter=reporter))
+    check_seed(seed)
+    # exported points of non-finite weights fail their parity check: refuse them before any work
+    ckpt = load_checkpoint(resolve_checkpoint(str(ckpt_path) if ckpt_path else None, reporter=reporter), reporter,
+                           finite=onnx)
     meta = ckpt["meta"]
     total, present = total_blocks(meta), len(kept_blocks(meta))
     for keep in keeps:  # a keep above what is left: before any work
@@ -90,6 +96,7 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     if out is None:
         check_settings(out_dir / SWEEP_FILE, settings, "sweep")
         check_source(out_dir / SWEEP_FILE, ckpt["path"], "sweep")
+    check_output(out_dir, folder=True, need_bytes=SWEEP_ROOM, what="output folder")
     if out_dir.is_dir():
         remove_stale_temps(out_dir)  # what a killed sweep (or other command) left there
     dev = resolve_device(device)

@@ -21,6 +21,8 @@ from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
 from sdprune.train import faults
+from sdprune.report import Reporter, json_text
+from sdprune.train.schema import check_checkpoint, describe_non_finite, non_finite
 
 SCHEMA = 1
 FORMAT = "sdprune-checkpoint"
@@ -88,10 +90,12 @@ def _alive(pid: int) -> bool:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (``sdprune.report.json_text``: non-finite numbers as null), atomically."""
+    text = json_text(obj) + "\n"
+
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
     atomic_write(path, write)
 
 
@@ -104,8 +108,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate an sdprune checkpoint (weights_only: no code is ever unpickled)."""
+def load_checkpoint(path: str | Path, reporter: Reporter | None = None, finite: bool = False) -> dict[str, Any]:
+    """Load and validate an sdprune checkpoint (weights_only: no code is ever unpickled).
+
+    Every malformed checkpoint is one SdpruneError (``sdprune.train.schema``). Non-finite
+    weights are refused with ``finite`` (export, resume: they would produce garbage) and
+    otherwise reported as a warning through ``reporter``.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -117,14 +126,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise SdpruneError(f"{path} is not a readable sdprune checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SdpruneError(f"{path} is not an sdprune checkpoint")
-    if ckpt.get("schema", 0) > SCHEMA:
-        raise SdpruneError(f"{path} was written by a newer sdprune (schema {ckpt['schema']})")
+    check_checkpoint(ckpt, str(path), SCHEMA)
+    bad = non_finite(ckpt["state_dict"])
+    if bad and finite:
+        raise SdpruneError(f"{path}: {describe_non_finite(bad)}; its outputs would be garbage")
+    if bad and reporter is not None:
+        reporter.warn(f"{path}: {describe_non_finite(bad)}: losses and accuracies below are not meaningful")
     ckpt["path"] = str(path)
     return ckpt
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the (possibly pruned) architecture from metadata and load its weights."""
+    """Rebuild the (possibly pruned) architecture from metadata and load its weights
+    (``ckpt`` from ``load_checkpoint``, which proved the two agree)."""
 
     meta = ckpt["meta"]
     arch = meta["model"]

@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdprune.depth.gates import DROP_MODES
+from sdprune.depth.gates import DROP_MODES, check_seed
 from sdprune.depth.schedule import SCHEDULES
 from sdprune.errors import SdpruneError
+
+MAX_IMAGE_SIZE = 4096  # pixels
+MAX_WORKERS = 256  # image decoding processes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +82,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise SdpruneError(f"unknown config key(s): {', '.join(unknown)}")
+        check_types(d)
         d = dict(d)
         if d.get("lr_milestones") is not None:
             d["lr_milestones"] = tuple(int(m) for m in d["lr_milestones"])
@@ -91,12 +97,15 @@ def validate(c: TrainConfig) -> None:
 
     if c.epochs < 1:
         bad(f"--epochs must be at least 1, got {c.epochs}")
+    check_seed(c.seed)
+    if not (c.warmup_epochs >= 0 and math.isfinite(c.warmup_epochs)):  # NaN fails too
+        bad(f"--warmup-epochs must be a number >= 0, got {c.warmup_epochs}")
     if c.batch_size < 1:
         bad(f"--batch-size must be at least 1, got {c.batch_size}")
     if c.eval_batch_size < 1:
         bad(f"eval_batch_size must be at least 1, got {c.eval_batch_size}")
-    if c.image_size is not None and c.image_size < 1:
-        bad(f"--image-size must be at least 1 pixel, got {c.image_size}")
+    if c.image_size is not None and not 1 <= c.image_size <= MAX_IMAGE_SIZE:
+        bad(f"--image-size must be 1 to {MAX_IMAGE_SIZE} pixels, got {c.image_size}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
         bad(f"--lr must be a positive number, got {c.lr}")
     if not 0.0 <= c.momentum < 1.0:  # also rejects NaN
@@ -123,8 +132,8 @@ def validate(c: TrainConfig) -> None:
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
     if c.target_survival is not None and c.target_survival < c.p_min:
         bad(f"--target-survival {c.target_survival} is below --p-min {c.p_min}: no survivals meet it")
-    if c.workers < 0:
-        bad(f"--workers must be >= 0, got {c.workers}")
+    if not 0 <= c.workers <= MAX_WORKERS:
+        bad(f"--workers must be 0 to {MAX_WORKERS}, got {c.workers}")
     if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):
         bad("--lr-milestones must be epochs >= 0")
     if c.distill is not None:
@@ -136,6 +145,43 @@ def validate(c: TrainConfig) -> None:
         bad(f"--distill-temperature must be a positive number, got {c.distill_temperature}")
 
 
+def check_types(d: dict[str, Any]) -> None:
+    """Every value of a config dict (a recipe, a checkpoint's config) has its field's type."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in d.items():
+        if key in hints and not _has_type(value, hints[key]):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+            raise SdpruneError(f"config key {key!r} must be {_type_name(hints[key])}, got {shown}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]: a list or tuple of them
+        (item, *_) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    return True  # a type this check does not know: left to validate()
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list of " + {int: "whole numbers", float: "numbers", str: "strings"}.get(typing.get_args(hint)[0], "values")
+    return {type(None): "none", bool: "true/false", int: "a whole number", float: "a number",
+            str: "a string"}.get(hint, str(hint))
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a TOML recipe: flat keys named like TrainConfig fields."""
     try:
@@ -143,6 +189,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise SdpruneError(f"recipe {path} not found") from None
+    except OSError as err:  # a folder, no permission ...
+        raise SdpruneError(f"cannot read recipe {path}: {err.strerror or type(err).__name__}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SdpruneError(f"recipe {path} is not valid TOML: {err}") from None
     known = {f.name for f in dataclasses.fields(TrainConfig)}

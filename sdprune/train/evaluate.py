@@ -72,7 +72,7 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None =
     """Accuracy and loss of a full or pruned checkpoint on a dataset's test split and
     validation slice, with parameters and FLOPs."""
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, reporter)
     meta = ckpt["meta"]
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)

@@ -24,8 +24,9 @@ from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import Interrupted, SdpruneError
+from sdprune.files import check_output
 from sdprune.nets.registry import model_info
-from sdprune.report import Reporter
+from sdprune.report import Reporter, json_text
 from sdprune.train import faults
 from sdprune.train.adopt import Adopted, adopt
 from sdprune.train.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
@@ -33,6 +34,7 @@ from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.lock import locked_run
 from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, record_run
+from sdprune.train.schema import check_resumable, load_training_state
 from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
 
 
@@ -59,8 +61,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
     elif resume is not None:
         ckpt = load_checkpoint(resume)
-        if ckpt["meta"].get("kind") != "train" or "optimizer" not in ckpt:
-            raise SdpruneError(f"{ckpt['path']} is not a resumable training checkpoint")
+        check_resumable(ckpt)
         config = TrainConfig.from_dict({**ckpt["meta"]["config"], "device": config.device, "workers": config.workers})
     if config.model is not None:  # None: the architecture of --init, known once it is read
         model_info(config.model)  # an unknown model fails before a large dataset is read
@@ -80,6 +81,7 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                            f"`{resume_command(run_dir)}` or use another --out")
     if (run_dir / CONFIG).exists() and ckpt is None and not resumed:
         reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
+    check_output(run_dir, folder=True, what="run folder")
     remove_stale_temps(run_dir)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
@@ -100,10 +102,7 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if controller is not None:
-            controller.load_state_dict(ckpt.get("controller", {}))
+        load_training_state(ckpt, model, optimizer, controller)
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
     write_json(run_dir / CONFIG, config.to_dict())
@@ -228,5 +227,5 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.writelines(json_text(r, indent=None) + "\n" for r in rows)
     atomic_write(path, write)

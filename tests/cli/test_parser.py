@@ -75,3 +75,45 @@ def test_comma_separated_integers_are_parsed_once():
     assert parser.parse_args(["train", "--lr-milestones", "3,6"]).lr_milestones == (3, 6)
     with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
         ints("1,x")
+
+
+def test_every_flag_says_what_it_does_and_its_real_default():
+    """A flag that takes a value names its default (the value used when it is not given), never argparse's
+    "(default: None)"; switches say what they turn on. Positionals that may be left out say what is used then."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "default: None" not in text and "(default: ())" not in text, name
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and len(action.help) > 8, label
+            required = not action.option_strings and action.nargs not in ("?", "*")
+            if not isinstance(action, switches) and not required:
+                assert "default" in action.help, label
+
+
+def test_the_defaults_shown_are_the_ones_used():
+    from sdprune.train.config import TrainConfig
+
+    parser = build_parser()
+    train = options(parser, "train")
+    defaults = TrainConfig()
+    for flag, field in [("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--seed", "seed"),
+                        ("--momentum", "momentum"), ("--weight-decay", "weight_decay"), ("--model", "model"),
+                        ("--survival", "survival"), ("--p-last", "p_last"), ("--workers", "workers")]:
+        value = getattr(defaults, field)
+        shown = f"default {value:g}" if isinstance(value, float) else f"default {value}"
+        assert shown in train[flag].help, (flag, train[flag].help)
+    assert "default 128" in options(parser, "stats")["--batch-size"].help
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["prune", "--keep", "half"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdprune prune: error: argument --keep: invalid float value")

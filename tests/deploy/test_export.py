@@ -14,6 +14,7 @@ from torch import nn
 from sdprune.cli import main
 from sdprune.data.bundle import load_data
 from sdprune.deploy.package import default_out_dir
+from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from sdprune.train.config import TrainConfig
@@ -30,7 +31,7 @@ def runs(tmp_path_factory) -> Path:
     train(TrainConfig(model="resnet20", epochs=1, out=str(root / "r20")))
     ckpt = load_checkpoint(root / "r20" / "checkpoint.pt")
     model = remove_blocks(build_model(ckpt), REMOVED)
-    meta = {**ckpt["meta"], "kind": "pruned", "removed": REMOVED}
+    meta = {**ckpt["meta"], "kind": "pruned", "removed": REMOVED, "survival": get_survival(model)}
     save_checkpoint(root / "r20" / "pruned-keep0.50" / "checkpoint.pt", model, meta)
     return root
 

@@ -1,0 +1,304 @@
+"""Fuzz corpus, everything but checkpoints: a table of bad flags for every subcommand, malformed ONNX
+files (eval, bench) and image folders holding what is not an image. Each case is refused with exit 2,
+one line on stderr naming the problem, no traceback and nothing written (the ``refused`` fixture)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# {ckpt}: a valid checkpoint in run/; {onnx}: a valid tiny ONNX model; {file}: a plain file; {dir}: a folder;
+# {tmp}: the test's folder (the runs folder, the working folder and default outputs are all inside it).
+RUN = ["--device", "cpu"]
+FLAGS: list[tuple[str, list[str], str]] = [
+    # models
+    ("models", ["--classes", "0"], "--classes must be 1 to"),
+    ("models", ["--classes", "-1"], "--classes must be 1 to"),
+    ("models", ["--classes", "100000000"], "--classes must be 1 to"),
+    ("models", ["--classes", "ten"], "invalid int value"),
+    ("models", ["resnet21"], "unknown model"),
+    # train
+    *[("train", ["--momentum", v], "--momentum must be in [0, 1)") for v in ("-1", "nan", "1", "inf")],
+    *[("train", ["--lr", v], "--lr must be a positive number") for v in ("0", "-1", "nan", "inf")],
+    *[("train", ["--seed", v], "--seed must be") for v in ("-1", "99999999999999999999999")],
+    *[("train", ["--image-size", v, "--dataset", "synthetic"], "--image-size must be") for v in ("-4", "0", "100000")],
+    *[("train", ["--epochs", v], "--epochs must be at least 1") for v in ("0", "-1")],
+    ("train", ["--epochs", "1.5"], "invalid int value"),
+    ("train", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    *[("train", ["--weight-decay", v], "--weight-decay must be") for v in ("-1", "nan", "inf")],
+    *[("train", ["--warmup-epochs", v], "--warmup-epochs must be") for v in ("nan", "-1", "inf")],
+    *[("train", ["--label-smoothing", v], "--label-smoothing must be") for v in ("1", "-0.1", "nan")],
+    *[("train", ["--p-last", v], "--p-last must be") for v in ("0", "1.5", "nan")],
+    *[("train", ["--p-min", v], "--p-min must be") for v in ("1", "-0.1")],
+    ("train", ["--target-survival", "0.5"], "needs --survival learned"),
+    ("train", ["--survival", "learned", "--target-keep", "2"], "--target-keep must be in"),
+    ("train", ["--survival", "learned", "--target-survival", "0.01"], "below --p-min"),
+    ("train", ["--survival", "sometimes"], "--survival must be one of"),
+    ("train", ["--drop-mode", "column"], "--drop-mode must be one of"),
+    ("train", ["--lr-schedule", "linear"], "invalid choice"),
+    ("train", ["--dataset", "imagenet"], "unknown dataset"),
+    ("train", ["--model", "resnet21"], "unknown model"),
+    *[("train", ["--workers", v], "--workers must be") for v in ("-1", "100000")],
+    ("train", ["--lr-milestones", "-1"], "--lr-milestones must be"),
+    ("train", ["--lr-milestones", "x"], "comma-separated integers"),
+    ("train", ["--device", "tpu"], "unknown device"),
+    ("train", ["--resume", "{tmp}/none.pt"], "not found"),
+    ("train", ["--resume"], "no run found"),
+    ("train", ["--dataset", "imagefolder"], "needs --data-dir"),
+    ("train", ["--dataset", "mnist", "--data-dir", "{tmp}/nowhere"], "does not exist"),
+    ("train", ["--dataset", "imagefolder", "--data-dir", "{file}"], "does not exist"),
+    ("train", ["--recipe", "{dir}"], "cannot read recipe"),
+    ("train", ["--recipe", "{tmp}/none.toml"], "not found"),
+    ("train", ["--recipe", "{recipe:epochs = }"], "not valid TOML"),
+    ("train", ["--recipe", '{recipe:epochs = "3"}'], "config key 'epochs' must be a whole number"),
+    ("train", ["--recipe", "{recipe:lr = [0.1]}"], "config key 'lr' must be a number"),
+    ("train", ["--recipe", '{recipe:lr_milestones = ["a"]}'], "config key 'lr_milestones' must be"),
+    ("train", ["--recipe", "{recipe:download = 1}"], "config key 'download' must be true/false"),
+    ("train", ["--recipe", "{recipe:momentum = -1.0}"], "--momentum must be"),
+    ("train", ["--recipe", "{recipe:colour = 3}"], "unknown key"),
+    ("train", ["--out", "{file}"], "is a file"),
+    ("train", ["--out", "{file}/run"], "is a file, not a folder"),
+    # stats
+    ("stats", ["{ckpt}", "--batch-size", "0"], "batch size must be at least 1"),
+    *[("stats", ["{ckpt}", "--images", v], "need at least 1 image") for v in ("0", "-1")],
+    ("stats", ["{ckpt}", "--out", "{dir}"], "is a folder"),
+    ("stats", ["{ckpt}", "--out", "{file}/stats.json"], "is a file, not a folder"),
+    ("stats", ["{ckpt}", "--device", "tpu"], "unknown device"),
+    ("stats", ["{tmp}/none.pt"], "not found"),
+    ("stats", [], "no run found"),
+    # prune
+    *[("prune", ["{ckpt}", "--keep", v], "--keep must be a fraction") for v in ("0", "1.5", "nan", "inf", "-1")],
+    ("prune", ["{ckpt}", "--keep-blocks", "0"], "leaves no block"),
+    ("prune", ["{ckpt}", "--keep-blocks", "1000"], "cannot keep 1000"),
+    *[("prune", ["{ckpt}", "--max-params", v], "--max-params must be positive") for v in ("inf", "nan", "0", "-5")],
+    ("prune", ["{ckpt}", "--max-params", "lots"], "expected a number"),
+    ("prune", ["{ckpt}", "--max-flops", "inf"], "--max-flops must be positive"),
+    ("prune", ["{ckpt}"], "say how much to keep"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--criterion", "vibes"], "invalid choice"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--heal", "magic"], "invalid choice"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--heal", "none", "--finetune-epochs", "1"], "fine-tunes nothing"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--heal", "finetune", "--finetune-epochs", "0"], "above 0"),
+    *[("prune", ["{ckpt}", "--keep", "0.5", "--finetune-epochs", v], "--finetune-epochs must be")
+      for v in ("inf", "nan", "-1")],
+    *[("prune", ["{ckpt}", "--keep", "0.5", "--seed", v], "--seed must be") for v in ("-1", str(2**70))],
+    ("prune", ["{ckpt}", "--keep", "0.5", "--batch-size", "0"], "batch size must be at least 1"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--stats-images", "0"], "need at least 1 image"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--out", "{file}"], "is a file"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--out", "{file}/pruned"], "is a file, not a folder"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--out", "{tmp}/run"], "is the checkpoint being pruned"),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--device", "tpu"], "unknown device"),
+    # eval
+    ("eval", ["{ckpt}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    ("eval", ["{ckpt}", "--dataset", "imagenet", *RUN], "unknown dataset"),
+    ("eval", ["{ckpt}", "--device", "tpu"], "unknown device"),
+    ("eval", ["{tmp}/none.pt"], "not found"),
+    ("eval", ["{tmp}/model.ort"], ".ort files carry no sdprune metadata"),
+    ("eval", ["{onnx}", "--batch-size", "0"], "at least 1"),
+    # export
+    *[("export", ["{ckpt}", "--opset", v], "--opset") for v in ("5", "100")],
+    *[("export", ["{ckpt}", "--atol", v], "--atol must be >= 0") for v in ("-1", "nan", "inf")],
+    ("export", ["{ckpt}", "--samples", "0"], "--samples must be at least 1"),
+    ("export", ["{ckpt}", "--int8", "--calib-batches", "0"], "--calib-batches must be at least 1"),
+    *[("export", ["{ckpt}", "--int8-min-agreement", v], "--int8-min-agreement must be between 0 and 100")
+      for v in ("101", "nan", "-1")],
+    ("export", ["{ckpt}", "--target", "riscv"], "invalid choice"),
+    ("export", ["{ckpt}", "--out", "{file}"], "is a file"),
+    ("export", ["{ckpt}", "--out", "{file}/export"], "is a file, not a folder"),
+    # bench
+    *[("bench", ["{onnx}", "--threads", v], "--threads must be 1 to") for v in ("0", "-2", "100000")],
+    ("bench", ["{onnx}", "--repeats", "0"], "--repeats >= 1"),
+    ("bench", ["{onnx}", "--warmup", "-1"], "--warmup >= 0"),
+    ("bench", ["{onnx}", "--batch-sizes", "0"], "batch sizes must be positive"),
+    ("bench", ["{onnx}", "--batch-sizes", "one"], "comma-separated integers"),
+    ("bench", ["{onnx}", "--batch-sizes", "100000000"], "GiB of input"),
+    ("bench", ["{tmp}/none.onnx"], "not found"),
+    # sweep
+    *[("sweep", ["{ckpt}", "--keep", v], "every --keep value must be in (0, 1]") for v in ("0", "1.5", "nan", "inf")],
+    ("sweep", ["{ckpt}", "--keep", ","], "--keep needs at least one value"),
+    ("sweep", ["{ckpt}", "--keep", "half"], "comma-separated numbers"),
+    ("sweep", ["{ckpt}", "--criteria", "vibes"], "unknown criterion"),
+    ("sweep", ["{ckpt}", "--criteria", ","], "--criteria needs at least one"),
+    ("sweep", ["{ckpt}", "--repeats", "0"], "--repeats >= 1"),
+    *[("sweep", ["{ckpt}", "--threads", v], "--threads must be 1 to") for v in ("0", "100000")],
+    *[("sweep", ["{ckpt}", "--finetune-epochs", v], "--finetune-epochs must be") for v in ("-1", "inf", "nan")],
+    ("sweep", ["{ckpt}", "--seed", "-1"], "--seed must be"),
+    ("sweep", ["{ckpt}", "--batch-size", "0"], "batch size must be at least 1"),
+    ("sweep", ["{ckpt}", "--stats-images", "0"], "need at least 1 image"),
+    ("sweep", ["{ckpt}", "--out", "{file}"], "is a file"),
+    ("sweep", ["{ckpt}", "--keep", "0.01", "--keep-blocks", "3"], "unrecognized arguments"),
+]
+# A location no one may write to, even root (sysfs); skipped where there is none.
+UNWRITABLE = "/sys/sdprune-fuzz"
+READ_ONLY = [
+    ("train", ["--out", UNWRITABLE]),
+    ("stats", ["{ckpt}", "--out", f"{UNWRITABLE}/stats.json"]),
+    ("prune", ["{ckpt}", "--keep", "0.5", "--out", UNWRITABLE]),
+    ("export", ["{ckpt}", "--out", UNWRITABLE]),
+    ("sweep", ["{ckpt}", "--keep", "0.5", "--out", UNWRITABLE]),
+]
+
+
+def _unwritable() -> bool:
+    try:
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(UNWRITABLE)):
+            return False
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def place(tmp_path, damaged):
+    """Fill a flag template's placeholders, creating what they name."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "model.ort").write_bytes(b"ort")
+    ckpt = damaged(lambda payload: None)  # the valid checkpoint
+    onnx = tmp_path / "model.onnx"
+
+    def fill(arg: str, index: int) -> str:
+        if arg.startswith("{recipe:"):
+            recipe = tmp_path / f"recipe{index}.toml"
+            recipe.write_text(arg[len("{recipe:"):-1] + "\n")
+            return str(recipe)
+        return arg.format(ckpt=ckpt, file=tmp_path / "a-file", dir=tmp_path / "a-dir", tmp=tmp_path, onnx=onnx)
+
+    return lambda argv: [fill(a, i) for i, a in enumerate(argv)]
+
+
+WITH_DEVICE = ("train", "stats", "prune", "eval", "sweep")  # the commands that take --device
+
+
+@pytest.mark.parametrize("command,argv,message", FLAGS, ids=[f"{c} {' '.join(a)}" for c, a, _ in FLAGS])
+def test_bad_flag_is_refused_before_any_work(command, argv, message, place, onnx_file, refused):
+    onnx_file()  # a valid model for bench and eval
+    line = refused([command, *place(argv), *(RUN if command in WITH_DEVICE and "--device" not in argv else [])])
+    assert message in line
+
+
+@pytest.mark.skipif(not _unwritable(), reason="no unwritable folder on this machine")
+@pytest.mark.parametrize("command,argv", READ_ONLY, ids=[c for c, _ in READ_ONLY])
+def test_an_unwritable_output_location_is_found_before_the_work(command, argv, place, refused):
+    assert "not writable" in refused([command, *place(argv), *(RUN if command in WITH_DEVICE else [])])
+
+
+@pytest.mark.parametrize("command,argv", [("prune", ["{ckpt}", "--keep", "0.5"]), ("export", ["{ckpt}"]),
+                                          ("stats", ["{ckpt}"]), ("sweep", ["{ckpt}", "--keep", "0.5"])])
+def test_a_full_disk_is_found_before_the_work(command, argv, place, refused, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    assert "MiB free" in refused([command, *place(argv), *(RUN if command in WITH_DEVICE else [])])
+
+
+ONNX_EVAL = [
+    ("no sdprune metadata", {"metadata": {"sdprune_version": None}}, "has no sdprune metadata"),
+    *[(f"no {k}", {"metadata": {k: None}}, f"lacks {k}") for k in ("classes", "input_shape", "mean", "std", "dataset")],
+    ("classes not JSON", {"metadata": {"classes": "[0, 1"}}, "not valid JSON"),
+    ("9 classes", {"metadata": {"classes": '["a","b","c","d","e","f","g","h","i"]'}}, "the graph outputs 10"),
+    ("classes as numbers", {"metadata": {"classes": "[0,1,2,3,4,5,6,7,8,9]"}}, "class names"),
+    ("no classes", {"metadata": {"classes": "[]"}}, "class names"),
+    ("classes as an object", {"metadata": {"classes": '{"a": 1}'}}, "class names"),
+    ("input shape of another size", {"metadata": {"input_shape": "[1, 9, 9]"}}, "the graph takes"),
+    ("input shape of 2 numbers", {"metadata": {"input_shape": "[1, 8]"}}, "input_shape must be"),
+    ("input shape negative", {"metadata": {"input_shape": "[1, -8, 8]"}}, "input_shape must be"),
+    ("mean of 2 channels", {"metadata": {"mean": "[0.1, 0.2]"}}, "mean has 2 values for 1 channels"),
+    ("mean NaN", {"metadata": {"mean": "[NaN]"}}, "mean must be a list of finite numbers"),
+    ("mean as text", {"metadata": {"mean": '"0.3"'}}, "mean must be a list of finite numbers"),
+    ("std zero", {"metadata": {"std": "[0]"}}, "std must be positive"),
+    ("std negative", {"metadata": {"std": "[-0.4]"}}, "std must be positive"),
+    ("std infinite", {"metadata": {"std": "[Infinity]"}}, "std must be a list of finite numbers"),
+    ("unknown dataset", {"metadata": {"dataset": "imagenet"}}, "dataset must be one of"),
+    ("params as text", {"metadata": {"params": '"many"'}}, "params must be a whole number"),
+    ("two inputs", {"extra_input": True}, "not an image classifier"),
+    ("integer input", {"input_type": "int64"}, "expected a float32 image batch"),
+    ("3-D output", {"output_rank": 3}, "not an image classifier"),
+]
+BROKEN_FILES = [("empty", b""), ("garbage", b"\x08\x01garbage\xff" * 40), ("text", b"hello, I am a model\n")]
+ONNX_BENCH = [
+    ("two inputs", {"extra_input": True}, [], "not an image classifier"),
+    ("integer input", {"input_type": "int64"}, [], "expected a float32 image batch"),
+    ("3-D output", {"output_rank": 3}, [], "not an image classifier"),
+    ("symbolic image size", {"input_shape": ("batch", 1, "h", "w")}, [], "symbolic image size"),
+    ("fixed batch", {"input_shape": (1, 1, 8, 8)}, ["--batch-sizes", "1,32"], "fixed batch size 1"),
+]
+
+
+@pytest.mark.parametrize("case", ONNX_EVAL, ids=[c[0] for c in ONNX_EVAL])
+def test_malformed_onnx_is_refused_by_eval(case, onnx_file, refused):
+    _, options, message = case
+    assert message in refused(["eval", onnx_file(**options)])
+
+
+@pytest.mark.parametrize("case", ONNX_BENCH, ids=[c[0] for c in ONNX_BENCH])
+def test_malformed_onnx_is_refused_by_bench(case, onnx_file, refused):
+    _, options, flags, message = case
+    assert message in refused(["bench", onnx_file(**options), "--repeats", "1", "--warmup", "0", *flags])
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+@pytest.mark.parametrize("content", [c for _, c in BROKEN_FILES], ids=[n for n, _ in BROKEN_FILES])
+def test_a_file_that_is_not_onnx_is_refused(command, content, tmp_path, refused):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    refused([command, path])
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_a_truncated_onnx_file_is_refused(command, onnx_file, refused):
+    path = onnx_file()
+    path.write_bytes(path.read_bytes()[:300])
+    refused([command, path])
+
+
+def _image_folder(root, broken: dict[str, bytes] | None = None, splits=("train", "test"), classes=("a", "b")):
+    from PIL import Image
+
+    for split in splits:
+        (root / split).mkdir()
+        for c in classes:
+            (root / split / c).mkdir()
+            for i in range(2):
+                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(root / split / c / f"{i}.jpg")
+    for name, content in (broken or {}).items():
+        (root / name).write_bytes(content)
+    return root
+
+
+IMAGE_FOLDERS = [
+    ("text named .jpg", {"broken": {"train/a/notes.jpg": b"these are not pixels"}}, [], "not a readable image"),
+    ("truncated jpeg", {"broken": {"train/b/cut.jpg": None}}, [], "not a readable image"),
+    ("truncated jpeg, worker processes", {"broken": {"test/a/cut.jpg": None}}, ["--workers", "2"],
+     "not a readable image"),
+    ("png of zeros", {"broken": {"test/b/zeros.png": b"\x00" * 64}}, [], "not a readable image"),
+    ("no test split", {"splits": ("train",)}, [], "must hold train/ and test/"),
+    ("no images", {"classes": ()}, [], "cannot read image folder"),
+]
+
+
+@pytest.mark.parametrize("case", IMAGE_FOLDERS, ids=[c[0] for c in IMAGE_FOLDERS])
+def test_an_image_folder_with_what_is_not_an_image_is_refused(case, tmp_path, refused):
+    _, options, flags, message = case
+    root = tmp_path / "images"
+    root.mkdir()
+    broken = dict(options.get("broken", {}))
+    folder = _image_folder(root, {k: v for k, v in broken.items() if v is not None},
+                           options.get("splits", ("train", "test")), options.get("classes", ("a", "b")))
+    for name, content in broken.items():
+        if content is None:  # the first bytes of a real JPEG
+            (folder / name).write_bytes((folder / "train" / "a" / "0.jpg").read_bytes()[:200])
+    line = refused(["train", "--dataset", "imagefolder", "--data-dir", folder, "--image-size", "8", "--epochs", "1",
+                    "--out", tmp_path / "out", *flags, *RUN])
+    assert message in line
+
+
+def test_the_valid_onnx_model_is_accepted(onnx_file, tmp_path, monkeypatch, capsys):
+    """The corpus breaks a model eval and bench accept: refusals come from the damage alone."""
+    from sdprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(onnx_file()), "--quiet"]) == 0
+    assert main(["bench", str(onnx_file()), "--repeats", "1", "--warmup", "0", "--batch-sizes", "1", "--quiet"]) == 0
