@@ -24,13 +24,13 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
+from sdprune.nets.convert import adopt_torchvision, load_state_dict_file
 from sdprune.nets.registry import create_model
+from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
 from sdprune.train.checkpoint import FORMAT, build_model, load_checkpoint
 
 # What torchvision's ImageNet weights expect (1 channel: the mean of the three, as timm does).
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-TV_ARCHS = {"resnet18": "tv_resnet18", "resnet34": "tv_resnet34", "resnet50": "tv_resnet50",
-            "resnet101": "tv_resnet101", "resnet152": "tv_resnet152", "mobilenet_v2": "mobilenet_v2"}
 
 
 @dataclass
@@ -45,11 +45,12 @@ class Adopted:
     source: dict[str, Any] = field(default_factory=dict)  # JSON-able: path, kind, new head ...
 
 
-def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
+def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channels: int, seed: int = 0) -> Adopted:
     """Load the network in ``path`` for data of ``num_classes`` classes and ``in_channels`` channels.
 
     ``model_name``, when given, must be the file's architecture (a mismatch is an error, not
-    a silent rebuild). Raises ``SdpruneError`` with one line for anything it cannot adopt.
+    a silent rebuild). A new classifier is initialised from ``seed`` (the caller's global
+    random state is left alone). Raises ``SdpruneError`` with one line for anything it cannot adopt.
     """
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path
@@ -60,9 +61,11 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     except Exception as err:  # a pickled module, a truncated file ...
         raise SdpruneError(f"--init {file} is not a weights file sdprune can read safely "
                            f"({type(err).__name__}); save a state_dict, not a model") from None
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return _adopt_sdprune(file, model_name, num_classes, in_channels)
-    return _adopt_torchvision(file, model_name, num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            return _adopt_sdprune(file, model_name, num_classes, in_channels)
+        return _adopt_torchvision(file, model_name, num_classes, in_channels)
 
 
 def _adopt_sdprune(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
@@ -109,23 +112,12 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return {f"{last[-1]}.{k}" for k, _ in model.get_submodule(last[-1]).named_parameters()}
 
 
-def _adopt_torchvision(file: Path, model_name: str | None, num_classes: int,
-                       in_channels: int) -> Adopted:
-    from sdprune.nets.convert import adopt_torchvision, detect_torchvision_arch, load_state_dict_file
-
-    state = load_state_dict_file(file)
-    arch = detect_torchvision_arch(state)
-    if model_name is None:
-        if arch is None:
-            raise SdpruneError(f"--init {file}: not an sdprune checkpoint, and not the weights of a "
-                               f"torchvision {' / '.join(TV_ARCHS)}")
-        model_name = TV_ARCHS[arch]
-    tv_arch = next((a for a, name in TV_ARCHS.items() if name == model_name), None)
-    if tv_arch is None:
-        raise SdpruneError(f"--init {file} holds torchvision weights; --model {model_name} is not a "
-                           f"torchvision architecture ({', '.join(TV_ARCHS.values())})")
-    model, info = adopt_torchvision(state, tv_arch, num_classes, in_channels)
+def _adopt_torchvision(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
+    if model_name is not None and model_name not in TORCHVISION_ARCHS:
+        raise SdpruneError(f"--init {file} is not an sdprune checkpoint; torchvision weights need a torchvision "
+                           f"architecture ({', '.join(TORCHVISION_ARCHS)}), not --model {model_name}")
+    model, info = adopt_torchvision(load_state_dict_file(file), model_name, num_classes, in_channels)
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
-    source = {"path": str(file), "kind": "torchvision", "arch": tv_arch, **info}
-    return Adopted(model.eval(), model_name, [], {}, mean, std, source)
+    source = {"path": str(file), "kind": "torchvision", **info}
+    return Adopted(model.eval(), info["arch"], [], {}, mean, std, source)

@@ -29,9 +29,11 @@ def locked_run(folder: Path) -> Iterator[None]:
 
     Raises ``SdpruneError`` at once, naming the holder's pid, if another process holds it.
     Folders this call created are removed again if the scope leaves nothing but the lock
-    in them (a training that failed before it wrote anything leaves no trace).
+    in them, and a lock file it created in an existing folder goes when the scope fails (a
+    training that failed before it wrote anything leaves no trace).
     """
     created = _missing(folder)
+    new_lock = not (folder / LOCK_FILE).exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = _acquire(folder)
@@ -43,6 +45,12 @@ def locked_run(folder: Path) -> Iterator[None]:
         raise
     try:
         yield
+    except BaseException:
+        # A run refused before it wrote anything leaves the folder as it found it; removing the
+        # file while still holding it is safe (_acquire re-checks the file it locked is the one there).
+        if new_lock and not created:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+        raise
     finally:
         if created and {p.name for p in folder.glob("*")} | {p.name for p in folder.glob(".*")} <= {LOCK_FILE}:
             (folder / LOCK_FILE).unlink(missing_ok=True)

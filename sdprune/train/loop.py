@@ -68,6 +68,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     device = resolve_device(config.device)
     run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else
                           new_run_dir(config.model or "retrofit", config.dataset, config.survival))
+    check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
     with locked_run(run_dir):
         return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None,
                              rank_blocks=rank_blocks)
@@ -81,13 +82,12 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                            f"`{resume_command(run_dir)}` or use another --out")
     if (run_dir / CONFIG).exists() and ckpt is None and not resumed:
         reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
-    check_output(run_dir, folder=True, what="run folder")
     remove_stale_temps(run_dir)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
                      workers=config.workers)
     adopted, ranking = None, None
     if config.init is not None:
-        adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0])
+        adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
         config = dataclasses.replace(config, model=adopted.model_name)
         data = _adopted_normalization(data, adopted, reporter)
         if adopted.source.get("new_head") and distill_weight(config) > 0:

@@ -110,6 +110,9 @@ def check_resumable(ckpt: dict[str, Any]) -> None:
     where = ckpt.get("path", "checkpoint")
     if ckpt["meta"].get("kind") != "train" or "optimizer" not in ckpt:
         raise SdpruneError(f"{where} is not a resumable training checkpoint")
+    for key in ("optimizer", "controller"):  # checked in full once loaded; the type now, before the run is locked
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise SdpruneError(f"{where}: the {key} state must be a dict, got {_kind(ckpt[key])}")
     bad_weights = non_finite(ckpt["state_dict"])
     if bad_weights:
         raise SdpruneError(f"{where}: cannot resume: {describe_non_finite(bad_weights)} (the run diverged "

@@ -154,3 +154,34 @@ def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path):
     assert ranks == [0.5, 0.5]  # the resumed run kept its step-0 ranking
     a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_path):
+    from torchvision.models import resnet18
+
+    from sdprune.prune.pipeline import Budget, prune_model, score_blocks
+
+    torch.manual_seed(0)
+    original = resnet18(num_classes=10)
+    for m in original.modules():  # trained-looking BatchNorm statistics, so a wrong mapping shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    original.eval()
+    weights = tmp_path / "resnet18.pth"
+    torch.save(original.state_dict(), weights)
+    adopted = adopt(weights, None, 10, 3)
+    x = torch.randn(2, 3, 32, 32)
+    assert adopted.model_name == "tv_resnet18" and adopted.source["kind"] == "torchvision"
+    assert torch.allclose(adopted.model(x), original(x), atol=1e-5)
+    assert adopted.mean == [0.485, 0.456, 0.406]  # what ImageNet weights expect
+    cfg = resolve_config(None, dict(init=str(weights), dataset="synthetic", image_size=32, epochs=1, batch_size=64,
+                                    survival="learned", target_keep=0.5, device="cpu", out=str(tmp_path / "run")))
+    summary = train(cfg, rank_blocks=lambda model, data, device, keep: [1.0, 0.1, 1.0, 0.2, 1.0, 0.3, 1.0, 0.4])
+    ckpt = load_checkpoint(summary["checkpoint"])
+    assert ckpt["meta"]["model"]["name"] == "tv_resnet18" and ckpt["meta"]["data"]["mean"] == adopted.mean
+    model, data = build_model(ckpt), data_for_checkpoint(ckpt["meta"])
+    assert [p for p in get_survival(model)] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    pruned = prune_model(model, score_blocks(model, data, ["survival"]), data, "survival", Budget(0.5))
+    assert len(pruned.kept) == 4 and pruned.after["test"]["acc"] == pytest.approx(
+        ckpt["meta"]["metrics"]["test_acc"], abs=1.0)  # the prune is free (up to BN re-estimation)
