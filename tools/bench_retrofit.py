@@ -8,7 +8,7 @@ Fashion-MNIST (B2's fixed training subset), one schedule family, several seeds:
   (a) prune    (e) pruned directly: the criterion best on the validation slice, BN heal, then a
                fine-tune of E epochs distilled from (e) (`sdprune prune --heal finetune`);
   (b) retrofit (e) retrofitted for E epochs (`sdprune train --init (e) --survival learned
-               --target-keep K`: ablation ranking at step 0, distilled from (e)), then
+               --target-keep K`: the val-best selection at step 0, distilled from (e)), then
                `sdprune prune --keep K` (survival ranking, BN heal).
 
 Reported per arm: test accuracy, training compute in executed block-epochs (the student's,

@@ -7,7 +7,7 @@ def add_parser(sub):
     from sdprune.cli.common import ints
     from sdprune.data.bundle import DATASETS
     from sdprune.depth.schedule import SCHEDULES
-    from sdprune.train.config import TrainConfig
+    from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default
 
@@ -38,10 +38,10 @@ def add_parser(sub):
     a("--p-min", type=float, help=f"learned: lowest survival a block may get (default {d.p_min:g})")
     a("--init", metavar="WEIGHTS",
       help="retrofit: start from a trained network (an sdprune run/checkpoint or a torchvision state dict); "
-           "its architecture, a fine-tune schedule (5 epochs, lr 0.01 cosine, 0.5 warm-up) and distillation "
-           "from it become the defaults (default: none, train from scratch)")
+           "its architecture, a fine-tune schedule ({}) and distillation from it become the defaults "
+           "(default: none, train from scratch)".format(", ".join(f"{k} {v}" for k, v in FINETUNE_DEFAULTS.items())))
     a("--distill", type=float, help="with --init: weight of distillation from the initial network in [0, 1] "
-                                      "(default 0.5 with --init; 0: labels only)")
+                                      f"(default {DEFAULT_DISTILL:g} with --init; 0: labels only)")
     a("--distill-temperature", type=float,
       help=f"softmax temperature of distillation (default {d.distill_temperature:g})")
     a("--seed", type=int, help=f"0 to 2**63 - 1 (default {d.seed})")

@@ -27,8 +27,8 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
   ``summary()`` reports the executed fraction obtained and ``budget_feasible: False``.
 
 * Retrofit (a network that is already trained, ``start`` and ``ranking`` given): the
-  blocks to exclude are chosen once, at step 0, from ``ranking`` (the drop-one ablation
-  of the trained network, the same score ``sdprune prune`` uses), and annealed from their
+  blocks to exclude are chosen once, at step 0, from ``ranking`` (the caller's: `sdprune
+  train` ranks with the pruning pipeline's val-best selection, ``prune.retrofit``), and annealed from their
   trained survival to 0 between step 0 and ``RETROFIT_ANNEAL_END``; the kept blocks keep
   their trained survival (the default budget: what the pruned network executes) or are
   fitted to ``target_survival``. Waiting for the regression to warm up would spend the
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.depth.select import select_blocks, target_count
-from sdprune.depth.structure import block_layout
+from sdprune.depth.structure import all_block_names, block_layout
 from sdprune.errors import SdpruneError
 
 WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
@@ -123,7 +123,10 @@ class LearnedSurvival:
         self.weights = flops if float(flops.sum()) > 0 else torch.ones(n)
         linear = torch.tensor(survival_schedule("linear", n, p_last))
         self.p_min = p_min
-        self.n_keep = target_count(n, target_keep, None) if target_keep is not None else None
+        # --target-keep is a fraction of the architecture's blocks, as `sdprune prune --keep` is
+        # (a network adopted already pruned has fewer left)
+        total = len(all_block_names(model))
+        self.n_keep = target_count(total, target_keep, None, present=n) if target_keep is not None else None
         # Retrofit: survivals start where the trained network has them; with a ranking and a
         # keep target, the excluded blocks are fixed now (see the module doc).
         self.start = torch.tensor(list(start), dtype=torch.float64) if start is not None else None

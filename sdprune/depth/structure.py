@@ -52,6 +52,11 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     return model
 
 
+def all_block_names(model: nn.Module) -> list[str]:
+    """Names of every residual block of the architecture, removed ones included, in forward order."""
+    return [name for name, m in model.named_modules() if isinstance(m, (GatedBlock, PrunedBlock))]
+
+
 def block_names(model: nn.Module) -> list[str]:
     """Names of the gated blocks still in the model, in forward order."""
     return [name for name, _ in gated_blocks(model)]

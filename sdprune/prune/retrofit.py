@@ -18,6 +18,7 @@ from torch import nn
 
 from sdprune.data.bundle import DataBundle
 from sdprune.depth.select import CRITERIA
+from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
 from sdprune.prune.pipeline import Budget, Pruned, prune_model, score_blocks
 
@@ -35,8 +36,9 @@ def best_selection(model: nn.Module, data: DataBundle, keep: float, device: torc
     ``model`` is left untouched; the decision never sees the test split.
     """
     rows = score_blocks(model, data, criteria, device, max_images=max_images)
-    candidates = {c: prune_model(model, rows, data, c, Budget(keep), BN_HEAL, seed=seed, device=device)
-                  for c in criteria}
+    total = len(all_block_names(model))  # keep is a fraction of the architecture, removed blocks included
+    candidates = {c: prune_model(model, rows, data, c, Budget(keep), BN_HEAL, total_blocks=total, seed=seed,
+                                 device=device) for c in criteria}
     best = max(candidates, key=lambda c: candidates[c].after["val"]["acc"])
     return best, candidates[best], rows
 

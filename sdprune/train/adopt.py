@@ -15,6 +15,7 @@ kept. The adopted network is also the teacher of retrofit training (distillation
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sdprune.nets.convert import adopt_torchvision, load_state_dict_file
 from sdprune.nets.registry import create_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
 from sdprune.train.checkpoint import FORMAT, build_model, load_checkpoint
+from sdprune.train.schema import describe_non_finite, non_finite
 
 # What torchvision's ImageNet weights expect (1 channel: the mean of the three, as timm does).
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -68,8 +70,17 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
         return _adopt_torchvision(file, model_name, num_classes, in_channels)
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file: a resumed retrofit checks its teacher is the file it started from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _adopt_sdprune(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(file, finite=True)  # NaN weights would 'diverge' at step 0: say what it is
     meta = ckpt["meta"]
     arch = meta["model"]
     if model_name is not None and model_name != arch["name"]:
@@ -77,7 +88,7 @@ def _adopt_sdprune(file: Path, model_name: str | None, num_classes: int, in_chan
     if arch["in_channels"] != in_channels:
         raise SdpruneError(f"--init {file} takes {arch['in_channels']}-channel images; "
                            f"this dataset has {in_channels}")
-    source: dict[str, Any] = {"path": str(file), "kind": "sdprune", "new_head": False,
+    source: dict[str, Any] = {"path": str(file), "sha256": file_digest(file), "kind": "sdprune", "new_head": False,
                               "survival": meta.get("config", {}).get("survival")}
     model = build_model(ckpt)
     if arch["num_classes"] != num_classes:
@@ -116,8 +127,13 @@ def _adopt_torchvision(file: Path, model_name: str | None, num_classes: int, in_
     if model_name is not None and model_name not in TORCHVISION_ARCHS:
         raise SdpruneError(f"--init {file} is not an sdprune checkpoint; torchvision weights need a torchvision "
                            f"architecture ({', '.join(TORCHVISION_ARCHS)}), not --model {model_name}")
-    model, info = adopt_torchvision(load_state_dict_file(file), model_name, num_classes, in_channels)
+    state = load_state_dict_file(file)
+    bad = non_finite(state)
+    if bad:
+        raise SdpruneError(f"--init {file}: {describe_non_finite(bad)}")
+    model, info = adopt_torchvision(state, model_name, num_classes, in_channels)
+    # Assumed, not known: a state dict does not say how its images were normalised.
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
-    source = {"path": str(file), "kind": "torchvision", **info}
+    source = {"path": str(file), "sha256": file_digest(file), "kind": "torchvision", **info}
     return Adopted(model.eval(), info["arch"], [], {}, mean, std, source)

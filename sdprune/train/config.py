@@ -143,6 +143,8 @@ def validate(c: TrainConfig) -> None:
             bad("--distill needs --init: the teacher is the network training starts from")
     if not (c.distill_temperature > 0 and math.isfinite(c.distill_temperature)):
         bad(f"--distill-temperature must be a positive number, got {c.distill_temperature}")
+    if c.distill_temperature != 1.0 and c.init is None:
+        bad("--distill-temperature needs --init: there is no teacher to distil from")
 
 
 def check_types(d: dict[str, Any]) -> None:
@@ -215,7 +217,10 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("init") is not None:
-        values = {**FINETUNE_DEFAULTS, **values}
+        if not str(values["init"]).strip():
+            raise SdpruneError("--init needs a path")
+        # absolute: a resume from another folder must find the same teacher
+        values = {**FINETUNE_DEFAULTS, **values, "init": str(Path(values["init"]).expanduser().resolve())}
     return TrainConfig.from_dict(values)
 
 

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def distillation_loss(logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float,
+def distillation_loss(logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, alpha: float,
                       temperature: float = 1.0, label_smoothing: float = 0.0,
                       reduction: str = "mean") -> Tensor:
     """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy`` (Hinton et al.).
 
-    ``alpha`` 0 is plain cross-entropy (the teacher is then ignored). ``reduction`` is
+    ``alpha`` 0 is plain cross-entropy (``teacher_logits`` may then be None). ``reduction`` is
     "mean" (a scalar) or "none" (one loss per sample: row-mode learned survival regresses
     per-sample losses). The T^2 factor keeps the gradient's size independent of T.
     """

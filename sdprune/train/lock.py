@@ -3,7 +3,9 @@
 The lock is an OS file lock (``flock``) on ``<run>/.lock``, which also records the
 holder's pid for the message another process gets. The operating system releases it
 when its holder ends, however it ends (kill -9 included), so a killed run never blocks
-its own resume; the file itself stays (removing it would race with the next holder).
+its own resume. The file stays once a run has written the folder; a run refused before
+writing anything removes the file it created while still holding it, which is safe because
+``_acquire`` re-checks that the file it locked is the one at the path.
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     device = resolve_device(config.device)
     run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else
                           new_run_dir(config.model or "retrofit", config.dataset, config.survival))
+    if config.init is not None and not Path(config.init).exists():  # before any data is read
+        raise SdpruneError(f"--init {config.init}: no such file or folder")
     check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
     with locked_run(run_dir):
         return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None,
@@ -95,8 +97,14 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                 raise SdpruneError("--distill needs the initial network's classes; --init has another head")
             config = dataclasses.replace(config, distill=0.0)
             reporter.warn("the data has other classes than --init: a new classifier, no distillation")
-        if ckpt is None and config.survival == "learned" and config.target_keep is not None \
-                and rank_blocks is not None:
+        started = (ckpt or {}).get("meta", {}).get("init", {}).get("sha256")
+        if started is not None and started != adopted.source["sha256"]:
+            raise SdpruneError(f"--init {config.init} is not the file this run started from (sha256 differs); "
+                               "a resumed retrofit needs its teacher unchanged")
+        if ckpt is None and config.survival == "learned" and config.target_keep is not None:
+            if rank_blocks is None:
+                raise ValueError("a prune-aware retrofit needs rank_blocks "
+                                 "(sdprune.prune.retrofit.rank_for_retrofit, as `sdprune train` passes)")
             ranking = list(rank_blocks(adopted.model, data, device, config.target_keep))
     trainer = build_training(config, data, device, adopted=adopted, ranking=ranking)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller

@@ -23,7 +23,7 @@ from sdprune.data.images import drops_last, normalization, normalize, num_batche
 from sdprune.depth.gates import GateSampler, step_seed
 from sdprune.depth.learned import LearnedSurvival
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
-from sdprune.depth.structure import gated_blocks
+from sdprune.depth.structure import all_block_names, gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
 from sdprune.train.adopt import Adopted
@@ -59,7 +59,7 @@ def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, ado
         "kind": "train",
         "model": {"name": config.model, "num_classes": len(data.classes), "in_channels": c, "kwargs": kwargs},
         "data": data.meta(),
-        "blocks": [name for name, _ in gated_blocks(model)] + removed,
+        "blocks": all_block_names(model),  # the architecture's, in forward order (removed ones too)
         "removed": removed,
         "survival": get_survival(model),
         "config": config.to_dict(),

@@ -21,6 +21,13 @@ FLAGS: list[tuple[str, list[str], str]] = [
     ("models", ["resnet21"], "unknown model"),
     # train
     *[("train", ["--momentum", v], "--momentum must be in [0, 1)") for v in ("-1", "nan", "1", "inf")],
+    ("train", ["--init", "{file}/missing.pt"], "no such file or folder"),
+    ("train", ["--init", ""], "--init needs a path"),
+    ("train", ["--init", "{file}", "--distill", "1.5"], "--distill must be in [0, 1]"),
+    ("train", ["--init", "{file}", "--distill", "nan"], "--distill must be in [0, 1]"),
+    ("train", ["--distill", "0.5"], "--distill needs --init"),
+    ("train", ["--distill-temperature", "2"], "--distill-temperature needs --init"),
+    ("train", ["--init", "{file}", "--distill-temperature", "0"], "--distill-temperature must be a positive"),
     *[("train", ["--lr", v], "--lr must be a positive number") for v in ("0", "-1", "nan", "inf")],
     *[("train", ["--seed", v], "--seed must be") for v in ("-1", "99999999999999999999999")],
     *[("train", ["--image-size", v, "--dataset", "synthetic"], "--image-size must be") for v in ("-4", "0", "100000")],

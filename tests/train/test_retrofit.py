@@ -185,3 +185,37 @@ def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_
     pruned = prune_model(model, score_blocks(model, data, ["survival"]), data, "survival", Budget(0.5))
     assert len(pruned.kept) == 4 and pruned.after["test"]["acc"] == pytest.approx(
         ckpt["meta"]["metrics"]["test_acc"], abs=1.0)  # the prune is free (up to BN re-estimation)
+
+
+def test_a_pruned_checkpoint_is_retrofitted_with_keep_a_fraction_of_the_architecture(plain, tmp_path):
+    from sdprune.prune.pipeline import Budget, prune_checkpoint
+
+    pruned = prune_checkpoint(plain, Budget(keep_blocks=7), criterion="depth", out=tmp_path / "p")
+    cfg = resolve_config(None, dict(init=pruned["checkpoint"], survival="learned", target_keep=0.5, epochs=1,
+                                    out=str(tmp_path / "retro"), **FAST))
+    summary = train(cfg, rank_blocks=lambda m, d, dev, k: rank_for_retrofit(m, d, dev, k))
+    ckpt = load_checkpoint(summary["checkpoint"])  # readable: blocks listed as the architecture has them
+    model = build_model(ckpt)
+    assert ckpt["meta"]["removed"] == pruned["removed"] and len(ckpt["meta"]["blocks"]) == 9
+    assert sum(p > 0 for p in get_survival(model)) == 5  # keep 0.5 of the architecture's 9, as prune counts
+
+
+def test_a_retrofit_refuses_nan_weights_and_a_changed_teacher_in_one_line(plain, tmp_path):
+    import shutil
+
+    ckpt = load_checkpoint(plain)
+    bad = dict(ckpt)
+    bad["state_dict"] = {k: v.clone() for k, v in ckpt["state_dict"].items()}
+    bad["state_dict"]["head.2.weight"][0, 0] = float("nan")
+    torch.save({k: v for k, v in bad.items() if k != "path"}, tmp_path / "nan.pt")
+    with pytest.raises(SdpruneError, match="NaN or infinite"):
+        adopt(tmp_path / "nan.pt", None, 10, 1)
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(plain / "checkpoint.pt", teacher)
+    cfg = dict(init=str(teacher), epochs=2, survival="none", **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve_config(None, {**cfg, "out": str(tmp_path / "cut")}), Interrupt(1))
+    torch.save({k: v for k, v in bad.items() if k != "path" and k != "state_dict"}
+               | {"state_dict": ckpt["state_dict"], "extra": 1}, teacher)  # another file, same weights
+    with pytest.raises(SdpruneError, match="not the file this run started from"):
+        train(TrainConfig(device="cpu"), resume=tmp_path / "cut" / "checkpoint.pt")
