@@ -84,6 +84,9 @@ def _write(path: Path, data: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(json_text(data) + "\n")
+        mask = os.umask(0o022)  # the user's umask, as every file sdprune writes (README: Guarantees)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except OSError:
         if tmp is not None:
