@@ -289,6 +289,10 @@ class LearnedSurvival:
         self.target = float(state["target"])
         self.feasible = bool(state.get("budget_feasible", True))  # absent before it was recorded
         if state.get("ranking") is not None:  # a retrofit: its step-0 ranking, not a new one
+            n = len(self.names)
+            if any(len(state[k]) != n for k in ("start", "ranking")) or \
+                    any(not 0 <= i < n for i in state["excluded"]):
+                raise SdpruneError(f"the saved retrofit state does not fit this network's {n} blocks")
             self.start, self.ranking = state["start"].clone(), state["ranking"].clone()
             self.hold_kept = bool(state["hold_kept"])
         if "current" in state:
