@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from sdprune.report import Reporter
+
 
 def pytest_configure(config) -> None:
     # The 2-core CI machine is shared: two OpenMP threads competing with other processes
@@ -35,3 +37,22 @@ def subprocess_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+
+class InterruptAfter(Reporter):
+    """A quiet reporter that pretends the user pressed Ctrl-C right after epoch ``after`` was saved."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(quiet=True)
+        self.after = after
+
+    def info(self, message: str) -> None:
+        if message.startswith(f"epoch {self.after}/"):
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def interrupt_after():
+    """``interrupt_after(n)``: a reporter for ``train`` that raises KeyboardInterrupt after epoch n."""
+    return InterruptAfter

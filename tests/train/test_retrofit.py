@@ -11,7 +11,6 @@ from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import block_names, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.prune.retrofit import rank_for_retrofit
-from sdprune.report import Reporter
 from sdprune.train.adopt import adopt
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import FINETUNE_DEFAULTS, TrainConfig, distill_weight, resolve_config
@@ -29,15 +28,6 @@ def plain(tmp_path_factory):
     train(TrainConfig(model="resnet20", survival="none", epochs=3, out=str(out), **FAST))
     return out
 
-
-class Interrupt(Reporter):
-    def __init__(self, after: int) -> None:
-        super().__init__(quiet=True)
-        self.after = after
-
-    def info(self, message: str) -> None:
-        if message.startswith(f"epoch {self.after}/"):
-            raise KeyboardInterrupt
 
 
 def test_distillation_loss_is_cross_entropy_at_alpha_zero_and_zero_for_a_perfect_student():
@@ -139,7 +129,7 @@ def test_a_prune_aware_retrofit_excludes_the_chosen_blocks_and_its_prune_is_free
     assert torch.allclose(pruned(x), model(x), atol=1e-6)
 
 
-def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path):
+def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path, interrupt_after):
     ranks = []
 
     def rank(model, data, device, keep):
@@ -149,7 +139,7 @@ def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path):
     cfg = dict(init=str(plain), survival="learned", target_keep=0.5, epochs=2, **FAST)
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **cfg), rank_blocks=rank)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(tmp_path / "cut"), **cfg), Interrupt(1), rank_blocks=rank)
+        train(TrainConfig(out=str(tmp_path / "cut"), **cfg), interrupt_after(1), rank_blocks=rank)
     resumed = train(TrainConfig(device="cpu"), resume=tmp_path / "cut", rank_blocks=rank)
     assert ranks == [0.5, 0.5]  # the resumed run kept its step-0 ranking
     a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(resumed["checkpoint"])
@@ -200,7 +190,7 @@ def test_a_pruned_checkpoint_is_retrofitted_with_keep_a_fraction_of_the_architec
     assert sum(p > 0 for p in get_survival(model)) == 5  # keep 0.5 of the architecture's 9, as prune counts
 
 
-def test_a_retrofit_refuses_nan_weights_and_a_changed_teacher_in_one_line(plain, tmp_path):
+def test_a_retrofit_refuses_nan_weights_and_a_changed_teacher_in_one_line(plain, tmp_path, interrupt_after):
     import shutil
 
     ckpt = load_checkpoint(plain)
@@ -214,7 +204,7 @@ def test_a_retrofit_refuses_nan_weights_and_a_changed_teacher_in_one_line(plain,
     shutil.copy(plain / "checkpoint.pt", teacher)
     cfg = dict(init=str(teacher), epochs=2, survival="none", **FAST)
     with pytest.raises(KeyboardInterrupt):
-        train(resolve_config(None, {**cfg, "out": str(tmp_path / "cut")}), Interrupt(1))
+        train(resolve_config(None, {**cfg, "out": str(tmp_path / "cut")}), interrupt_after(1))
     torch.save({k: v for k, v in bad.items() if k != "path" and k != "state_dict"}
                | {"state_dict": ckpt["state_dict"], "extra": 1}, teacher)  # another file, same weights
     with pytest.raises(SdpruneError, match="not the file this run started from"):

@@ -10,7 +10,6 @@ import torch
 from sdprune.data.bundle import data_for_checkpoint, load_data
 from sdprune.depth.schedule import survival_schedule
 from sdprune.errors import SdpruneError
-from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig
 from sdprune.train.evaluate import evaluate
@@ -22,17 +21,6 @@ TIMING = {"time_s", "images_per_s", "wall_s"}
 FIELDS = {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
           "test_acc", "time_s", "images_per_s", "executed_blocks", "survival"}
 
-
-class Interrupt(Reporter):
-    """Pretends the user pressed Ctrl-C right after epoch ``after`` was saved."""
-
-    def __init__(self, after: int) -> None:
-        super().__init__(quiet=True)
-        self.after = after
-
-    def info(self, message: str) -> None:
-        if message.startswith(f"epoch {self.after}/"):
-            raise KeyboardInterrupt
 
 
 def metrics(run) -> list[dict]:
@@ -51,12 +39,12 @@ def full_run(tmp_path_factory):
     return out, summary
 
 
-def test_resume_continues_exactly(full_run, tmp_path):
+def test_resume_continues_exactly(full_run, tmp_path, interrupt_after):
     full, full_summary = full_run
     run = tmp_path / "run"
     config = TrainConfig(epochs=2, out=str(run), **FAST)
     with pytest.raises(KeyboardInterrupt):
-        train(config, Interrupt(after=1))
+        train(config, interrupt_after(1))
     assert load_checkpoint(run)["meta"]["epoch"] == 1 and len(metrics(run)) == 1
     resumed = train(TrainConfig(), resume=run)  # the run's own config, not this one, applies
     a, b = load_checkpoint(full), load_checkpoint(run)
