@@ -20,10 +20,9 @@ from sdprune.depth.block import GatedBlock
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 
-# The blocks we know how to read, with the class whose forward we re-express: a subclass
-# that overrides forward computes something else, and wrapping it would silently change it.
-_KNOWN = {BasicBlock: BasicBlock, Bottleneck: Bottleneck,
-          InvertedResidualV2: InvertedResidualV2, InvertedResidualV3: InvertedResidualV3}
+# The blocks we know how to read (their forward is what we re-express): a subclass that
+# overrides forward computes something else, and wrapping it would silently change it.
+_KNOWN = (BasicBlock, Bottleneck, InvertedResidualV2, InvertedResidualV3)
 
 
 def gate_resnet_block(block: BasicBlock | Bottleneck) -> GatedBlock:

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ FORMAT = "sdprune-checkpoint"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: .<name>.<pid>-<random>.tmp
 
 
-def atomic_write(path: str | Path, write) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, then rename over ``path``: readers never see half a file.
 
     The temporary file (``.<name>.<pid>-<random>.tmp`` beside ``path``) is removed if
