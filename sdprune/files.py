@@ -1,4 +1,4 @@
-"""Where sdprune writes: output locations checked before any work.
+"""Where sdprune writes: output locations checked before any work, and atomic writes.
 
 ``check_output`` proves an output location usable before a command spends its compute
 (what it writes is JSON from ``sdprune.report.json_text``, checkpoints, ONNX files): a
@@ -11,7 +11,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
+from sdprune import faults
 from sdprune.errors import SdpruneError
 
 
@@ -63,3 +65,66 @@ def file_bytes(path: str | Path) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: .<name>.<pid>-<random>.tmp
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, then rename over ``path``: readers never see half a file.
+
+    The temporary file (``.<name>.<pid>-<random>.tmp`` beside ``path``) is removed if
+    ``write`` fails; one a killed process left behind is removed by the next command
+    writing to that folder (``remove_stale_temps``). The file gets the permissions of the
+    user's umask, as ``open`` would give it, not the private 0600 of a temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        faults.reached(f"write:{path.name}")
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders (``.*.tmp``) killed sdprune processes left in ``folder``.
+
+    A temporary name carries its writer's pid (``.<name>.<pid>-<random>.tmp``); those of
+    live processes are left alone, so a command may clean a folder another one writes to.
+    Returns what was removed.
+    """
+    removed = []
+    for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        stem = path.name[:-len(TEMP_SUFFIX)]
+        pid = stem.rsplit(".", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -200,7 +200,7 @@ def markdown(args, res3: dict, res4: dict, info: dict) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's own section of BENCHMARKS.md (or append it); others stay as they are."""
-    from sdprune.train.checkpoint import atomic_write
+    from sdprune.files import atomic_write
 
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines(keepends=True)

@@ -36,6 +36,7 @@ from bench_prune_quality import cached, ensure_registered, scratch_depth, write_
 
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.depth.select import target_count
+from sdprune.depth.structure import remove_blocks
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx
 from sdprune.prune.heal import BN_HEAL, HealSpec
@@ -139,24 +140,16 @@ def costs(have: Path, arms: dict[str, dict], repeats: int) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="sdprune-b5-") as tmp:
         files = []
         for i, (name, arm) in enumerate(arms.items()):
+            # costs depend on the architecture only: the unpruned weights stand in for healed ones
             src = load_checkpoint(arm.get("checkpoint", have))
             meta = {**src["meta"], "removed": list(src["meta"].get("removed", [])) + list(arm["removed"])}
-            model = build_model({**src, "meta": meta, "state_dict": _kept_weights(src["state_dict"], meta)})
+            model = remove_blocks(build_model(src), arm["removed"])
             files.append(export_onnx(model, meta, Path(tmp) / str(i), data=data, samples=16)["file"])
             out[name] = {"params": count_params(model), "flops": count_flops(model, tuple(data.input_shape))}
         timing = bench_onnx(files, repeats=repeats, batch_sizes=(1,), warmup=10)
     for (name, _), m in zip(arms.items(), timing["models"]):
         out[name].update(latency_ms=m["latency"]["1"]["p50_ms"], latency_ratio=m["latency"]["1"]["ratio"])
     return out
-
-
-def _kept_weights(state: dict, meta: dict) -> dict:
-    """The weights of the blocks ``meta`` keeps (a removed block's branch has no weights).
-
-    Costs depend on the architecture only, so the unpruned weights stand in for healed ones."""
-    gone = tuple(f"{name}.branch." for name in meta["removed"])
-    survival = {f"{name}.survival" for name in meta["removed"]}
-    return {k: v for k, v in state.items() if not k.startswith(gone) and k not in survival}
 
 
 def main(argv=None) -> int:

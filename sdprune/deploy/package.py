@@ -51,7 +51,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
         kept_blocks, prepare_dir, total_blocks)
     from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
         quantize_int8)
-    from sdprune.train.checkpoint import TEMP_SUFFIX, build_model, load_checkpoint, remove_stale_temps, write_json
+    from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+    from sdprune.files import TEMP_SUFFIX, remove_stale_temps
 
     reporter = reporter or Reporter(quiet=True)
     opset = DEFAULT_OPSET if opset is None else opset

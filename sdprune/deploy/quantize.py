@@ -88,7 +88,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, data, calib_batch
     latency-only benchmarks of untrained weights.
     """
     from sdprune.deploy.runtime import check_classifier, open_session
-    from sdprune.train.checkpoint import atomic_write
+    from sdprune.files import atomic_write
 
     reporter = reporter or Reporter(quiet=True)
     if target not in TARGETS:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sdprune.files import atomic_write
 from sdprune.nets.registry import describe_model, model_info
 from sdprune.report import json_text
 
@@ -77,17 +77,13 @@ def _valid(row: Any, name: str) -> bool:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    """Replace the cache file in one rename; a cache that cannot be written is no error."""
-    tmp = None
+    """Replace the cache file atomically; a cache that cannot be written is no error."""
+    text = json_text(data) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json_text(data) + "\n")
-        mask = os.umask(0o022)  # the user's umask, as every file sdprune writes (README: Guarantees)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass

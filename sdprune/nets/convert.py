@@ -105,6 +105,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         raise SdpruneError(f"{path} is not a PyTorch weights file") from None
     except Exception as err:  # noqa: BLE001  (not a torch file at all, truncated, ...: torch raises anything)
         raise SdpruneError(f"{path} is not a PyTorch weights file ({type(err).__name__})") from None
+    return state_dict_from(obj, path)
+
+
+def state_dict_from(obj: object, path: str | os.PathLike) -> dict[str, Tensor]:
+    """``load_state_dict_file``'s unwrapping and checks on an object already read from ``path``."""
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         obj = next((obj[k] for k in ("state_dict", "model") if _is_state_dict(obj.get(k))), obj)
     if not _is_state_dict(obj):

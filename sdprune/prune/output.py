@@ -21,7 +21,8 @@ from torch import nn
 from sdprune.depth.schedule import get_survival
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.train.checkpoint import TEMP_SUFFIX, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
+from sdprune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
+from sdprune.files import TEMP_SUFFIX, remove_stale_temps
 from sdprune.train.runs import CHECKPOINT, PRUNED_PREFIX, record_run
 
 if TYPE_CHECKING:

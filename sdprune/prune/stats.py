@@ -38,7 +38,8 @@ from sdprune.depth.structure import block_layout, gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import build_model, load_checkpoint, remove_stale_temps, write_json
+from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.files import remove_stale_temps
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.runs import CHECKPOINT
 

@@ -32,7 +32,8 @@ from sdprune.prune.pipeline import Budget, Pruned, Reference, choose_blocks, cut
 from sdprune.prune.stats import check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import atomic_write, build_model, load_checkpoint, remove_stale_temps, write_json
+from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.files import atomic_write, remove_stale_temps
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.runs import resolve_checkpoint
 

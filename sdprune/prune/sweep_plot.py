@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdprune.report import human
-from sdprune.train.checkpoint import atomic_write
+from sdprune.files import atomic_write
 
 
 def plot_sweep(result: dict, path: Path) -> str | None:

@@ -25,10 +25,9 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.nets.convert import adopt_torchvision, load_state_dict_file
+from sdprune.nets.convert import adopt_torchvision, state_dict_from
 from sdprune.nets.registry import create_model
-from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
-from sdprune.train.checkpoint import FORMAT, build_model, load_checkpoint
+from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
 from sdprune.train.schema import describe_non_finite, non_finite
 
 # What torchvision's ImageNet weights expect (1 channel: the mean of the three, as timm does).
@@ -65,9 +64,10 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
                            f"({type(err).__name__}); save a state_dict, not a model") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if isinstance(payload, dict) and payload.get("format") == FORMAT:
-            return _adopt_sdprune(file, model_name, num_classes, in_channels)
-        return _adopt_torchvision(file, model_name, num_classes, in_channels)
+        if is_checkpoint(payload):
+            return _adopt_sdprune(file, checkpoint_from(payload, file, finite=True), model_name, num_classes,
+                                  in_channels)  # NaN weights would 'diverge' at step 0: say what it is
+        return _adopt_torchvision(file, state_dict_from(payload, file), model_name, num_classes, in_channels)
 
 
 def file_digest(path: Path) -> str:
@@ -79,8 +79,8 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _adopt_sdprune(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
-    ckpt = load_checkpoint(file, finite=True)  # NaN weights would 'diverge' at step 0: say what it is
+def _adopt_sdprune(file: Path, ckpt: dict[str, Any], model_name: str | None, num_classes: int,
+                   in_channels: int) -> Adopted:
     meta = ckpt["meta"]
     arch = meta["model"]
     if model_name is not None and model_name != arch["name"]:
@@ -123,11 +123,8 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return {f"{last[-1]}.{k}" for k, _ in model.get_submodule(last[-1]).named_parameters()}
 
 
-def _adopt_torchvision(file: Path, model_name: str | None, num_classes: int, in_channels: int) -> Adopted:
-    if model_name is not None and model_name not in TORCHVISION_ARCHS:
-        raise SdpruneError(f"--init {file} is not an sdprune checkpoint; torchvision weights need a torchvision "
-                           f"architecture ({', '.join(TORCHVISION_ARCHS)}), not --model {model_name}")
-    state = load_state_dict_file(file)
+def _adopt_torchvision(file: Path, state: dict[str, torch.Tensor], model_name: str | None, num_classes: int,
+                       in_channels: int) -> Adopted:
     bad = non_finite(state)
     if bad:
         raise SdpruneError(f"--init {file}: {describe_non_finite(bad)}")

@@ -27,9 +27,10 @@ from sdprune.errors import Interrupted, SdpruneError
 from sdprune.files import check_output
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter, json_text
-from sdprune.train import faults
+from sdprune import faults
 from sdprune.train.adopt import Adopted, adopt
-from sdprune.train.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint, write_json
+from sdprune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
+from sdprune.files import atomic_write, remove_stale_temps
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.lock import locked_run

@@ -10,7 +10,8 @@ import sys
 import pytest
 from torch import nn
 
-from sdprune.train.checkpoint import atomic_write, remove_stale_temps, save_checkpoint, write_json
+from sdprune.train.checkpoint import save_checkpoint, write_json
+from sdprune.files import atomic_write, remove_stale_temps
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 to the very weights and metrics of a run that was never interrupted.
 
 One run is carried through four real processes, each ended differently: killed inside
-its first checkpoint write (``SDPRUNE_TEST_KILL_AT``, sdprune/train/faults.py), killed
+its first checkpoint write (``SDPRUNE_TEST_KILL_AT``, sdprune/faults.py), killed
 at a random moment, killed between an epoch's checkpoint and its metrics line, and
 interrupted by Ctrl-C at a random moment; then it is resumed to the end. Every
 process after the first finds the lock file of a killed one.
