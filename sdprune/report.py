@@ -19,13 +19,16 @@ class Reporter:
 
     ``quiet`` silences messages, progress and tables (warnings still show); ``json_mode``
     keeps stdout for ``result``'s one JSON object; ``rich`` forces the terminal bar on or
-    off (default: on when stderr is a terminal).
+    off (default: on when stderr is a terminal). ``silent`` shows nothing at all, warnings
+    and result included: the other ranks of a torchrun run, where rank 0 speaks for all.
     """
 
-    def __init__(self, quiet: bool = False, json_mode: bool = False, rich: bool | None = None) -> None:
+    def __init__(self, quiet: bool = False, json_mode: bool = False, rich: bool | None = None,
+                 silent: bool = False) -> None:
         from rich.console import Console
 
-        self.quiet = quiet
+        self.silent = silent
+        self.quiet = quiet or silent
         self.json_mode = json_mode
         self.err = Console(stderr=True, highlight=False)
         self.out = Console(highlight=False, soft_wrap=True)
@@ -42,6 +45,8 @@ class Reporter:
     def warn(self, message: str) -> None:
         """A warning on stderr, shown even when quiet."""
         self._flush()
+        if self.silent:
+            return
         self.err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
     def note(self, message: str) -> None:
@@ -105,7 +110,7 @@ class Reporter:
 
     def result(self, obj: dict[str, Any]) -> None:
         """The command's machine-readable result: printed only in --json mode."""
-        if self.json_mode:
+        if self.json_mode and not self.silent:
             sys.stdout.write(json_text(obj) + "\n")  # strict JSON: NaN and infinities as null
             sys.stdout.flush()
 

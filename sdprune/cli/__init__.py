@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -40,7 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     from sdprune.report import Reporter
 
     args = build_parser().parse_args(argv)
-    reporter = Reporter(quiet=args.quiet, json_mode=args.json)
+    other_rank = False
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: rank 0 speaks for every rank
+        from sdprune.train.distributed import launched_world
+
+        try:
+            other_rank = not launched_world().main
+        except SdpruneError as err:
+            print(f"sdprune {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    reporter = Reporter(quiet=args.quiet, json_mode=args.json, silent=other_rank)
     try:
         return int(args.run(args, reporter) or 0)
     except SdpruneError as err:

@@ -46,7 +46,17 @@ def add_parser(sub):
       help=f"softmax temperature of distillation (default {d.distill_temperature:g})")
     a("--seed", type=int, help=f"0 to 2**63 - 1 (default {d.seed})")
     a("--workers", type=int, help=f"image decoding processes, imagefolder only (default {d.workers})")
-    a("--device", help=f"auto | cpu | cuda | cuda:N (default {d.device})")
+    a("--data-mode", choices=["auto", "memory", "stream"],
+      help="imagefolder: decode every image into memory, or stream files through --workers processes "
+           f"(auto: stream when the decoded images would pass 2 GiB; default {d.data_mode})")
+    a("--bad-images", choices=["fail", "skip"],
+      help=f"streamed imagefolder: an unreadable image fails the run, or is skipped and counted (default {d.bad_images})")
+    a("--eval-resize", type=int,
+      help="streamed imagefolder: side evaluation images are resized to before the centre crop "
+           "(default image size / 0.875)")
+    a("--sync-bn", action="store_true", default=None,
+      help="under torchrun: BatchNorm statistics over every rank's images (default: per rank)")
+    a("--device", help=f"auto | cpu | cuda | cuda:N; under torchrun each rank takes its local GPU (default {d.device})")
     a("--no-amp", dest="amp", action="store_false", default=None, help="no bfloat16 autocast on CUDA")
     a("--out", help="run folder (default runs/<model>-<dataset>-<survival>-<time>)")
     a("--resume", nargs="?", const="latest", metavar="RUN",

@@ -11,18 +11,25 @@ Loading uses torchvision's dataset classes; nothing is downloaded unless asked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from sdprune.data.augment import Augment
+from sdprune.data.folder import BAD_IMAGES, FolderSet, open_folder
 from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.readers import load_splits
 from sdprune.errors import SdpruneError
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+DATA_MODES = ("auto", "memory", "stream")
+# --data-mode auto streams a folder whose decoded images would take more than this (bytes)
+# of memory; below it, decoding once into memory is faster for every epoch after the first.
+MEMORY_BUDGET = 2 * 2**30
+STREAM_STATS_IMAGES = 1000  # a streamed folder's normalisation is measured on this many images
+STATS_CHUNK_VALUES = 2**24  # channel_stats converts this many pixel values to float64 at a time
 VAL_FRACTION, VAL_MAX = 0.1, 5000
 # The validation slice and the images normalisation is measured on are properties of the
 # dataset, not of a run: one fixed seed, whatever --seed says.
@@ -32,17 +39,20 @@ DATASET_SEED = 0
 @dataclass
 class DataBundle:
     name: str
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
+    train: ImageSet | FolderSet
+    val: ImageSet | FolderSet
+    test: ImageSet | FolderSet
     classes: list[str]
     mean: list[float]
     std: list[float]
     augment: Augment = field(default_factory=Augment)
+    # unreadable files skipped while decoding a folder into memory (a streamed FolderSet
+    # records those it meets in its own ``skipped``, epoch after epoch)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+        return self.train.input_shape
 
     def meta(self) -> dict:
         """What a checkpoint must remember about its data (JSON-able)."""
@@ -52,23 +62,58 @@ class DataBundle:
 
 def load_data(name: str, data_dir: str | None = None, download: bool = False,
               image_size: int | None = None, val_fraction: float = VAL_FRACTION,
-              workers: int = 0) -> DataBundle:
+              workers: int = 0, data_mode: str = "auto", bad_images: str = "fail",
+              eval_resize: int | None = None, pin_memory: bool = False,
+              normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
     """Load a dataset by name, split off the validation slice and compute normalisation.
 
-    ``workers`` processes decode image files (imagefolder); the other sets are read whole.
+    An image folder is decoded into memory once (``data_mode`` "memory"), or streamed from
+    its files by ``workers`` DataLoader processes ("stream"; see ``sdprune.data.folder``);
+    "auto" streams it when its decoded images would exceed ``MEMORY_BUDGET``. Either way
+    unreadable files fail the load or are skipped (``bad_images``). The other sets are read
+    whole into memory. ``normalization`` (mean, std), when a checkpoint already fixed it,
+    is used instead of measuring the training images.
     """
 
     if name not in DATASETS:
         raise SdpruneError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if data_mode not in DATA_MODES:
+        raise SdpruneError(f"--data-mode must be one of {', '.join(DATA_MODES)}, got {data_mode!r}")
+    if bad_images not in BAD_IMAGES:
+        raise SdpruneError(f"--bad-images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
+    if data_mode == "stream" and name != "imagefolder":
+        raise SdpruneError(f"--data-mode stream reads image folders; {name} is read into memory")
     if data_dir is not None and name not in ("digits", "synthetic") and not download \
             and not Path(data_dir).is_dir():
         raise SdpruneError(f"data folder {data_dir} does not exist")
-    train, test, classes, augment = load_splits(name, data_dir, download, image_size, workers)
+    skipped: list[str] = []
+    if name == "imagefolder":
+        if data_dir is None:
+            raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
+        size = image_size or 64
+        train, test, classes = open_folder(Path(data_dir), size, workers, bad_images, eval_resize, pin_memory)
+        decoded = (len(train) + len(test)) * train.channels * size * size
+        if data_mode == "stream" or (data_mode == "auto" and decoded > MEMORY_BUDGET):
+            augment = Augment(flip=True)  # the random resized crop is drawn by the decoding workers
+        else:  # decoded once at the training size; augmented like the other in-memory sets
+            folders = [replace(split, resize=size) for split in (train, test)]
+            train, test = (folder.in_memory() for folder in folders)
+            skipped = folders[0].skipped + folders[1].skipped
+            augment = Augment(pad=max(1, size // 8), flip=True)
+    else:
+        train, test, classes, augment = load_splits(name, data_dir, download, image_size)
+    _check_size(name, train, test)
+    train, val = split_validation(train, val_fraction)
+    if normalization is None:
+        sample = train.sample(STREAM_STATS_IMAGES, DATASET_SEED) if isinstance(train, FolderSet) else train
+        normalization = channel_stats(sample.in_memory().images)
+    mean, std = (list(v) for v in normalization)
+    return DataBundle(name, train, val, test, classes, mean, std, augment, skipped)
+
+
+def _check_size(name: str, train, test) -> None:
     if len(train) < 2 or len(test) < 1:
         raise SdpruneError(f"dataset {name!r} is too small (train {len(train)}, test {len(test)})")
-    train, val = split_validation(train, val_fraction)
-    mean, std = channel_stats(train.images)
-    return DataBundle(name, train, val, test, classes, mean, std, augment)
 
 
 def split_validation(train: ImageSet, fraction: float = VAL_FRACTION) -> tuple[ImageSet, ImageSet]:
@@ -83,28 +128,45 @@ def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float],
     """Per-channel mean and std of uint8 images, in [0, 1] units.
 
     Above ``max_images`` a fixed random subset is measured: image sets are often sorted by
-    class (imagefolder), so the first images would describe the first classes only.
+    class (imagefolder), so the first images would describe the first classes only. Sums
+    are accumulated in float64 a chunk at a time, so measuring needs no float copy of the set.
     """
     if len(images) > max_images:
         images = images[seeded_index(len(images), max_images, DATASET_SEED)]
-    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    std = x.std(dim=1).clamp_min(1e-3)
-    return [round(v, 6) for v in x.mean(dim=1).tolist()], [round(v, 6) for v in std.tolist()]
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    per_image = max(1, images[0].numel()) if len(images) else 1
+    for chunk in images.split(max(1, STATS_CHUNK_VALUES // per_image)):
+        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)
+        total += x.sum(dim=1)
+        squares += x.square().sum(dim=1)
+    n = images.numel() // channels
+    mean = total / n
+    var = (squares - n * mean.square()) / max(1, n - 1)  # float64: no cancellation at these sizes
+    std = var.clamp_min(0).sqrt().clamp_min(1e-3)
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
 def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | None = None) -> DataBundle:
     """The dataset a checkpoint was trained on (or another one), normalised as it was.
 
-    Normalisation always comes from the checkpoint: the network was trained with it.
+    Normalisation always comes from the checkpoint: the network was trained with it. A
+    folder is read as the run read it (data mode, unreadable-file policy, evaluation resize).
     """
     config = meta.get("config", {})
     same = dataset is None or dataset == meta["data"]["dataset"]
     name = meta["data"]["dataset"] if same else dataset
+    folder = name == "imagefolder"
     bundle = load_data(name, data_dir or (config.get("data_dir") if same else None),
                        download=bool(config.get("download")) and same,
-                       image_size=meta["data"]["input_shape"][-1] if name in ("imagefolder", "synthetic") else None)
+                       image_size=meta["data"]["input_shape"][-1] if name in ("imagefolder", "synthetic") else None,
+                       workers=int(config.get("workers") or 0) if folder else 0,
+                       data_mode=str(config.get("data_mode") or "auto") if folder and same else "auto",
+                       bad_images=str(config.get("bad_images") or "fail") if folder and same else "fail",
+                       eval_resize=config.get("eval_resize") if folder and same else None,
+                       normalization=(meta["data"]["mean"], meta["data"]["std"]))
     if tuple(bundle.input_shape) != tuple(meta["data"]["input_shape"]):
         raise SdpruneError(f"dataset {name} has images of shape {list(bundle.input_shape)}, "
                            f"the model expects {meta['data']['input_shape']}")
-    bundle.mean, bundle.std = list(meta["data"]["mean"]), list(meta["data"]["std"])
     return bundle

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from sdprune.depth.gates import step_seed
 from sdprune.errors import SdpruneError
 
 
@@ -26,6 +27,29 @@ class ImageSet:
 
     def subset(self, index: Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index])
+
+    def load_batches(self, chunks: Sequence[Tensor], crop_seeds: Sequence[Tensor] | None = None,
+                     ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The images and labels of each index tensor in ``chunks``, in order.
+
+        ``crop_seeds`` are for decoded folders; in-memory images are augmented whole
+        batches at a time by the training step (``sdprune.data.augment``).
+        """
+        for index in chunks:
+            yield self.images[index], self.labels[index]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def in_memory(self) -> "ImageSet":
+        """This set (already decoded; ``FolderSet.in_memory`` decodes a folder)."""
+        return self
+
+    def to(self, device: torch.device | str) -> "ImageSet":
+        """The same images on ``device``: on a GPU, batches are then cut and augmented there,
+        and the host does nothing per step but draw random numbers."""
+        return ImageSet(self.images.to(device), self.labels.to(device))
 
     def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
         """A seeded random subset of ``n`` images in their original order (all of them if None).
@@ -72,15 +96,29 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
     return (images.float().div_(255) - mean) / std
 
 
-def iterate_batches(data: ImageSet, batch_size: int, generator: torch.Generator | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images, labels) batches; shuffled when a generator is given."""
+def iterate_batches(data, batch_size: int, generator: torch.Generator | None = None,
+                    drop_last: bool = False, crop_seed: int | None = None,
+                    shard: tuple[int, int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (uint8 images, labels) batches of an ImageSet or a FolderSet.
+
+    Shuffled when a generator is given. ``crop_seed`` asks a FolderSet for training crops,
+    each image's drawn from (crop_seed, its position in this order), so the batches are a
+    function of the generator's seed and ``crop_seed`` alone. ``shard`` = (rank, world):
+    each batch is cut into ``world`` contiguous parts and this process gets part ``rank``
+    (distributed training: the ranks together see exactly the single-process batch).
+    """
     n = len(data)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = (n // batch_size) * batch_size if drop_last else n
+    chunks, seeds = [], []
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        yield data.images[index], data.labels[index]
+        positions = torch.arange(start, min(start + batch_size, n))
+        if shard is not None:
+            positions = positions.tensor_split(shard[1])[shard[0]]
+        chunks.append(order[positions])
+        if crop_seed is not None:
+            seeds.append(torch.tensor([step_seed(crop_seed, p) for p in positions.tolist()], dtype=torch.long))
+    return data.load_batches(chunks, seeds if crop_seed is not None else None)
 
 
 def drops_last(n: int, batch_size: int) -> bool:

@@ -28,18 +28,15 @@ def default_data_dir(name: str) -> str:
 
 
 def load_splits(name: str, data_dir: str | None, download: bool, image_size: int | None,
-                workers: int = 0) -> tuple[ImageSet, ImageSet, list[str], Augment]:
+                ) -> tuple[ImageSet, ImageSet, list[str], Augment]:
+    """The (train, test) splits, class names and augmentation of a set read whole into memory
+    (image folders are ``sdprune.data.folder``'s)."""
     if name == "digits":
         train, test = load_digits()
         return train, test, DIGIT_CLASSES, Augment(pad=1)
     if name == "synthetic":
         train, test, classes = make_synthetic(image_size or 32)
         return train, test, classes, Augment(pad=2, flip=True)
-    if name == "imagefolder":
-        if data_dir is None:
-            raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
-        train, test, classes = load_imagefolder(Path(data_dir), image_size or 64, workers)
-        return train, test, classes, Augment(pad=max(1, (image_size or 64) // 8), flip=True)
     root = data_dir or default_data_dir(name)
     try:
         if name in ("mnist", "fashion-mnist"):
@@ -148,55 +145,3 @@ def load_svhn(root: str, download: bool) -> tuple[ImageSet, ImageSet, list[str]]
     sets = [tvd.SVHN(root=root, split=split, download=download) for split in ("train", "test")]
     train, test = (ImageSet(_as_images(s.data, False), torch.as_tensor(s.labels).long()) for s in sets)
     return train, test, [str(i) for i in range(10)]
-
-
-def load_imagefolder(root: Path, size: int, workers: int = 0) -> tuple[ImageSet, ImageSet, list[str]]:
-    """ROOT/train/<class>/*.png and ROOT/test (or val)/<class>/..., resized to size x size.
-
-    Decoded once (by ``workers`` DataLoader processes) into memory as uint8.
-    """
-    from torchvision import datasets as tvd
-    from torchvision.transforms import v2
-
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise SdpruneError(f"{root} must hold train/ and test/ (or val/), one subfolder per class")
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    try:
-        train_set = tvd.ImageFolder(str(root / "train"), transform=tf)
-        test_set = tvd.ImageFolder(str(test_dir), transform=tf)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SdpruneError(f"cannot read image folder {root}: {err}") from None
-    if test_set.classes != train_set.classes:
-        raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
-
-    def read(ds) -> ImageSet:
-        loader = torch.utils.data.DataLoader(_Decoded(ds), batch_size=None, num_workers=workers)
-        items = list(loader)
-        broken = next((item for item in items if isinstance(item[0], str)), None)
-        if broken is not None:
-            raise SdpruneError(f"{broken[0]} is not a readable image ({broken[1]}); remove or replace it")
-        channels = max(x.shape[0] for x, _ in items)
-        images = torch.stack([x.expand(channels, -1, -1) if x.shape[0] == 1 else x[:channels] for x, _ in items])
-        return ImageSet(images.contiguous(), torch.tensor([y for _, y in items], dtype=torch.long))
-
-    return read(train_set), read(test_set), list(train_set.classes)
-
-
-class _Decoded(torch.utils.data.Dataset):
-    """An ImageFolder whose unreadable files (not an image, truncated, corrupt) come back as
-    (path, reason) instead of raising: inside a DataLoader worker an exception would reach the
-    user as a multi-line traceback of the worker."""
-
-    def __init__(self, folder) -> None:
-        self.folder = folder
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.folder[i]
-        except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # PIL's errors for broken files
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            return self.folder.samples[i][0], reason

@@ -159,7 +159,7 @@ def sample_test_images(data, samples: int) -> tuple[torch.Tensor, dict[str, Any]
     Parity and the .ort checks use it: the first N images of a split sorted by class would
     cover its first classes only.
     """
-    test = data.test.sample(samples, SAMPLE_SEED)
+    test = data.test.sample(samples, SAMPLE_SEED).in_memory()
     return test.images, {"split": "test", "images": len(test), "of": len(data.test), "draw": "seeded random subset",
                          "seed": SAMPLE_SEED, "classes": int(test.labels.unique().numel())}
 

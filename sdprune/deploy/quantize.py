@@ -52,8 +52,8 @@ def calibration_batches(data, calib_batches: int, batch_size: int = CALIB_BATCH_
         raise SdpruneError(f"--calib-batches must be at least 1, got {calib_batches}")
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(CALIB_SEED))
     order = order[:calib_batches * batch_size]
-    return [normalize(data.train.images[order[i:i + batch_size]], data.mean, data.std)
-            for i in range(0, len(order), batch_size)]
+    images = data.train.subset(order).in_memory().images  # a streamed folder: only these files are decoded
+    return [normalize(images[i:i + batch_size], data.mean, data.std) for i in range(0, len(images), batch_size)]
 
 
 def _reader(input_name: str, batches: list[torch.Tensor]):
@@ -169,21 +169,20 @@ def compare_int8(fp32, int8, data, reporter: Reporter | None = None, batch_size:
     """Top-1 agreement of two sessions and their accuracies on the test split (SdpruneError on a
     non-finite logit from either: NaN would just count as a disagreement, or not at all)."""
     from sdprune.deploy.export import non_finite_rows
-    from sdprune.deploy.runtime import onnx_logits
+    from sdprune.deploy.runtime import labelled_logits
     from sdprune.train.evaluate import score_logits
 
     test = data.test
     steps = 2 * -(-len(test) // batch_size)
     with (reporter or Reporter(quiet=True)).progress("int8: comparing with fp32 on the test split", steps) as bar:
-        a = onnx_logits(fp32, test.images, data.mean, data.std, batch_size, bar)
-        b = onnx_logits(int8, test.images, data.mean, data.std, batch_size, bar)
+        (a, b), labels = labelled_logits([fp32, int8], test, data.mean, data.std, batch_size, bar)
     for kind, logits in (("fp32", a), ("int8", b)):
         bad = non_finite_rows(logits)
         if bad:
             raise SdpruneError(f"int8 check failed: non-finite logits from the {kind} model on {bad} of "
                                f"{len(test)} test images; no int8 model written")
-    acc_a, acc_b = score_logits(a, test.labels)["acc"], score_logits(b, test.labels)["acc"]
-    return {"n": len(test), "split": "test", "dataset": data.name,
+    acc_a, acc_b = score_logits(a, labels)["acc"], score_logits(b, labels)["acc"]
+    return {"n": len(labels), "split": "test", "dataset": data.name,
             "top1_agreement": 100.0 * float((a.argmax(1) == b.argmax(1)).float().mean()),
             "fp32_acc": acc_a, "int8_acc": acc_b, "acc_change": acc_b - acc_a,
             "max_abs_logit_diff": float((a - b).abs().max())}

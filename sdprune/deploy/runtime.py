@@ -120,6 +120,29 @@ def onnx_logits(session, images: Tensor, mean: list[float], std: list[float], ba
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def labelled_logits(sessions: list, data, mean: list[float], std: list[float], batch_size: int = 256,
+                    progress=None) -> tuple[list[Tensor], Tensor]:
+    """Each session's float32 logits over every readable image of ``data`` (an ImageSet or a
+    streamed FolderSet, decoded a batch at a time, once for all sessions) and their labels.
+
+    The labels come with the decoded batches, so they stay aligned with the logits when a
+    folder's unreadable files are skipped.
+    """
+    import torch
+
+    logits: list[list[Tensor]] = [[] for _ in sessions]
+    labels = []
+    for images, batch_labels in data.load_batches(torch.arange(len(data)).split(batch_size)):
+        for out, session in zip(logits, sessions):
+            out.append(onnx_logits(session, images, mean, std, len(images)))
+            if progress is not None:
+                progress.update(1)
+        labels.append(batch_labels)
+    if not labels:
+        return [torch.zeros(0) for _ in sessions], torch.zeros(0, dtype=torch.long)
+    return [torch.cat(out) for out in logits], torch.cat(labels)
+
+
 def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
                   batch_size: int = 256, reporter: Reporter | None = None) -> dict[str, Any]:
     """Accuracy (%) and loss of the ONNX artifact itself on a test split.
@@ -150,17 +173,17 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
         raise SdpruneError(f"dataset {data.name} has more classes than {path} predicts")
     steps = -(-len(test) // batch_size)
     with reporter.progress(f"eval {path.name} on {data.name}", steps) as bar:
-        logits = onnx_logits(session, test.images, meta["mean"], meta["std"], batch_size, bar)
-    scores = score_logits(logits, test.labels)
+        (logits,), labels = labelled_logits([session], test, meta["mean"], meta["std"], batch_size, bar)
+    scores = score_logits(logits, labels)
     from sdprune.deploy.export import non_finite_rows
 
     bad = non_finite_rows(logits)
     if bad:
-        reporter.warn(f"{path}: non-finite logits on {bad} of {len(test)} test images: its loss and accuracy "
+        reporter.warn(f"{path}: non-finite logits on {bad} of {len(labels)} test images: its loss and accuracy "
                       "are not meaningful")
     result = {"path": str(path), "model": meta.get("model", path.name), "dataset": data.name, "split": "test",
-              "n": len(test), "acc": scores["acc"], "loss": scores["loss"],
-              "test": {"acc": scores["acc"], "loss": scores["loss"], "n": len(test)},
+              "n": len(labels), "acc": scores["acc"], "loss": scores["loss"],
+              "test": {"acc": scores["acc"], "loss": scores["loss"], "n": len(labels)},
               "file_bytes": path.stat().st_size,
               "opset": meta["opset"], "kept_blocks": meta.get("kept_blocks")}
     if meta.get("params") is not None:  # the PyTorch count, recorded at export (BN folding hides it)

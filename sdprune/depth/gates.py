@@ -136,10 +136,12 @@ class GateSampler:
         return sample_gates(self.survival(), self.mode, self.generator, batch_size)
 
     @contextmanager
-    def install(self, step: int, batch_size: int) -> Iterator[Tensor]:
+    def install(self, step: int, batch_size: int, rows: slice | None = None) -> Iterator[Tensor]:
         """Draw the gates of ``step`` and install them on the blocks for the scope.
 
-        Row-mode masks go to the blocks' own device (one copy for all blocks).
+        Row-mode masks go to the blocks' own device (one copy for all blocks). ``rows``:
+        the forward sees only these rows of the ``batch_size`` drawn for (one rank's part of
+        a distributed batch); the scope still yields the whole draw.
         """
         gates = self.draw(step, batch_size)
         if self.plain():  # no gate at all: plain training, the cheapest path
@@ -149,6 +151,7 @@ class GateSampler:
             per_block: list[Gate] = gates.tolist()  # Python floats: the skip is a host decision
         else:
             device = self.blocks[0].survival.device
-            per_block = list(gates.to(device, non_blocking=True).unbind(0))
+            mine = gates if rows is None else gates[:, rows]
+            per_block = list(mine.to(device, non_blocking=True).unbind(0))
         with gating(self.blocks, per_block):
             yield gates

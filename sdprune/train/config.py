@@ -60,6 +60,12 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 0                       # image decoding processes (imagefolder)
+    data_mode: str = "auto"                # imagefolder: memory | stream | auto (stream above 2 GiB decoded)
+    bad_images: str = "fail"               # streamed imagefolder: an unreadable file fails, or is skipped
+    eval_resize: int | None = None         # pixels; streamed evaluation resize before the centre crop
+                                           # (None: image_size / 0.875)
+    sync_bn: bool = False                  # torchrun: BatchNorm statistics over every rank's images
+    world_size: int = 1                    # processes training together (set by torchrun, recorded)
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True             # on CUDA
@@ -132,6 +138,20 @@ def validate(c: TrainConfig) -> None:
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
     if c.target_survival is not None and c.target_survival < c.p_min:
         bad(f"--target-survival {c.target_survival} is below --p-min {c.p_min}: no survivals meet it")
+    if c.data_mode not in ("auto", "memory", "stream"):
+        bad(f"--data-mode must be auto, memory or stream, got {c.data_mode!r}")
+    if c.data_mode == "stream" and c.dataset != "imagefolder":
+        bad(f"--data-mode stream reads image folders; {c.dataset} is read into memory")
+    if c.bad_images not in ("fail", "skip"):
+        bad(f"--bad-images must be fail or skip, got {c.bad_images!r}")
+    if c.eval_resize is not None and not 1 <= c.eval_resize <= MAX_IMAGE_SIZE:
+        bad(f"--eval-resize must be 1 to {MAX_IMAGE_SIZE} pixels, got {c.eval_resize}")
+    if c.eval_resize is not None and c.eval_resize < (c.image_size or 64):
+        bad(f"--eval-resize {c.eval_resize} is smaller than the {c.image_size or 64}-pixel crop it is cut to")
+    if c.world_size < 1:
+        bad(f"world_size must be at least 1, got {c.world_size}")
+    if c.batch_size % c.world_size:
+        bad(f"--batch-size {c.batch_size} does not split evenly over {c.world_size} processes")
     if not 0 <= c.workers <= MAX_WORKERS:
         bad(f"--workers must be 0 to {MAX_WORKERS}, got {c.workers}")
     if c.lr_milestones is not None and any(m < 0 for m in c.lr_milestones):

@@ -1,4 +1,4 @@
-"""Accuracy and loss of a network on an ImageSet (eval mode, deterministic)."""
+"""Accuracy and loss of a network on an image set (eval mode, deterministic)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.distributed import Distributed, sum_across
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,21 +30,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-@torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
             device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
     """Logits (float32, CPU) for every image of ``data``, in order (the model's mode is kept)."""
+    return predict_labelled(model, data, mean, std, device, batch_size)[0]
+
+
+@torch.no_grad()
+def predict_labelled(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
+                     device: torch.device | str = "cpu", batch_size: int = 512,
+                     shard: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """``predict`` for every image of ``data`` (or of this rank's ``shard`` of it), with the
+    labels of the images scored (a streamed set may skip unreadable ones)."""
     was_training = model.training
     model.eval()
     mean_std = normalization(mean, std, device)
-    out = []
+    out, labels = [], []
     try:
-        for images, _ in iterate_batches(data, batch_size):
+        for images, y in iterate_batches(data, batch_size, shard=shard):
             x = normalize(images.to(device, non_blocking=True), *mean_std)
             out.append(model(x).float().cpu())
+            labels.append(y)
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    if not out:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(out), torch.cat(labels)
 
 
 def score_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
@@ -55,9 +67,18 @@ def score_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
-             device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, float]:
-    """Loss and top-1 accuracy (%) of ``model`` on ``data``."""
-    return score_logits(predict(model, data, mean, std, device, batch_size), data.labels)
+             device: torch.device | str = "cpu", batch_size: int = 512,
+             world: Distributed | None = None) -> dict[str, float]:
+    """Loss and top-1 accuracy (%) of ``model`` on ``data``; under torchrun (``world``) each
+    rank scores its share and the sums are pooled."""
+    logits, labels = predict_labelled(model, data, mean, std, device, batch_size, world.shard if world else None)
+    if world is None or not world.enabled:
+        return score_logits(logits, labels)
+    local = torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")) if len(labels) else 0.0,
+                          float((logits.argmax(1) == labels).sum()) if len(labels) else 0.0, float(len(labels))],
+                         dtype=torch.float64, device=device)
+    loss_sum, correct, n = sum_across(local, world).tolist()
+    return {"loss": loss_sum / n, "acc": 100.0 * correct / n} if n else score_logits(logits, labels)
 
 
 def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shlex
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,24 +20,27 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle, load_data
-from sdprune.data.images import drops_last, iterate_batches
+from sdprune.data.folder import FolderSet
+from sdprune.data.images import ImageSet, drops_last, iterate_batches
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import Interrupted, SdpruneError
 from sdprune.files import check_output
 from sdprune.nets.registry import model_info
-from sdprune.report import Reporter, json_text
+from sdprune.report import Reporter
 from sdprune import faults
 from sdprune.train.adopt import Adopted, adopt
 from sdprune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
-from sdprune.files import atomic_write, remove_stale_temps
+from sdprune.files import remove_stale_temps
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.lock import locked_run
-from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, record_run
+from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, read_metrics, record_run, write_metrics
 from sdprune.train.schema import check_resumable, load_training_state
-from sdprune.train.trainer import ORDER_STREAM, build_training, checkpoint_meta
+from sdprune.train.distributed import (DEFAULT_GRAD_SYNC, Distributed, broadcast_buffers, broadcast_text,
+                                       check_agreement, distributed_session)
+from sdprune.train.trainer import CROP_STREAM, ORDER_STREAM, build_training, checkpoint_meta
 
 
 # Scores the blocks of a trained network (higher = more needed) for keeping a fraction of them:
@@ -46,7 +50,7 @@ RankBlocks = Callable[[nn.Module, DataBundle, torch.device, float], Sequence[flo
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
-          rank_blocks: RankBlocks | None = None) -> dict:
+          rank_blocks: RankBlocks | None = None, grad_sync: str = DEFAULT_GRAD_SYNC) -> dict:
     """Train a network as configured (or resume a run); returns the run summary.
 
     With ``config.init`` the run is a retrofit of that trained network (``sdprune.train.adopt``);
@@ -55,39 +59,61 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     ``resume`` is a checkpoint, or a run folder interrupted before its first checkpoint
     (it starts over from the folder's config.json). The run folder is locked while the
     run writes it; Ctrl-C raises ``Interrupted``, whose message says how to resume.
+
+    Launched by torchrun, every process calls this: they train one network together
+    (``sdprune.train.distributed``; ``grad_sync`` picks how gradients are averaged) and
+    only rank 0 writes or reports.
     """
-    reporter = reporter or Reporter(quiet=True)
+    with distributed_session(config.device) as (world, device_name):
+        if not world.main:
+            reporter = Reporter(silent=True)
+        return _train(config, reporter or Reporter(quiet=True), resume, rank_blocks, world,
+                      resolve_device(device_name), grad_sync)
+
+
+def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, rank_blocks: RankBlocks | None,
+           world: Distributed, device: torch.device, grad_sync: str) -> dict:
     ckpt, run_dir = None, None
     if resume is not None and Path(resume).is_dir() and not (Path(resume) / CHECKPOINT).exists():
         run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
     elif resume is not None:
         ckpt = load_checkpoint(resume)
         check_resumable(ckpt)
-        config = TrainConfig.from_dict({**ckpt["meta"]["config"], "device": config.device, "workers": config.workers})
+        config = TrainConfig.from_dict({**ckpt["meta"]["config"], "device": config.device, "workers": config.workers,
+                                        "world_size": 1})
+    config = dataclasses.replace(config, world_size=world.world_size)  # validated: the batch must split
     if config.model is not None:  # None: the architecture of --init, known once it is read
         model_info(config.model)  # an unknown model fails before a large dataset is read
-    device = resolve_device(config.device)
-    run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out) if config.out else
-                          new_run_dir(config.model or "retrofit", config.dataset, config.survival))
+    if run_dir is None and ckpt is None and not config.out:  # a new folder, named once by rank 0
+        named = new_run_dir(config.model or "retrofit", config.dataset, config.survival) if world.main else None
+        run_dir = Path(broadcast_text(str(named) if named else None, world, device) or "")
+    run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out))
     if config.init is not None and not Path(config.init).exists():  # before any data is read
         raise SdpruneError(f"--init {config.init}: no such file or folder")
-    check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
-    with locked_run(run_dir):
+    if world.main:
+        check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
+    with locked_run(run_dir) if world.main else nullcontext():
         return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None,
-                             rank_blocks=rank_blocks)
+                             rank_blocks=rank_blocks, world=world, grad_sync=grad_sync)
 
 
 def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, run_dir: Path,
-                  device: torch.device, resumed: bool, rank_blocks: RankBlocks | None = None) -> dict:
-    """``train`` once the run folder is locked: nothing else writes it now."""
+                  device: torch.device, resumed: bool, rank_blocks: RankBlocks | None = None,
+                  world: Distributed = Distributed(), grad_sync: str = DEFAULT_GRAD_SYNC) -> dict:
+    """``train`` once the run folder is locked: nothing else writes it now (only rank 0 writes)."""
     if (run_dir / CHECKPOINT).exists() and ckpt is None:
         raise SdpruneError(f"{run_dir} already holds a run; continue it with "
                            f"`{resume_command(run_dir)}` or use another --out")
     if (run_dir / CONFIG).exists() and ckpt is None and not resumed:
         reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
-    remove_stale_temps(run_dir)
+    if world.main:
+        remove_stale_temps(run_dir)
     data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
-                     workers=config.workers)
+                     workers=config.workers, data_mode=config.data_mode, bad_images=config.bad_images,
+                     eval_resize=config.eval_resize, pin_memory=device.type == "cuda")
+    if world.enabled and len(data.train) < config.batch_size:
+        raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
+                           f"images; the training set has {len(data.train)}")
     adopted, ranking = None, None
     if config.init is not None:
         adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
@@ -107,22 +133,25 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                 raise ValueError("a prune-aware retrofit needs rank_blocks "
                                  "(sdprune.prune.retrofit.rank_for_retrofit, as `sdprune train` passes)")
             ranking = list(rank_blocks(adopted.model, data, device, config.target_keep))
-    trainer = build_training(config, data, device, adopted=adopted, ranking=ranking)
+    trainer = build_training(config, data, device, adopted=adopted, ranking=ranking, world=world,
+                             grad_sync=grad_sync)
+    data = _resident(data, device, reporter)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
     if ckpt is not None:
         load_training_state(ckpt, model, optimizer, controller)
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    write_json(run_dir / CONFIG, config.to_dict())
-    record_run(run_dir, "train")
+    if world.main:
+        write_json(run_dir / CONFIG, config.to_dict())
+        record_run(run_dir, "train")
     metrics_path = run_dir / "metrics.jsonl"
     # The checkpoint carries every epoch's metrics: a run killed between writing its
     # checkpoint and its metrics line gets the line back here.
     history = list(ckpt["history"]) if ckpt is not None and isinstance(ckpt.get("history"), list) \
-        else _read_metrics(metrics_path, start_epoch)
-    if ckpt is not None:
-        _write_metrics(metrics_path, history)
+        else read_metrics(metrics_path, start_epoch)
+    if ckpt is not None and world.main:
+        write_metrics(metrics_path, history)
     try:
         return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
     except KeyboardInterrupt:
@@ -151,23 +180,33 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             history: list[dict], start_epoch: int, step: int, adopted: Adopted | None = None) -> dict:
     """Epochs ``start_epoch``..``config.epochs - 1``, each ending in a checkpoint and a metrics line."""
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
+    world = trainer.world
     metrics_path = run_dir / "metrics.jsonl"
     steps_per_epoch, drop_last = trainer.steps_per_epoch, drops_last(len(data.train), config.batch_size)
+    total = min(config.batch_size, len(data.train))  # every training batch is full (drop_last) or the whole set
+    part = (sum(len(t) for t in torch.arange(total).tensor_split(world.world_size)[:world.rank]), total)
     blocks = len(sampler.blocks)
+    streamed = "streamed" if isinstance(data.train, FolderSet) else "in memory"
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
-                  f"[{len(data.train)} train / {len(data.val)} val / {len(data.test)} test], "
-                  f"survival {config.survival}, {config.drop_mode} mode, device {device}, run {run_dir}")
+                  f"[{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {streamed}], "
+                  f"survival {config.survival}, {config.drop_mode} mode, device {device}"
+                  f"{f' x {world.world_size} processes' if world.enabled else ''}, run {run_dir}")
+    if data.skipped:
+        reporter.warn(f"skipped {len(data.skipped)} unreadable images while loading (first: {data.skipped[0]})")
     gen_order = torch.Generator()
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
         gen_order.manual_seed(step_seed(config.seed ^ ORDER_STREAM, epoch))
         t0, seen, loss_sum, correct, executed = time.perf_counter(), 0, 0.0, 0, 0.0
+        skipped = len(getattr(data.train, "skipped", ()))
+        batches = iterate_batches(data.train, config.batch_size, gen_order, drop_last,
+                                  crop_seed=step_seed(config.seed ^ CROP_STREAM, epoch), shard=world.shard)
         with reporter.progress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
-            for images, labels in iterate_batches(data.train, config.batch_size, gen_order, drop_last):
-                result = trainer.step(step, images, labels)
+            for images, labels in batches:
+                result = trainer.step(step, images, labels, part if world.enabled else None)
                 lr = result.lr
-                n = len(labels)
+                n = result.images
                 seen += n
                 loss_sum += result.loss * n
                 correct += result.correct
@@ -177,8 +216,18 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
                               f"{seen / (time.perf_counter() - t0):.0f} img/s "
                               f"blocks {executed / max(1, step - epoch * steps_per_epoch):.1f}/{blocks}")
         train_time = time.perf_counter() - t0
-        val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size)
-        test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size)
+        if len(getattr(data.train, "skipped", ())) > skipped:
+            met = list(dict.fromkeys(data.train.skipped[skipped:]))  # a file can be met twice (substitutes)
+            reporter.warn(f"skipped {len(met)} unreadable images this epoch, trained on the next readable "
+                          f"file in their place (first: {met[0]})")
+        if world.enabled:  # the ranks must hold one network; then every rank evaluates (and rank 0
+            check_agreement(world, {"survival": float(sum(get_survival(model))),  # saves) rank 0's
+                                    "gates drawn": trainer.gate_checksum,        # BatchNorm statistics
+                                    "weights": float(sum(p.detach().double().sum() for p in model.parameters()))},
+                            device)
+            broadcast_buffers(model)
+        val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size, world)
+        test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size, world)
         steps_done = max(1, step - epoch * steps_per_epoch)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(1, seen),
                "train_acc": 100.0 * correct / max(1, seen), "val_loss": val["loss"], "val_acc": val["acc"],
@@ -190,13 +239,14 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             row.update({k: learned[k] for k in ("importance", "target_survival", "executed_fraction",
                                                  "budget_feasible")})
         history.append(row)
-        extra = {"controller": controller.state_dict()} if controller is not None else {}
-        save_checkpoint(run_dir / CHECKPOINT, model,
-                        checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
-                                        metrics=_public(row)),
-                        optimizer=optimizer.state_dict(), history=history, **extra)
-        faults.reached("epoch-saved")
-        _write_metrics(metrics_path, history)
+        if world.main:
+            extra = {"controller": controller.state_dict()} if controller is not None else {}
+            save_checkpoint(run_dir / CHECKPOINT, model,
+                            checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
+                                            metrics=_public(row)),
+                            optimizer=optimizer.state_dict(), history=history, **extra)
+            faults.reached("epoch-saved")
+            write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                       f"train {row['train_acc']:.2f}%  val {val['acc']:.2f}%  test {test['acc']:.2f}%  "
                       f"{train_time:.1f}s  {row['images_per_s']:.0f} img/s  "
@@ -207,8 +257,24 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
         reporter.bars("learned survival per block", names, get_survival(model))
     return {"run": str(run_dir), "checkpoint": str(run_dir / CHECKPOINT), "model": config.model,
             "dataset": config.dataset, "survival": config.survival, "epochs": config.epochs,
-            "blocks": blocks, "device": str(device), "wall_s": time.perf_counter() - t_run,
-            "final": _public(final)}
+            "blocks": blocks, "device": str(device), "world_size": world.world_size,
+            "wall_s": time.perf_counter() - t_run, "final": _public(final)}
+
+
+# An in-memory training set moves to the GPU when it takes at most this fraction of the free
+# device memory (CIFAR-10: 150 MB): a step then costs the host no indexing and no copy.
+RESIDENT_FRACTION = 0.25
+
+
+def _resident(data: DataBundle, device: torch.device, reporter: Reporter) -> DataBundle:
+    """``data`` with its in-memory training images on ``device`` when they fit (CUDA only)."""
+    if device.type != "cuda" or not isinstance(data.train, ImageSet):
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.train.images.nbytes > RESIDENT_FRACTION * free:
+        return data
+    reporter.info(f"training images held on {device} ({data.train.images.nbytes / 2**20:.0f} MiB)")
+    return dataclasses.replace(data, train=data.train.to(device))
 
 
 def _adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
@@ -222,19 +288,3 @@ def _adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporte
 
 def _public(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("survival", "importance")}
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
-    """Metrics of the epochs a resumed run keeps (later lines belong to lost work)."""
-    if upto_epoch == 0 or not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.writelines(json_text(r, indent=None) + "\n" for r in rows)
-    atomic_write(path, write)

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
-from sdprune.report import Reporter
+from sdprune.files import atomic_write
+from sdprune.report import Reporter, json_text
 
 RUNS_DIR = "runs"
 CHECKPOINT = "checkpoint.pt"
@@ -127,3 +128,20 @@ def _relative(path: Path) -> Path:
         return path.relative_to(Path.cwd())
     except ValueError:
         return path
+
+
+def read_metrics(path: Path, upto_epoch: int) -> list[dict]:
+    """The metrics lines of epochs 1..``upto_epoch`` (a resumed run's later lines are lost work)."""
+    if upto_epoch == 0 or not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """``metrics.jsonl``, one strict-JSON line per epoch, replaced atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.writelines(json_text(r, indent=None) + "\n" for r in rows)
+    atomic_write(path, write)

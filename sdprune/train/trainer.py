@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -29,8 +30,10 @@ from sdprune.nets.registry import create_model
 from sdprune.train.adopt import Adopted
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.distill import distillation_loss
+from sdprune.train.distributed import (DEFAULT_GRAD_SYNC, Distributed, average_gradients, gather_rows,
+                                       sum_across, wrap_model)
 
-AUGMENT_STREAM, ORDER_STREAM = 0x5EED_A116, 0x5EED_0D3E  # independent seeds per purpose
+AUGMENT_STREAM, ORDER_STREAM, CROP_STREAM = 0x5EED_A116, 0x5EED_0D3E, 0x5EED_C409  # independent seeds per purpose
 
 
 def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -69,10 +72,11 @@ def checkpoint_meta(config: TrainConfig, data: DataBundle, model: nn.Module, ado
 
 @dataclass
 class StepResult:
-    loss: float      # mean loss of the batch
-    correct: int     # top-1 hits in the batch
+    loss: float      # mean loss of the batch (across every rank's part of it)
+    correct: int     # top-1 hits in the batch (every rank's)
     executed: float  # branches computed this step
     lr: float
+    images: int = 0  # images in the batch (every rank's)
 
 
 @dataclass
@@ -93,38 +97,47 @@ class Trainer:
     teacher: nn.Module | None = None  # retrofit: the adopted network, frozen, in eval mode
     distill: float = 0.0              # weight of the distillation loss (0: labels only)
     gen_aug: torch.Generator = field(default_factory=torch.Generator)
+    world: Distributed = field(default_factory=Distributed)  # this rank under torchrun
+    forward_model: nn.Module | None = None  # what the step runs: the model, or its DDP wrapper
+    grad_sync: str = DEFAULT_GRAD_SYNC
+    gate_checksum: float = 0.0  # of every gate drawn: ranks compare it (distributed.check_agreement)
     # The normalisation on the device, built once: building it per step is a blocking copy.
     mean_std: tuple[Tensor, Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.mean_std = normalization(self.data.mean, self.data.std, self.device)
+        if self.forward_model is None:
+            self.forward_model = self.model
 
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
 
-    def step(self, step: int, images: Tensor, labels: Tensor) -> StepResult:
+    def step(self, step: int, images: Tensor, labels: Tensor, part: tuple[int, int] | None = None) -> StepResult:
         """Optimisation step ``step`` on one batch of uint8 images (on the CPU) and their labels.
 
-        Sets the step's learning rate, augments, draws and installs the gates, runs forward,
-        backward and SGD, and feeds learned survival. Raises ``SdpruneError`` if the loss is
-        not finite.
+        Sets the step's learning rate, moves the batch to the device, augments it there,
+        draws and installs the gates, runs forward, backward and SGD, and feeds learned
+        survival. ``part`` = (offset, total): under torchrun these are rows offset.. of a
+        batch of ``total`` split across ranks; they get the crops and row gates those rows
+        get on one process. Raises ``SdpruneError`` if the loss is not finite.
         """
-        config, device = self.config, self.device
+        config, device, world = self.config, self.device, self.world
         lr = lr_at(config, step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        offset, total = part if part is not None else (0, len(labels))
         self.gen_aug.manual_seed(step_seed(config.seed ^ AUGMENT_STREAM, step))
-        images = augment(images, self.data.augment, self.gen_aug)
-        x = normalize(images.to(device, non_blocking=True), *self.mean_std)
+        images = augment(images.to(device, non_blocking=True), self.data.augment, self.gen_aug, (offset, total))
+        x = normalize(images, *self.mean_std)
         y = labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Row mode: every sample had its own mask, so learned survival needs every sample's loss.
         per_sample = self.controller is not None and self.sampler.mode == "row"
-        with self.sampler.install(step, len(y)) as gates, \
+        with self.sampler.install(step, total, rows=slice(offset, offset + len(y))) as gates, \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
-            logits = self.model(x)
+            logits = self.forward_model(x)
             teacher_logits = None
             if self.teacher is not None and self.distill > 0:
                 with torch.no_grad():
@@ -133,13 +146,24 @@ class Trainer:
                                        config.label_smoothing, reduction="none" if per_sample else "mean")
             loss = losses.mean() if per_sample else losses
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with warnings.catch_warnings():
+            # DDP on a 1-channel stem conv: its gradient's strides are ambiguous (C=1), harmless
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            loss.backward()
+        if self.grad_sync == "allreduce":
+            average_gradients(self.model, world)
         self.optimizer.step()
         # The step's one read-back from the device (a sync): the loss (per sample in row mode)
         # and the top-1 count in a single transfer, for the divergence check, learning, metrics.
+        # Under torchrun the ranks pool them first, so every rank learns from the whole batch.
         correct = (logits.detach().argmax(1) == y).sum().float().view(1)
-        back = torch.cat([losses.detach().float().view(-1), correct]).cpu()
-        observed, correct_value = back[:-1], int(back[-1])
+        counts = sum_across(torch.cat([correct, torch.full((1,), float(len(y)), device=device)]), world)
+        if per_sample:
+            observed = gather_rows(losses.detach().float().view(-1), world)
+        else:
+            observed = sum_across(losses.detach().float().view(1), world) / world.world_size
+        back = torch.cat([observed, counts]).cpu()
+        observed, correct_value, seen = back[:-2], int(back[-2]), int(back[-1])
         loss_value = float(observed.mean()) if per_sample else float(observed[0])
         if not math.isfinite(loss_value):
             raise SdpruneError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
@@ -147,9 +171,10 @@ class Trainer:
             changed = self.controller.observe(step, gates, observed if per_sample else loss_value, self.total_steps)
             if changed is not None:
                 self.sampler.refresh(changed)
+        self.gate_checksum += float(gates.sum()) * ((step % 1000) + 1)
         # Row mode computes every branch (the mask only zeroes rows): all blocks run.
         executed = float(len(self.sampler.blocks)) if self.sampler.mode == "row" else float(gates.sum())
-        return StepResult(loss_value, correct_value, executed, lr)
+        return StepResult(loss_value, correct_value, executed, lr, seen)
 
 
 def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nesterov: bool,
@@ -168,15 +193,18 @@ def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nester
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
                    steps_per_epoch: int | None = None, adopted: Adopted | None = None,
-                   ranking: Sequence[float] | None = None) -> Trainer:
+                   ranking: Sequence[float] | None = None, world: Distributed | None = None,
+                   grad_sync: str = DEFAULT_GRAD_SYNC) -> Trainer:
     """Model (with its initial survival), optimizer, gate sampler and survival controller.
 
     From scratch, the weights are initialised from ``config.seed`` without touching the
     caller's global random state. A retrofit (``adopted``) trains a copy of the adopted
     network, which itself becomes the frozen distillation teacher; learned survival then
     starts from its survivals, and ``ranking`` (one score per gated block, higher = more
-    needed) fixes the blocks a prune-aware retrofit excludes.
+    needed) fixes the blocks a prune-aware retrofit excludes. Under torchrun (``world``)
+    the step runs through the model's distributed wrapper (``distributed.wrap_model``).
     """
+    world = world or Distributed()
     c, _, _ = data.input_shape
     teacher = None
     if adopted is None:
@@ -200,10 +228,13 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
         model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
-    optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
     sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
+    forward_model = wrap_model(model, world, device, config.sync_bn, may_skip=config.survival != "none",
+                               grad_sync=grad_sync)
+    optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
     if steps_per_epoch is None:
         steps_per_epoch = num_batches(len(data.train), config.batch_size,
                                       drop_last=drops_last(len(data.train), config.batch_size))
     return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch,
-                   teacher=teacher, distill=distill_weight(config) if teacher is not None else 0.0)
+                   teacher=teacher, distill=distill_weight(config) if teacher is not None else 0.0,
+                   world=world, forward_model=forward_model, grad_sync=grad_sync)

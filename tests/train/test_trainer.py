@@ -174,16 +174,16 @@ def test_learned_training_resumes_exactly(tmp_path, monkeypatch):
     config = dict(model="resnet20", survival="learned", target_keep=0.5, epochs=2, batch_size=128)
     train(TrainConfig(**config, out=str(tmp_path / "full")))
 
-    write_metrics = loop._write_metrics
+    write_metrics = loop.write_metrics
 
     def crash_after_first_epoch(path, rows):
         write_metrics(path, rows)
         raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
 
-    monkeypatch.setattr(loop, "_write_metrics", crash_after_first_epoch)
+    monkeypatch.setattr(loop, "write_metrics", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**config, out=str(tmp_path / "cut")))
-    monkeypatch.setattr(loop, "_write_metrics", write_metrics)
+    monkeypatch.setattr(loop, "write_metrics", write_metrics)
     assert load_checkpoint(tmp_path / "cut")["meta"]["epoch"] == 1
     train(TrainConfig(), resume=tmp_path / "cut")
 
