@@ -7,7 +7,9 @@ rank. ``sdprune.train.distributed`` keeps three correct ways to average the rest
   ddp-skip-unused  the same, with skip_all_reduce_unused_params (no all-reduce of the skipped)
   allreduce        no DDP: one flat all-reduce of the gradients that exist, after backward
 
-and, for reference, plain training (no skipping: DDP without the unused-parameter search).
+and, for reference, plain training (no skipping) through ``ddp`` (DDP without the
+unused-parameter search) and through ``allreduce``: the SD/plain step ratio is read within
+one averaging, so it does not mix the averaging's cost into the skipping's saving.
 Each arm is its own ``torchrun --nproc-per-node P`` launch of this file, one after another;
 rank 0 times ``Trainer.step`` (what `sdprune train` runs) over --steps steps after
 --warmup, on generated 32x32 images. The arms run in turn --rounds times (a drift of the
@@ -30,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ARMS = (("ddp", "linear"), ("ddp-skip-unused", "linear"), ("allreduce", "linear"), ("ddp", "none"))
+ARMS = (("ddp", "linear"), ("ddp-skip-unused", "linear"), ("allreduce", "linear"), ("ddp", "none"),
+        ("allreduce", "none"))
 
 
 def parse_args(argv=None):
@@ -53,7 +56,7 @@ def worker(args) -> None:
     import torch
 
     from sdprune.data.bundle import load_data
-    from sdprune.data.images import iterate_batches
+    from sdprune.data.images import iterate_batches, shard_rows
     from sdprune.train.config import TrainConfig
     from sdprune.train.distributed import distributed_session
     from sdprune.train.evaluate import resolve_device
@@ -64,9 +67,9 @@ def worker(args) -> None:
         device = resolve_device(device_name)
         data = load_data("synthetic", image_size=32)
         config = TrainConfig(model=args.model, dataset="synthetic", batch_size=args.batch_size, survival=survival,
-                             device=device_name, world_size=world.world_size)
-        trainer = build_training(config, data, device, world=world, grad_sync=grad_sync)
-        part = (args.batch_size // world.world_size * world.rank, args.batch_size)
+                             device=device_name, world_size=world.world_size, grad_sync=grad_sync)
+        trainer = build_training(config, data, device, world=world)
+        part = (shard_rows(args.batch_size, world.shard).start, args.batch_size)
         gen = torch.Generator().manual_seed(0)
         batches = []
         while len(batches) < args.warmup + args.steps:

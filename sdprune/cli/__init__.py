@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         except SdpruneError as err:
             print(f"sdprune {args.command}: error: {err}", file=sys.stderr)
             return 2
+        if args.command != "train":  # N copies would each do the whole job and write the same files
+            if not other_rank:
+                print(f"sdprune {args.command}: error: only `sdprune train` runs under torchrun; "
+                      f"run `sdprune {args.command}` as one process (--device picks its GPU)", file=sys.stderr)
+            return 2
     reporter = Reporter(quiet=args.quiet, json_mode=args.json, silent=other_rank)
     try:
         return int(args.run(args, reporter) or 0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def add_parser(sub):
     from sdprune.cli.common import ints
-    from sdprune.data.bundle import DATASETS
+    from sdprune.data.bundle import DATA_MODES, DATASETS, MEMORY_BUDGET
+    from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
+    from sdprune.train.distributed import GRAD_SYNCS
     from sdprune.depth.schedule import SCHEDULES
     from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
@@ -19,7 +21,8 @@ def add_parser(sub):
     a("--data-dir", help="dataset folder (default ~/.cache/sdprune/data/<dataset>)")
     a("--download", action="store_true", default=None, help="download the dataset if missing")
     a("--image-size", type=int,
-      help="image side in pixels (default 64 for imagefolder, 32 for synthetic; other datasets: their own)")
+      help=f"image side in pixels (default {FOLDER_IMAGE_SIZE} for imagefolder, 32 for synthetic; "
+           "other datasets: their own)")
     a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
     a("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
     a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
@@ -46,16 +49,20 @@ def add_parser(sub):
       help=f"softmax temperature of distillation (default {d.distill_temperature:g})")
     a("--seed", type=int, help=f"0 to 2**63 - 1 (default {d.seed})")
     a("--workers", type=int, help=f"image decoding processes, imagefolder only (default {d.workers})")
-    a("--data-mode", choices=["auto", "memory", "stream"],
+    a("--data-mode", choices=DATA_MODES,
       help="imagefolder: decode every image into memory, or stream files through --workers processes "
-           f"(auto: stream when the decoded images would pass 2 GiB; default {d.data_mode})")
-    a("--bad-images", choices=["fail", "skip"],
-      help=f"streamed imagefolder: an unreadable image fails the run, or is skipped and counted (default {d.bad_images})")
+           f"(auto: stream when the decoded images would pass {MEMORY_BUDGET / 2**30:g} GiB; default {d.data_mode})")
+    a("--bad-images", choices=BAD_IMAGES,
+      help="imagefolder: an unreadable image fails the run, or is skipped and counted (training takes the "
+           f"next readable file in its place; default {d.bad_images})")
     a("--eval-resize", type=int,
-      help="streamed imagefolder: side evaluation images are resized to before the centre crop "
-           "(default image size / 0.875)")
+      help="imagefolder: side evaluation images are resized to before the centre crop of --image-size "
+           "(default: the image size in memory, image size / 0.875 streamed)")
     a("--sync-bn", action="store_true", default=None,
       help="under torchrun: BatchNorm statistics over every rank's images (default: per rank)")
+    a("--grad-sync", choices=GRAD_SYNCS,
+      help="under torchrun: how gradients are averaged (auto: allreduce on the CPU, ddp on GPUs; "
+           f"default {d.grad_sync})")
     a("--device", help=f"auto | cpu | cuda | cuda:N; under torchrun each rank takes its local GPU (default {d.device})")
     a("--no-amp", dest="amp", action="store_false", default=None, help="no bfloat16 autocast on CUDA")
     a("--out", help="run folder (default runs/<model>-<dataset>-<survival>-<time>)")

@@ -1,12 +1,14 @@
-"""Datasets as in-memory uint8 tensors, with a deterministic validation slice.
+"""Datasets as three splits of uint8 images, with a deterministic validation slice.
 
-Every dataset becomes three ``ImageSet`` splits of uint8 images (N, C, H, W):
-``train`` (the training set minus the validation slice), ``val`` (a fixed slice carved
-from the training set, used to choose blocks; the test split never chooses anything)
-and ``test``. Images stay uint8 until the batch reaches the device, where ``normalize``
-turns them into floats; augmentation works on whole uint8 batches (``augment``).
+Every dataset becomes three splits: ``train`` (the training set minus the validation
+slice), ``val`` (a fixed slice carved from the training set, used to choose blocks; the
+test split never chooses anything) and ``test``. A split is an ``ImageSet`` (uint8
+(N, C, H, W) in memory) or, for a large image folder, a ``FolderSet`` that decodes its
+files a batch at a time (``sdprune.data.folder``); both deliver the same uint8 batches.
+Images stay uint8 until the batch reaches the device, where ``normalize`` turns them into
+floats; augmentation works on whole uint8 batches (``augment``).
 
-Loading uses torchvision's dataset classes; nothing is downloaded unless asked.
+Loading uses torchvision's dataset classes and decoders; nothing is downloaded unless asked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from sdprune.data.augment import Augment
-from sdprune.data.folder import BAD_IMAGES, FolderSet, open_folder
+from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE, FolderSet, eval_resize_for, open_folder
 from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.readers import load_splits
 from sdprune.errors import SdpruneError
@@ -46,9 +48,13 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     augment: Augment = field(default_factory=Augment)
-    # unreadable files skipped while decoding a folder into memory (a streamed FolderSet
-    # records those it meets in its own ``skipped``, epoch after epoch)
+    # unreadable files skipped while decoding a folder into memory (each streamed split
+    # records those it meets in its own ``FolderSet.skipped``)
     skipped: list[str] = field(default_factory=list)
+    # an image folder's reading: {"mode": "memory" | "stream", "resize": the side evaluation
+    # images are resized to before their centre crop}; recorded in checkpoints, so every
+    # later command reads the folder exactly as the run did
+    view: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -57,19 +63,20 @@ class DataBundle:
     def meta(self) -> dict:
         """What a checkpoint must remember about its data (JSON-able)."""
         return {"dataset": self.name, "classes": self.classes, "input_shape": list(self.input_shape),
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, **self.view}
 
 
 def load_data(name: str, data_dir: str | None = None, download: bool = False,
               image_size: int | None = None, val_fraction: float = VAL_FRACTION,
               workers: int = 0, data_mode: str = "auto", bad_images: str = "fail",
               eval_resize: int | None = None, pin_memory: bool = False,
-              normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
+              normalization: tuple[list[float], list[float]] | None = None,
+              memory_budget: int = MEMORY_BUDGET) -> DataBundle:
     """Load a dataset by name, split off the validation slice and compute normalisation.
 
     An image folder is decoded into memory once (``data_mode`` "memory"), or streamed from
     its files by ``workers`` DataLoader processes ("stream"; see ``sdprune.data.folder``);
-    "auto" streams it when its decoded images would exceed ``MEMORY_BUDGET``. Either way
+    "auto" streams it when its decoded images would exceed ``memory_budget`` bytes. Either way
     unreadable files fail the load or are skipped (``bad_images``). The other sets are read
     whole into memory. ``normalization`` (mean, std), when a checkpoint already fixed it,
     is used instead of measuring the training images.
@@ -87,28 +94,34 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
             and not Path(data_dir).is_dir():
         raise SdpruneError(f"data folder {data_dir} does not exist")
     skipped: list[str] = []
+    view: dict = {}
     if name == "imagefolder":
         if data_dir is None:
             raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
-        size = image_size or 64
+        size = image_size or FOLDER_IMAGE_SIZE
         train, test, classes = open_folder(Path(data_dir), size, workers, bad_images, eval_resize, pin_memory)
         decoded = (len(train) + len(test)) * train.channels * size * size
-        if data_mode == "stream" or (data_mode == "auto" and decoded > MEMORY_BUDGET):
+        if data_mode == "stream" or (data_mode == "auto" and decoded > memory_budget):
             augment = Augment(flip=True)  # the random resized crop is drawn by the decoding workers
-        else:  # decoded once at the training size; augmented like the other in-memory sets
-            folders = [replace(split, resize=size) for split in (train, test)]
+            view = {"mode": "stream", "resize": eval_resize or eval_resize_for(size)}
+        else:  # decoded once (the evaluation view); augmented like the other in-memory sets
+            view = {"mode": "memory", "resize": eval_resize or size}
+            folders = [replace(split, resize=view["resize"]) for split in (train, test)]
             train, test = (folder.in_memory() for folder in folders)
-            skipped = folders[0].skipped + folders[1].skipped
+            skipped = [*folders[0].skipped, *folders[1].skipped]
             augment = Augment(pad=max(1, size // 8), flip=True)
     else:
         train, test, classes, augment = load_splits(name, data_dir, download, image_size)
     _check_size(name, train, test)
     train, val = split_validation(train, val_fraction)
     if normalization is None:
-        sample = train.sample(STREAM_STATS_IMAGES, DATASET_SEED) if isinstance(train, FolderSet) else train
+        # a streamed split measures a sample (of its own: the files it finds unreadable are
+        # reported when training meets them)
+        sample = replace(train.sample(STREAM_STATS_IMAGES, DATASET_SEED), skipped={}) \
+            if isinstance(train, FolderSet) else train
         normalization = channel_stats(sample.in_memory().images)
     mean, std = (list(v) for v in normalization)
-    return DataBundle(name, train, val, test, classes, mean, std, augment, skipped)
+    return DataBundle(name, train, val, test, classes, mean, std, augment, skipped, view)
 
 
 def _check_size(name: str, train, test) -> None:
@@ -152,9 +165,10 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
     """The dataset a checkpoint was trained on (or another one), normalised as it was.
 
     Normalisation always comes from the checkpoint: the network was trained with it. A
-    folder is read as the run read it (data mode, unreadable-file policy, evaluation resize).
+    folder is read as the run read it (data mode and evaluation resize as recorded, the
+    run's unreadable-file policy), whatever its size is now.
     """
-    config = meta.get("config", {})
+    config, recorded = meta.get("config", {}), meta["data"]
     same = dataset is None or dataset == meta["data"]["dataset"]
     name = meta["data"]["dataset"] if same else dataset
     folder = name == "imagefolder"
@@ -162,9 +176,10 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
                        download=bool(config.get("download")) and same,
                        image_size=meta["data"]["input_shape"][-1] if name in ("imagefolder", "synthetic") else None,
                        workers=int(config.get("workers") or 0) if folder else 0,
-                       data_mode=str(config.get("data_mode") or "auto") if folder and same else "auto",
+                       data_mode=str(recorded.get("mode") or config.get("data_mode") or "auto")
+                       if folder and same else "auto",
                        bad_images=str(config.get("bad_images") or "fail") if folder and same else "fail",
-                       eval_resize=config.get("eval_resize") if folder and same else None,
+                       eval_resize=(recorded.get("resize") or config.get("eval_resize")) if folder and same else None,
                        normalization=(meta["data"]["mean"], meta["data"]["std"]))
     if tuple(bundle.input_shape) != tuple(meta["data"]["input_shape"]):
         raise SdpruneError(f"dataset {name} has images of shape {list(bundle.input_shape)}, "

@@ -24,6 +24,7 @@ from torch import Tensor
 from sdprune.data.images import ImageSet, seeded_index
 from sdprune.errors import SdpruneError
 
+FOLDER_IMAGE_SIZE = 64             # pixels: an image folder's default --image-size
 CROP_SCALE = (0.08, 1.0)            # RandomResizedCrop's area fraction (torchvision's default)
 CROP_RATIO = (3 / 4, 4 / 3)         # and aspect ratio
 EVAL_CROP_FRACTION = 0.875          # resize to size / 0.875, centre-crop size (224 <- 256)
@@ -51,7 +52,8 @@ class FolderSet:
     bad_images: str = "fail"         # an unreadable file fails the run, or is skipped and counted
     workers: int = 0                 # DataLoader worker processes (0: decode in this process)
     pin_memory: bool = False         # for a CUDA device
-    skipped: list[str] = field(default_factory=list)  # unreadable files met so far (skip mode)
+    # unreadable files met so far by this set (skip mode): path -> reason, each file once
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> Tensor:
@@ -82,7 +84,7 @@ class FolderSet:
 
     def subset(self, index: Tensor) -> "FolderSet":
         return replace(self, paths=[self.paths[i] for i in index.tolist()], targets=self.targets[index],
-                       skipped=self.skipped)
+                       skipped={})
 
     def sample(self, n: int | None, seed: int = 0) -> "FolderSet":
         """A seeded random subset of ``n`` files in their original order (``ImageSet.sample``)."""
@@ -116,7 +118,7 @@ class FolderSet:
                 if self.bad_images == "fail":
                     raise SdpruneError(f"{path} is not a readable image ({reason}); remove or replace it, "
                                        "or pass --bad-images skip")
-                self.skipped.append(path)
+                self.skipped.setdefault(path, reason)
             if crop_seeds is not None and len(labels) < len(chunk):
                 raise SdpruneError(f"no readable image among {min(SUBSTITUTE_TRIES, len(self))} files in a row "
                                    f"from {bad[0][0]}: nothing to train on in its place; check the folder")
@@ -218,8 +220,10 @@ def random_resized_crop(image: Tensor, size: int, seed: int) -> Tensor:
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.v2.functional import resized_crop
 
-    with torch.random.fork_rng(devices=[]):  # get_params draws from the global generator
-        torch.manual_seed(seed)
+    # get_params draws from the global CPU generator: seed it alone for the draw and put it
+    # back (torch.manual_seed would also reseed every CUDA generator, e.g. Dropout's).
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         top, left, h, w = RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
     return resized_crop(image, top, left, h, w, [size, size], antialias=True)
 

@@ -113,12 +113,25 @@ def iterate_batches(data, batch_size: int, generator: torch.Generator | None = N
     chunks, seeds = [], []
     for start in range(0, stop, batch_size):
         positions = torch.arange(start, min(start + batch_size, n))
-        if shard is not None:
-            positions = positions.tensor_split(shard[1])[shard[0]]
+        positions = positions[shard_rows(len(positions), shard)]
         chunks.append(order[positions])
         if crop_seed is not None:
             seeds.append(torch.tensor([step_seed(crop_seed, p) for p in positions.tolist()], dtype=torch.long))
     return data.load_batches(chunks, seeds if crop_seed is not None else None)
+
+
+def shard_rows(total: int, shard: tuple[int, int] | None) -> slice:
+    """The rows of a batch of ``total`` that rank ``shard[0]`` of ``shard[1]`` takes (all when None).
+
+    Contiguous parts in rank order, the first ``total % world`` one row longer (as
+    ``Tensor.tensor_split`` cuts): the one place a rank's share of a batch is decided.
+    """
+    if shard is None:
+        return slice(0, total)
+    rank, world = shard
+    base, extra = divmod(total, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 def drops_last(n: int, batch_size: int) -> bool:

@@ -169,6 +169,9 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
         "preprocessing": {"layout": "NCHW", "dtype": "float32", "input_shape": list(meta["data"]["input_shape"]),
                           "scale": "1/255", "mean": list(meta["data"]["mean"]), "std": list(meta["data"]["std"]),
                           "formula": "x = (pixel / 255 - mean) / std per channel",
+                          **({"resize": meta["data"]["resize"], "centre_crop": meta["data"]["input_shape"][-1],
+                              "view": "resize the short side to `resize`, then the centre crop"}
+                             if meta["data"].get("resize") else {}),
                           "input": "input", "output": "logits"},
     }
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
 from sdprune.data.images import drops_last, iterate_batches, normalization, normalize, num_batches
-from sdprune.depth.gates import expected_gates
+from sdprune.depth.gates import expected_gates, step_seed
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.distill import distillation_loss
@@ -145,19 +145,21 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     gen_order, gen_aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     if teacher is not None:
         teacher.eval()
-    step, loss_sum, seen = 0, 0.0, 0
+    step, loss_sum, seen, passes = 0, 0.0, 0, 0
     model.train()
     try:
         with expected_gates(model), reporter.progress("fine-tune", total) as bar:
             while step < total:
                 loss_sum, seen = 0.0, 0
-                for images, labels in iterate_batches(data.train, batch_size, gen_order, drop_last):
+                # a streamed folder's random resized crops, as in training (from the seed and the pass)
+                crops = step_seed(seed + 2, passes)
+                passes += 1
+                for images, labels in iterate_batches(data.train, batch_size, gen_order, drop_last, crop_seed=crops):
                     if step >= total:
                         break
                     for group in optimizer.param_groups:
                         group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
-                    x = normalize(augment(images, data.augment, gen_aug).to(device, non_blocking=True),
-                                  *mean_std)
+                    x = normalize(augment(images.to(device, non_blocking=True), data.augment, gen_aug), *mean_std)
                     y = labels.to(device, non_blocking=True)
                     logits = model(x).float()
                     target = None

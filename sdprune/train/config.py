@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdprune.data.bundle import DATA_MODES
+from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
 from sdprune.depth.gates import DROP_MODES, check_seed
 from sdprune.depth.schedule import SCHEDULES
 from sdprune.errors import SdpruneError
+from sdprune.train.distributed import GRAD_SYNCS
 
 MAX_IMAGE_SIZE = 4096  # pixels
 MAX_WORKERS = 256  # image decoding processes
@@ -60,11 +63,12 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 0                       # image decoding processes (imagefolder)
-    data_mode: str = "auto"                # imagefolder: memory | stream | auto (stream above 2 GiB decoded)
-    bad_images: str = "fail"               # streamed imagefolder: an unreadable file fails, or is skipped
-    eval_resize: int | None = None         # pixels; streamed evaluation resize before the centre crop
-                                           # (None: image_size / 0.875)
+    data_mode: str = "auto"                # imagefolder: memory | stream | auto (bundle.MEMORY_BUDGET)
+    bad_images: str = "fail"               # imagefolder: an unreadable file fails the run, or is skipped
+    eval_resize: int | None = None         # pixels; imagefolder evaluation resize before the centre crop
+                                           # (None: image_size in memory, image_size / 0.875 streamed)
     sync_bn: bool = False                  # torchrun: BatchNorm statistics over every rank's images
+    grad_sync: str = "auto"                # torchrun: how gradients are averaged (auto | ddp | ddp-skip-unused | allreduce)
     world_size: int = 1                    # processes training together (set by torchrun, recorded)
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # bfloat16 autocast on CUDA (ignored on the CPU)
@@ -138,16 +142,19 @@ def validate(c: TrainConfig) -> None:
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
     if c.target_survival is not None and c.target_survival < c.p_min:
         bad(f"--target-survival {c.target_survival} is below --p-min {c.p_min}: no survivals meet it")
-    if c.data_mode not in ("auto", "memory", "stream"):
-        bad(f"--data-mode must be auto, memory or stream, got {c.data_mode!r}")
+    if c.data_mode not in DATA_MODES:
+        bad(f"--data-mode must be one of {', '.join(DATA_MODES)}, got {c.data_mode!r}")
     if c.data_mode == "stream" and c.dataset != "imagefolder":
         bad(f"--data-mode stream reads image folders; {c.dataset} is read into memory")
-    if c.bad_images not in ("fail", "skip"):
-        bad(f"--bad-images must be fail or skip, got {c.bad_images!r}")
+    if c.bad_images not in BAD_IMAGES:
+        bad(f"--bad-images must be one of {', '.join(BAD_IMAGES)}, got {c.bad_images!r}")
     if c.eval_resize is not None and not 1 <= c.eval_resize <= MAX_IMAGE_SIZE:
         bad(f"--eval-resize must be 1 to {MAX_IMAGE_SIZE} pixels, got {c.eval_resize}")
-    if c.eval_resize is not None and c.eval_resize < (c.image_size or 64):
-        bad(f"--eval-resize {c.eval_resize} is smaller than the {c.image_size or 64}-pixel crop it is cut to")
+    if c.eval_resize is not None and c.eval_resize < (c.image_size or FOLDER_IMAGE_SIZE):
+        bad(f"--eval-resize {c.eval_resize} is smaller than the {c.image_size or FOLDER_IMAGE_SIZE}-pixel "
+            "crop it is cut to")
+    if c.grad_sync not in GRAD_SYNCS:
+        bad(f"--grad-sync must be one of {', '.join(GRAD_SYNCS)}, got {c.grad_sync!r}")
     if c.world_size < 1:
         bad(f"world_size must be at least 1, got {c.world_size}")
     if c.batch_size % c.world_size:

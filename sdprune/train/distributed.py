@@ -33,8 +33,18 @@ from torch import Tensor, nn
 from sdprune.errors import SdpruneError
 from sdprune.train.sync_norm import convert_cross_rank_bn
 
-GRAD_SYNCS = ("ddp", "ddp-skip-unused", "allreduce")
-DEFAULT_GRAD_SYNC = "allreduce"  # the fastest measured: BENCHMARKS.md, "Distributed gradient averaging"
+GRAD_SYNCS = ("auto", "ddp", "ddp-skip-unused", "allreduce")
+
+
+def resolve_grad_sync(grad_sync: str, device: torch.device) -> str:
+    """``auto``: ``allreduce`` on the CPU, where it was measured fastest (BENCHMARKS.md,
+    "Distributed gradient averaging"); ``ddp`` on GPUs, whose overlap of the all-reduce with
+    backward only NCCL can use, until a GPU measurement says otherwise."""
+    if grad_sync not in GRAD_SYNCS:
+        raise SdpruneError(f"--grad-sync must be one of {', '.join(GRAD_SYNCS)}, got {grad_sync!r}")
+    if grad_sync != "auto":
+        return grad_sync
+    return "ddp" if device.type == "cuda" else "allreduce"
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def enabled(self) -> bool:
@@ -63,16 +74,26 @@ def launched_world() -> Distributed:
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     except ValueError:
         raise SdpruneError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (set by torchrun)") from None
     if world < 1 or not 0 <= rank < world:
         raise SdpruneError(f"RANK {rank} is not in a world of {world} processes")
-    return Distributed(rank, world, local)
+    return Distributed(rank, world, local, max(1, local_world))
 
 
-def is_main_process() -> bool:
-    """Whether this process prints the run's result (rank 0, or not under torchrun)."""
-    return launched_world().main
+@contextmanager
+def machine_first(world: Distributed) -> Iterator[None]:
+    """Run the scope on each machine's local rank 0 first, then on its other ranks.
+
+    For work that writes a shared place, such as a dataset download: one process per
+    machine fetches it while the others wait, then they read what it wrote.
+    """
+    if world.enabled and world.local_rank != 0:
+        dist.barrier()
+    yield
+    if world.enabled and world.local_rank == 0:
+        dist.barrier()
 
 
 @contextmanager
@@ -101,17 +122,18 @@ def distributed_session(device: str) -> Iterator[tuple[Distributed, str]]:
 
 
 def wrap_model(model: nn.Module, world: Distributed, device: torch.device, sync_bn: bool,
-               may_skip: bool, grad_sync: str = DEFAULT_GRAD_SYNC) -> nn.Module:
+               may_skip: bool, grad_sync: str) -> nn.Module:
     """The module the training step runs forward through (``model`` itself on one process).
 
     ``sync_bn`` makes BatchNorm pool its training statistics over every rank, in place (the
     checkpoint's keys do not change): PyTorch's SyncBatchNorm on GPUs, ``CrossRankBatchNorm``
-    where PyTorch refuses it (the CPU); ``may_skip`` says whether some step can skip a branch.
+    where PyTorch refuses it (the CPU); ``may_skip`` says whether some step can skip a branch
+    (batch mode: a row-mode mask computes every branch); ``grad_sync`` is resolved (not auto).
     """
     if not world.enabled:
         return model
-    if grad_sync not in GRAD_SYNCS:
-        raise ValueError(f"grad_sync must be one of {GRAD_SYNCS}, got {grad_sync!r}")
+    if grad_sync not in GRAD_SYNCS[1:]:
+        raise ValueError(f"grad_sync must be one of {GRAD_SYNCS[1:]}, got {grad_sync!r}")
     if sync_bn:
         if device.type == "cuda":
             _convert_sync_bn(model)

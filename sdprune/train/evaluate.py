@@ -69,16 +69,19 @@ def score_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
 def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
              device: torch.device | str = "cpu", batch_size: int = 512,
              world: Distributed | None = None) -> dict[str, float]:
-    """Loss and top-1 accuracy (%) of ``model`` on ``data``; under torchrun (``world``) each
-    rank scores its share and the sums are pooled."""
+    """Loss, top-1 accuracy (%) and the number ``n`` of images scored (a folder's unreadable
+    files are left out) of ``model`` on ``data``; under torchrun (``world``) each rank scores
+    its share and the sums are pooled."""
     logits, labels = predict_labelled(model, data, mean, std, device, batch_size, world.shard if world else None)
     if world is None or not world.enabled:
-        return score_logits(logits, labels)
+        return {**score_logits(logits, labels), "n": len(labels)}
     local = torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")) if len(labels) else 0.0,
                           float((logits.argmax(1) == labels).sum()) if len(labels) else 0.0, float(len(labels))],
                          dtype=torch.float64, device=device)
     loss_sum, correct, n = sum_across(local, world).tolist()
-    return {"loss": loss_sum / n, "acc": 100.0 * correct / n} if n else score_logits(logits, labels)
+    if not n:
+        return {**score_logits(logits, labels), "n": 0}
+    return {"loss": loss_sum / n, "acc": 100.0 * correct / n, "n": int(n)}
 
 
 def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict:
@@ -106,6 +109,6 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None =
     blocks = block_names(model)
     return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
             "dataset": data.name, "test": result["test"], "val": result["val"],
-            "images": {"test": len(data.test), "val": len(data.val)},
+            "images": {"test": result["test"]["n"], "val": result["val"]["n"]},
             "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
             **size_of(model, data.input_shape)}

@@ -2,8 +2,10 @@
 
 Determinism contract (CPU): the data order of epoch e comes from a generator seeded by
 (seed, e), every augmentation draw and every gate of step s from generators seeded by
-(seed, s). A run resumed from its epoch-e checkpoint therefore sees the same batches,
-crops and gates as an uninterrupted one and ends with the same weights.
+(seed, s), and a streamed folder's crop of the image at position p of epoch e from
+(seed, e, p). A run resumed from its epoch-e checkpoint therefore sees the same batches,
+crops and gates as an uninterrupted one and ends with the same weights; under torchrun
+every rank draws the gates of the whole batch and takes its rows of it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from sdprune.data.bundle import DataBundle, load_data
+from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, load_data
 from sdprune.data.folder import FolderSet
-from sdprune.data.images import ImageSet, drops_last, iterate_batches
+from sdprune.data.images import ImageSet, drops_last, iterate_batches, shard_rows
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
@@ -38,8 +40,8 @@ from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.lock import locked_run
 from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, read_metrics, record_run, write_metrics
 from sdprune.train.schema import check_resumable, load_training_state
-from sdprune.train.distributed import (DEFAULT_GRAD_SYNC, Distributed, broadcast_buffers, broadcast_text,
-                                       check_agreement, distributed_session)
+from sdprune.train.distributed import (Distributed, broadcast_buffers, broadcast_text,
+                                       check_agreement, distributed_session, machine_first, sum_across)
 from sdprune.train.trainer import CROP_STREAM, ORDER_STREAM, build_training, checkpoint_meta
 
 
@@ -50,7 +52,7 @@ RankBlocks = Callable[[nn.Module, DataBundle, torch.device, float], Sequence[flo
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
-          rank_blocks: RankBlocks | None = None, grad_sync: str = DEFAULT_GRAD_SYNC) -> dict:
+          rank_blocks: RankBlocks | None = None) -> dict:
     """Train a network as configured (or resume a run); returns the run summary.
 
     With ``config.init`` the run is a retrofit of that trained network (``sdprune.train.adopt``);
@@ -61,18 +63,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     run writes it; Ctrl-C raises ``Interrupted``, whose message says how to resume.
 
     Launched by torchrun, every process calls this: they train one network together
-    (``sdprune.train.distributed``; ``grad_sync`` picks how gradients are averaged) and
+    (``sdprune.train.distributed``; ``config.grad_sync`` picks how gradients are averaged) and
     only rank 0 writes or reports.
     """
     with distributed_session(config.device) as (world, device_name):
         if not world.main:
             reporter = Reporter(silent=True)
         return _train(config, reporter or Reporter(quiet=True), resume, rank_blocks, world,
-                      resolve_device(device_name), grad_sync)
+                      resolve_device(device_name))
 
 
 def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, rank_blocks: RankBlocks | None,
-           world: Distributed, device: torch.device, grad_sync: str) -> dict:
+           world: Distributed, device: torch.device) -> dict:
     ckpt, run_dir = None, None
     if resume is not None and Path(resume).is_dir() and not (Path(resume) / CHECKPOINT).exists():
         run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
@@ -94,12 +96,12 @@ def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
         check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
     with locked_run(run_dir) if world.main else nullcontext():
         return _train_locked(config, reporter, ckpt, run_dir, device, resumed=resume is not None,
-                             rank_blocks=rank_blocks, world=world, grad_sync=grad_sync)
+                             rank_blocks=rank_blocks, world=world)
 
 
 def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, run_dir: Path,
                   device: torch.device, resumed: bool, rank_blocks: RankBlocks | None = None,
-                  world: Distributed = Distributed(), grad_sync: str = DEFAULT_GRAD_SYNC) -> dict:
+                  world: Distributed = Distributed()) -> dict:
     """``train`` once the run folder is locked: nothing else writes it now (only rank 0 writes)."""
     if (run_dir / CHECKPOINT).exists() and ckpt is None:
         raise SdpruneError(f"{run_dir} already holds a run; continue it with "
@@ -108,9 +110,12 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
     if world.main:
         remove_stale_temps(run_dir)
-    data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
-                     workers=config.workers, data_mode=config.data_mode, bad_images=config.bad_images,
-                     eval_resize=config.eval_resize, pin_memory=device.type == "cuda")
+    with machine_first(world) if config.download else nullcontext():  # one download per machine
+        # auto decodes into memory within MEMORY_BUDGET for the machine: every process holds a copy
+        data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
+                         workers=config.workers, data_mode=config.data_mode, bad_images=config.bad_images,
+                         eval_resize=config.eval_resize, pin_memory=device.type == "cuda",
+                         memory_budget=MEMORY_BUDGET // world.local_world_size)
     if world.enabled and len(data.train) < config.batch_size:
         raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
                            f"images; the training set has {len(data.train)}")
@@ -132,9 +137,12 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
             if rank_blocks is None:
                 raise ValueError("a prune-aware retrofit needs rank_blocks "
                                  "(sdprune.prune.retrofit.rank_for_retrofit, as `sdprune train` passes)")
-            ranking = list(rank_blocks(adopted.model, data, device, config.target_keep))
-    trainer = build_training(config, data, device, adopted=adopted, ranking=ranking, world=world,
-                             grad_sync=grad_sync)
+            # ranked once, on rank 0, and sent to every rank: ranks ranking apart could differ
+            # (GPU nondeterminism) and would then train with different survivals
+            ranking = list(rank_blocks(adopted.model, data, device, config.target_keep)) if world.main else None
+            if world.enabled:
+                ranking = json.loads(broadcast_text(json.dumps(ranking) if world.main else None, world, device))
+    trainer = build_training(config, data, device, adopted=adopted, ranking=ranking, world=world)
     data = _resident(data, device, reporter)
     model, optimizer, sampler, controller = trainer.model, trainer.optimizer, trainer.sampler, trainer.controller
     start_epoch, step = 0, 0
@@ -184,7 +192,7 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
     metrics_path = run_dir / "metrics.jsonl"
     steps_per_epoch, drop_last = trainer.steps_per_epoch, drops_last(len(data.train), config.batch_size)
     total = min(config.batch_size, len(data.train))  # every training batch is full (drop_last) or the whole set
-    part = (sum(len(t) for t in torch.arange(total).tensor_split(world.world_size)[:world.rank]), total)
+    part = (shard_rows(total, world.shard).start, total)
     blocks = len(sampler.blocks)
     streamed = "streamed" if isinstance(data.train, FolderSet) else "in memory"
     reporter.info(f"training {config.model} ({blocks} gated blocks) on {config.dataset} "
@@ -199,7 +207,7 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
         model.train()
         gen_order.manual_seed(step_seed(config.seed ^ ORDER_STREAM, epoch))
         t0, seen, loss_sum, correct, executed = time.perf_counter(), 0, 0.0, 0, 0.0
-        skipped = len(getattr(data.train, "skipped", ()))
+        skipped = _skipped_counts(data)
         batches = iterate_batches(data.train, config.batch_size, gen_order, drop_last,
                                   crop_seed=step_seed(config.seed ^ CROP_STREAM, epoch), shard=world.shard)
         with reporter.progress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
@@ -216,10 +224,6 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
                               f"{seen / (time.perf_counter() - t0):.0f} img/s "
                               f"blocks {executed / max(1, step - epoch * steps_per_epoch):.1f}/{blocks}")
         train_time = time.perf_counter() - t0
-        if len(getattr(data.train, "skipped", ())) > skipped:
-            met = list(dict.fromkeys(data.train.skipped[skipped:]))  # a file can be met twice (substitutes)
-            reporter.warn(f"skipped {len(met)} unreadable images this epoch, trained on the next readable "
-                          f"file in their place (first: {met[0]})")
         if world.enabled:  # the ranks must hold one network; then every rank evaluates (and rank 0
             check_agreement(world, {"survival": float(sum(get_survival(model))),  # saves) rank 0's
                                     "gates drawn": trainer.gate_checksum,        # BatchNorm statistics
@@ -228,6 +232,7 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             broadcast_buffers(model)
         val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size, world)
         test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size, world)
+        _report_skipped(data, skipped, world, device, reporter)
         steps_done = max(1, step - epoch * steps_per_epoch)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(1, seen),
                "train_acc": 100.0 * correct / max(1, seen), "val_loss": val["loss"], "val_acc": val["acc"],
@@ -259,6 +264,26 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             "dataset": config.dataset, "survival": config.survival, "epochs": config.epochs,
             "blocks": blocks, "device": str(device), "world_size": world.world_size,
             "wall_s": time.perf_counter() - t_run, "final": _public(final)}
+
+
+def _skipped_counts(data: DataBundle) -> list[int]:
+    """How many unreadable files each split (train, val, test) has met so far (0 in memory)."""
+    return [len(getattr(split, "skipped", ())) for split in (data.train, data.val, data.test)]
+
+
+def _report_skipped(data: DataBundle, before: list[int], world: Distributed, device: torch.device,
+                    reporter: Reporter) -> None:
+    """Warn about the unreadable files this epoch met for the first time, counted over every rank."""
+    if not isinstance(data.train, FolderSet):
+        return
+    new = sum_across(torch.tensor([a - b for a, b in zip(_skipped_counts(data), before)], device=device), world)
+    for (name, split), count, seen in zip((("training", data.train), ("validation", data.val),
+                                           ("test", data.test)), new.tolist(), before):
+        if count:
+            mine = list(split.skipped)[seen:]
+            first = f" (first: {mine[0]})" if mine else ""
+            instead = ", trained on the next readable file in their place" if name == "training" else ", left out"
+            reporter.warn(f"skipped {count} unreadable {name} images{first}{instead}")
 
 
 # An in-memory training set moves to the GPU when it takes at most this fraction of the free

@@ -30,7 +30,7 @@ from sdprune.nets.registry import create_model
 from sdprune.train.adopt import Adopted
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.distill import distillation_loss
-from sdprune.train.distributed import (DEFAULT_GRAD_SYNC, Distributed, average_gradients, gather_rows,
+from sdprune.train.distributed import (Distributed, average_gradients, gather_rows, resolve_grad_sync,
                                        sum_across, wrap_model)
 
 AUGMENT_STREAM, ORDER_STREAM, CROP_STREAM = 0x5EED_A116, 0x5EED_0D3E, 0x5EED_C409  # independent seeds per purpose
@@ -99,7 +99,7 @@ class Trainer:
     gen_aug: torch.Generator = field(default_factory=torch.Generator)
     world: Distributed = field(default_factory=Distributed)  # this rank under torchrun
     forward_model: nn.Module | None = None  # what the step runs: the model, or its DDP wrapper
-    grad_sync: str = DEFAULT_GRAD_SYNC
+    grad_sync: str = "allreduce"  # resolved (sdprune.train.distributed.resolve_grad_sync)
     gate_checksum: float = 0.0  # of every gate drawn: ranks compare it (distributed.check_agreement)
     # The normalisation on the device, built once: building it per step is a blocking copy.
     mean_std: tuple[Tensor, Tensor] = field(init=False)
@@ -114,7 +114,8 @@ class Trainer:
         return self.steps_per_epoch * self.config.epochs
 
     def step(self, step: int, images: Tensor, labels: Tensor, part: tuple[int, int] | None = None) -> StepResult:
-        """Optimisation step ``step`` on one batch of uint8 images (on the CPU) and their labels.
+        """Optimisation step ``step`` on one batch of uint8 images and their labels (on the CPU,
+        or already on the device when the training set is held there).
 
         Sets the step's learning rate, moves the batch to the device, augments it there,
         draws and installs the gates, runs forward, backward and SGD, and feeds learned
@@ -155,7 +156,8 @@ class Trainer:
         self.optimizer.step()
         # The step's one read-back from the device (a sync): the loss (per sample in row mode)
         # and the top-1 count in a single transfer, for the divergence check, learning, metrics.
-        # Under torchrun the ranks pool them first, so every rank learns from the whole batch.
+        # Under torchrun the ranks pool them first (one all-reduce of the counts, and one of
+        # the loss, or a gather of the per-sample losses), so every rank learns from the whole batch.
         correct = (logits.detach().argmax(1) == y).sum().float().view(1)
         counts = sum_across(torch.cat([correct, torch.full((1,), float(len(y)), device=device)]), world)
         if per_sample:
@@ -193,8 +195,7 @@ def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nester
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
                    steps_per_epoch: int | None = None, adopted: Adopted | None = None,
-                   ranking: Sequence[float] | None = None, world: Distributed | None = None,
-                   grad_sync: str = DEFAULT_GRAD_SYNC) -> Trainer:
+                   ranking: Sequence[float] | None = None, world: Distributed | None = None) -> Trainer:
     """Model (with its initial survival), optimizer, gate sampler and survival controller.
 
     From scratch, the weights are initialised from ``config.seed`` without touching the
@@ -229,8 +230,9 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
     sampler = GateSampler(model, config.drop_mode, config.seed)  # after the controller set survival
-    forward_model = wrap_model(model, world, device, config.sync_bn, may_skip=config.survival != "none",
-                               grad_sync=grad_sync)
+    grad_sync = resolve_grad_sync(config.grad_sync, device)
+    may_skip = config.survival != "none" and config.drop_mode == "batch"
+    forward_model = wrap_model(model, world, device, config.sync_bn, may_skip, grad_sync)
     optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
     if steps_per_epoch is None:
         steps_per_epoch = num_batches(len(data.train), config.batch_size,

@@ -67,11 +67,15 @@ def folder(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("folder"))
 
 
-def test_training_crops_depend_on_the_seed_alone_not_on_the_workers(folder):
+def test_training_crops_depend_on_the_seed_alone_not_on_the_workers(folder, monkeypatch):
     data = folder_set(folder)
     state = torch.random.get_rng_state()
+    reseeded = []  # a GPU's generators (Dropout's masks) must not follow the crops either
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
     one = batches(data, crop_seed=7)
     assert torch.equal(torch.random.get_rng_state(), state)  # the crops leave the global generator alone
+    assert reseeded == []
     assert same(one, batches(data, crop_seed=7))
     assert same(one, batches(dataclasses.replace(data, workers=2), crop_seed=7))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(3))
@@ -161,11 +165,11 @@ def test_skip_mode_trains_on_the_next_readable_file_and_evaluates_the_readable_o
     assert sorted(fresh.skipped) == sorted(bad)
 
 
-def test_auto_decodes_a_small_folder_into_memory_and_streams_a_large_one(folder, monkeypatch):
+def test_auto_decodes_a_small_folder_into_memory_and_streams_a_large_one(folder):
     memory = load_data("imagefolder", str(folder), image_size=SIZE)
     assert isinstance(memory.train, ImageSet) and isinstance(memory.test, ImageSet)
-    monkeypatch.setattr("sdprune.data.bundle.MEMORY_BUDGET", 1000)
-    streamed = load_data("imagefolder", str(folder), image_size=SIZE, eval_resize=20, bad_images="skip")
+    streamed = load_data("imagefolder", str(folder), image_size=SIZE, eval_resize=20, bad_images="skip",
+                         memory_budget=1000)
     assert all(isinstance(s, FolderSet) for s in (streamed.train, streamed.val, streamed.test))
     assert (streamed.train.resize, streamed.train.bad_images, streamed.test.resize) == (20, "skip", 20)
     assert (len(streamed.train), len(streamed.val), len(streamed.test)) == (32, 4, 9)
@@ -178,6 +182,29 @@ def test_auto_decodes_a_small_folder_into_memory_and_streams_a_large_one(folder,
     assert meta["input_shape"] == [3, SIZE, SIZE] and len(meta["mean"]) == len(meta["std"]) == 3
     assert streamed.mean == pytest.approx(memory.mean, abs=0.02)  # one brightness per class: views agree
     assert streamed.augment.flip
+
+
+def test_streamed_evaluation_images_are_the_in_memory_ones_at_the_same_resize(folder):
+    memory = load_data("imagefolder", str(folder), image_size=SIZE, data_mode="memory")
+    streamed = load_data("imagefolder", str(folder), image_size=SIZE, data_mode="stream", eval_resize=SIZE)
+    for split in ("val", "test"):
+        a, b = getattr(memory, split), getattr(streamed, split).in_memory()
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images), split
+    assert memory.mean == streamed.mean  # the same images measured: a small folder's sample is all of it
+    assert (memory.meta()["mode"], memory.meta()["resize"]) == ("memory", SIZE)
+    assert (streamed.meta()["mode"], streamed.meta()["resize"]) == ("stream", SIZE)
+
+
+def test_a_checkpoint_reads_its_folder_as_the_run_did(folder):
+    from sdprune.data.bundle import data_for_checkpoint
+
+    streamed = load_data("imagefolder", str(folder), image_size=SIZE, data_mode="stream")
+    assert streamed.meta()["resize"] == eval_resize_for(SIZE)
+    meta = {"data": {**streamed.meta(), "mean": [0.5] * 3, "std": [0.25] * 3},
+            "config": {"data_dir": str(folder), "data_mode": "auto"}}  # auto would now pick memory
+    again = data_for_checkpoint(meta)
+    assert isinstance(again.test, FolderSet) and again.test.resize == eval_resize_for(SIZE)
+    assert (again.mean, again.std) == ([0.5] * 3, [0.25] * 3)  # the checkpoint's, not measured again
 
 
 def test_stream_mode_val_is_a_slice_of_train_that_does_not_overlap_it(folder):
@@ -276,7 +303,7 @@ def test_every_kind_of_file_decodes_to_uint8_with_the_folders_channels(tmp_path,
     data = FolderSet(list(paths.values()), torch.zeros(len(paths), dtype=torch.long), SIZE, channels)
     (crops, _), = iterate_batches(data, len(paths), crop_seed=0)
     assert crops.shape == (len(paths), channels, SIZE, SIZE) and crops.dtype == torch.uint8
-    assert data.in_memory().images.shape == (len(paths), channels, SIZE, SIZE) and data.skipped == []
+    assert data.in_memory().images.shape == (len(paths), channels, SIZE, SIZE) and data.skipped == {}
 
 
 def test_the_channel_probe_tells_gray_files_from_colour_ones(tmp_path):
@@ -310,5 +337,5 @@ def test_a_decompression_bomb_is_an_unreadable_file_not_a_crash(tmp_path, monkey
     data = FolderSet([paths["bmp"], paths["gif"]], torch.tensor([0, 1]), SIZE)
     with pytest.raises(SdpruneError, match="x.bmp is not a readable image .*decompression bomb"):
         data.in_memory().images
-    skipping = dataclasses.replace(data, bad_images="skip", skipped=[])
-    assert skipping.in_memory().images.shape == (1, 3, SIZE, SIZE) and skipping.skipped == [paths["bmp"]]
+    skipping = dataclasses.replace(data, bad_images="skip", skipped={})
+    assert skipping.in_memory().images.shape == (1, 3, SIZE, SIZE) and list(skipping.skipped) == [paths["bmp"]]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sdprune.data.augment import Augment, augment
-from sdprune.data.images import ImageSet, iterate_batches
+from sdprune.data.images import ImageSet, iterate_batches, shard_rows
 from sdprune.depth.gates import GateSampler
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
@@ -55,6 +55,27 @@ def test_a_broken_launch_environment_is_one_clear_error(monkeypatch, env, word):
         monkeypatch.setenv(key, value)
     with pytest.raises(SdpruneError, match=word):
         launched_world()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_commands_other_than_train_refuse_torchrun(monkeypatch, capsys, tmp_path, rank):
+    from sdprune.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["stats", str(tmp_path / "run.pt"), "--out", str(tmp_path / "stats.json")]) == 2
+    err = capsys.readouterr().err
+    assert ("only `sdprune train` runs under torchrun" in err) == (rank == "0")  # rank 0 speaks once
+    assert not (tmp_path / "stats.json").exists()
+
+
+def test_shard_rows_cut_as_tensor_split_does():
+    for total in (1, 5, 8, 63):
+        for world in (1, 2, 3, 4):
+            parts = torch.arange(total).tensor_split(world)
+            for rank in range(world):
+                assert torch.equal(torch.arange(total)[shard_rows(total, (rank, world))], parts[rank])
+    assert shard_rows(7, None) == slice(0, 7)
 
 
 def test_shards_together_are_the_single_process_batches():
@@ -123,10 +144,10 @@ def test_a_killed_torchrun_run_resumes_under_torchrun_bit_identical(two_process_
 
 def test_every_gradient_averaging_trains_the_same_weights(tmp_path, subprocess_env):
     """The strategies only differ in how (and how fast) they average: the weights are the same."""
-    config = ["dataset=\"digits\"", "model=\"resnet20\"", "epochs=1", "batch_size=64", "survival=\"linear\""]
     trained = {}
     for sync in ("ddp", "ddp-skip-unused", "allreduce"):
-        done = torchrun([WORKER, "train", sync, str(tmp_path / sync), *config], subprocess_env)
+        done = torchrun(["-m", "sdprune", "train", *FLAGS, "--epochs", "1", "--survival", "linear",
+                         "--grad-sync", sync, "--out", str(tmp_path / sync)], subprocess_env)
         assert done.returncode == 0, done.stderr[-2000:]
         trained[sync] = weights(tmp_path / sync / "checkpoint.pt")
     for sync in ("ddp-skip-unused", "allreduce"):

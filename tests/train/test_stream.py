@@ -137,17 +137,25 @@ def test_skip_mode_trains_on_the_rest_and_warns(tmp_path, capsys):
     from sdprune.data.bundle import load_data
 
     root, bad = spoiled_folder(tmp_path / "images")
+    broken_test = root / "test" / "cat" / "broken.png"
+    broken_test.write_bytes(b"not a png")
     data = load_data("imagefolder", str(root), image_size=16, data_mode="stream", bad_images="skip")
     in_train = [p for p in bad if p in data.train.paths]
     assert in_train  # the validation slice is seeded: at least one of them is a training file
     capsys.readouterr()
     run = tmp_path / "run"
     # one batch of every training file (26 > 16: a batch of 16 would leave files unread)
-    assert main(["train", *flags({**SETTINGS, "epochs": 1, "batch_size": 32}), "--bad-images", "skip",
+    assert main(["train", *flags({**SETTINGS, "epochs": 2, "batch_size": 32}), "--bad-images", "skip",
                  "--data-dir", str(root), "--out", str(run), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert f"warning: skipped {len(in_train)} unreadable images this epoch, trained on the next readable " \
-        "file in their place (first: " in err, err
+    assert err.count(f"warning: skipped {len(in_train)} unreadable training images (first: ") == 1, err  # once
+    assert "trained on the next readable file in their place" in err
     assert any(f"(first: {p})" in err for p in in_train), err
+    assert f"warning: skipped 1 unreadable test images (first: {broken_test}), left out" in err, err
     ckpt = load_checkpoint(run)
-    assert ckpt["meta"]["config"]["bad_images"] == "skip" and ckpt["meta"]["step"] == 1
+    assert ckpt["meta"]["config"]["bad_images"] == "skip" and ckpt["meta"]["step"] == 2
+    # the run's own policy holds for the commands that read its data again
+    assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"]["test"] == len(data.test) - 1
+    assert result["test"]["acc"] == pytest.approx(ckpt["meta"]["metrics"]["test_acc"])
