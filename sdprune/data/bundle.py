@@ -31,7 +31,6 @@ DATA_MODES = ("auto", "memory", "stream")
 # of memory; below it, decoding once into memory is faster for every epoch after the first.
 MEMORY_BUDGET = 2 * 2**30
 STREAM_STATS_IMAGES = 1000  # a streamed folder's normalisation is measured on this many images
-STATS_CHUNK_VALUES = 2**24  # channel_stats converts this many pixel values to float64 at a time
 VAL_FRACTION, VAL_MAX = 0.1, 5000
 # The validation slice and the images normalisation is measured on are properties of the
 # dataset, not of a run: one fixed seed, whatever --seed says.
@@ -100,20 +99,23 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
             raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
         size = image_size or FOLDER_IMAGE_SIZE
         train, test, classes = open_folder(Path(data_dir), size, workers, bad_images, eval_resize, pin_memory)
-        decoded = (len(train) + len(test)) * train.channels * size * size
+        _check_size(name, train, test)
+        # split by file, before any decoding: the same validation files in either mode
+        train, val = split_validation(train, val_fraction)
+        decoded = (len(train) + len(val) + len(test)) * train.channels * size * size
         if data_mode == "stream" or (data_mode == "auto" and decoded > memory_budget):
             augment = Augment(flip=True)  # the random resized crop is drawn by the decoding workers
             view = {"mode": "stream", "resize": eval_resize or eval_resize_for(size)}
         else:  # decoded once (the evaluation view); augmented like the other in-memory sets
             view = {"mode": "memory", "resize": eval_resize or size}
-            folders = [replace(split, resize=view["resize"]) for split in (train, test)]
-            train, test = (folder.in_memory() for folder in folders)
-            skipped = [*folders[0].skipped, *folders[1].skipped]
+            folders = [replace(split, resize=view["resize"]) for split in (train, val, test)]
+            train, val, test = (folder.in_memory() for folder in folders)
+            skipped = [path for folder in folders for path in folder.skipped]
             augment = Augment(pad=max(1, size // 8), flip=True)
     else:
         train, test, classes, augment = load_splits(name, data_dir, download, image_size)
-    _check_size(name, train, test)
-    train, val = split_validation(train, val_fraction)
+        _check_size(name, train, test)
+        train, val = split_validation(train, val_fraction)
     if normalization is None:
         # a streamed split measures a sample (of its own: the files it finds unreadable are
         # reported when training meets them)
@@ -141,23 +143,19 @@ def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float],
     """Per-channel mean and std of uint8 images, in [0, 1] units.
 
     Above ``max_images`` a fixed random subset is measured: image sets are often sorted by
-    class (imagefolder), so the first images would describe the first classes only. Sums
-    are accumulated in float64 a chunk at a time, so measuring needs no float copy of the set.
+    class (imagefolder), so the first images would describe the first classes only. Computed
+    from each channel's histogram of its 256 values: exact, with no float copy of the images
+    (10,000 images of 224 x 224 take about a second).
     """
     if len(images) > max_images:
         images = images[seeded_index(len(images), max_images, DATASET_SEED)]
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    per_image = max(1, images[0].numel()) if len(images) else 1
-    for chunk in images.split(max(1, STATS_CHUNK_VALUES // per_image)):
-        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)
-        total += x.sum(dim=1)
-        squares += x.square().sum(dim=1)
-    n = images.numel() // channels
-    mean = total / n
-    var = (squares - n * mean.square()) / max(1, n - 1)  # float64: no cancellation at these sizes
-    std = var.clamp_min(0).sqrt().clamp_min(1e-3)
+    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256)
+                          for c in range(images.shape[1])]).double()  # (C, 256)
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(dim=1)
+    mean = (counts * values).sum(dim=1) / n
+    var = (counts * (values - mean[:, None]).square()).sum(dim=1) / (n - 1).clamp_min(1)
+    std = var.sqrt().clamp_min(1e-3)
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
