@@ -31,6 +31,7 @@ DATA_MODES = ("auto", "memory", "stream")
 # of memory; below it, decoding once into memory is faster for every epoch after the first.
 MEMORY_BUDGET = 2 * 2**30
 STREAM_STATS_IMAGES = 1000  # a streamed folder's normalisation is measured on this many images
+STATS_CHUNK = 256           # channel_stats histograms this many images at a time
 VAL_FRACTION, VAL_MAX = 0.1, 5000
 # The validation slice and the images normalisation is measured on are properties of the
 # dataset, not of a run: one fixed seed, whatever --seed says.
@@ -147,10 +148,13 @@ def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float],
     from each channel's histogram of its 256 values: exact, with no float copy of the images
     (10,000 images of 224 x 224 take about a second).
     """
-    if len(images) > max_images:
-        images = images[seeded_index(len(images), max_images, DATASET_SEED)]
-    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256)
-                          for c in range(images.shape[1])]).double()  # (C, 256)
+    index = seeded_index(len(images), max_images, DATASET_SEED) if len(images) > max_images \
+        else torch.arange(len(images))
+    counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+    for chunk in index.split(STATS_CHUNK):  # a copy of a chunk at a time, never of the sample
+        part = images[chunk]
+        for c in range(images.shape[1]):
+            counts[c] += torch.bincount(part[:, c].flatten(), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     n = counts.sum(dim=1)
     mean = (counts * values).sum(dim=1) / n

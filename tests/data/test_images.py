@@ -112,3 +112,12 @@ def test_iterate_batches_shuffles_with_the_generator_and_drops_last():
     a = [y.tolist() for _, y in iterate_batches(data, 4, torch.Generator().manual_seed(3), drop_last=True)]
     b = [y.tolist() for _, y in iterate_batches(data, 4, torch.Generator().manual_seed(3), drop_last=True)]
     assert a == b and len(a) == 2 and len(set(sum(a, []))) == 8 and sum(a, []) != list(range(8))
+
+
+def test_channel_stats_are_the_float64_mean_and_std():
+    images = torch.randint(0, 256, (700, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    images[:, 1] //= 4  # channels that differ
+    mean, std = channel_stats(images)  # 700 images: several chunks of the histogram
+    x = images.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(x.mean(dim=1).tolist(), abs=1e-6)
+    assert std == pytest.approx(x.std(dim=1).tolist(), abs=1e-6)
