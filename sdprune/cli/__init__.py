@@ -56,15 +56,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"run `sdprune {args.command}` as one process (--device picks its GPU)", file=sys.stderr)
             return 2
     reporter = Reporter(quiet=args.quiet, json_mode=args.json, silent=other_rank)
+    name = f"sdprune {args.command}" + (f" (rank {os.environ.get('RANK')})" if other_rank else "")
     try:
         return int(args.run(args, reporter) or 0)
     except SdpruneError as err:
-        print(f"sdprune {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+        print(f"{name}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     except OSError as err:  # the machine's, not sdprune's: a disk that filled up, a folder that went away
         where = f": {err.filename}" if err.filename else ""
-        print(f"sdprune {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"{name}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # sdprune.errors.Interrupted says what to do next
-        print(f"sdprune {args.command}: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
+        print(f"{name}: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130

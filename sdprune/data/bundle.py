@@ -71,7 +71,7 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
               workers: int = 0, data_mode: str = "auto", bad_images: str = "fail",
               eval_resize: int | None = None, pin_memory: bool = False,
               normalization: tuple[list[float], list[float]] | None = None,
-              memory_budget: int = MEMORY_BUDGET) -> DataBundle:
+              memory_budget: int = MEMORY_BUDGET, channels: int | None = None) -> DataBundle:
     """Load a dataset by name, split off the validation slice and compute normalisation.
 
     An image folder is decoded into memory once (``data_mode`` "memory"), or streamed from
@@ -79,7 +79,8 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     "auto" streams it when its decoded images would exceed ``memory_budget`` bytes. Either way
     unreadable files fail the load or are skipped (``bad_images``). The other sets are read
     whole into memory. ``normalization`` (mean, std), when a checkpoint already fixed it,
-    is used instead of measuring the training images.
+    is used instead of measuring the training images; ``channels`` fixes a folder's
+    channels (else probed from its files).
     """
 
     if name not in DATASETS:
@@ -99,7 +100,8 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
         if data_dir is None:
             raise SdpruneError("--dataset imagefolder needs --data-dir FOLDER (with train/ and test/ or val/)")
         size = image_size or FOLDER_IMAGE_SIZE
-        train, test, classes = open_folder(Path(data_dir), size, workers, bad_images, eval_resize, pin_memory)
+        train, test, classes = open_folder(Path(data_dir), size, workers, bad_images, eval_resize, pin_memory,
+                                           channels)
         _check_size(name, train, test)
         # split by file, before any decoding: the same validation files in either mode
         train, val = split_validation(train, val_fraction)
@@ -112,6 +114,7 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
             folders = [replace(split, resize=view["resize"]) for split in (train, val, test)]
             train, val, test = (folder.in_memory() for folder in folders)
             skipped = [path for folder in folders for path in folder.skipped]
+            _check_size(name, train, test)  # what was readable
             augment = Augment(pad=max(1, size // 8), flip=True)
     else:
         train, test, classes, augment = load_splits(name, data_dir, download, image_size)
@@ -127,7 +130,7 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     return DataBundle(name, train, val, test, classes, mean, std, augment, skipped, view)
 
 
-def _check_size(name: str, train, test) -> None:
+def _check_size(name: str, train: ImageSet | FolderSet, test: ImageSet | FolderSet) -> None:
     if len(train) < 2 or len(test) < 1:
         raise SdpruneError(f"dataset {name!r} is too small (train {len(train)}, test {len(test)})")
 
@@ -148,6 +151,8 @@ def channel_stats(images: Tensor, max_images: int = 10000) -> tuple[list[float],
     from each channel's histogram of its 256 values: exact, with no float copy of the images
     (10,000 images of 224 x 224 take about a second).
     """
+    if len(images) == 0:
+        raise SdpruneError("no readable training images to measure the normalisation on")
     index = seeded_index(len(images), max_images, DATASET_SEED) if len(images) > max_images \
         else torch.arange(len(images))
     counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
@@ -170,7 +175,10 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
     folder is read as the run read it (data mode and evaluation resize as recorded, the
     run's unreadable-file policy), whatever its size is now.
     """
-    config, recorded = meta.get("config", {}), meta["data"]
+    config, recorded = meta.get("config", {}), dict(meta["data"])
+    if meta["data"]["dataset"] == "imagefolder" and "mode" not in recorded:
+        # written before the view was recorded: such runs decoded into memory at their size
+        recorded.update(mode="memory", resize=recorded["input_shape"][-1])
     same = dataset is None or dataset == meta["data"]["dataset"]
     name = meta["data"]["dataset"] if same else dataset
     folder = name == "imagefolder"
@@ -182,7 +190,8 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
                        if folder and same else "auto",
                        bad_images=str(config.get("bad_images") or "fail") if folder and same else "fail",
                        eval_resize=(recorded.get("resize") or config.get("eval_resize")) if folder and same else None,
-                       normalization=(meta["data"]["mean"], meta["data"]["std"]))
+                       normalization=(meta["data"]["mean"], meta["data"]["std"]),
+                       channels=meta["data"]["input_shape"][0] if folder else None)
     if tuple(bundle.input_shape) != tuple(meta["data"]["input_shape"]):
         raise SdpruneError(f"dataset {name} has images of shape {list(bundle.input_shape)}, "
                            f"the model expects {meta['data']['input_shape']}")

@@ -64,7 +64,7 @@ class FolderSet:
 
         Images and labels come from the same decoded batches, so they stay aligned when
         unreadable files are skipped. Filled into one preallocated tensor a batch at a time:
-        peak memory is the decoded set plus one batch per worker.
+        peak memory is the decoded set plus the batches in flight (``PREFETCH_BATCHES`` a worker).
         """
         images = torch.empty(len(self), *self.input_shape, dtype=torch.uint8)
         labels = torch.empty(len(self), dtype=torch.long)
@@ -236,11 +236,11 @@ def eval_view(image: Tensor, size: int, resize: int) -> Tensor:
 
 
 def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail",
-                eval_resize: int | None = None, pin_memory: bool = False,
+                eval_resize: int | None = None, pin_memory: bool = False, channels: int | None = None,
                 ) -> tuple[FolderSet, FolderSet, list[str]]:
     """ROOT/train and ROOT/test (or ROOT/val) as FolderSets, and the class names.
 
-    Both splits decode to the same number of channels: 1 when the probed files are all
+    Both splits decode to ``channels`` channels, by default 1 when the probed files are all
     grayscale, else 3 (``probe_channels``), whether the run streams or holds them in memory.
     """
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
@@ -250,7 +250,7 @@ def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail
     test_paths, test_labels, test_classes = scan_folder(str(test_dir))
     if test_classes != classes:
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
-    channels = probe_channels(train_paths)
+    channels = channels or probe_channels(train_paths)
     return (FolderSet(train_paths, train_labels, size, channels, eval_resize, bad_images, workers, pin_memory),
             FolderSet(test_paths, test_labels, size, channels, eval_resize, bad_images, workers, pin_memory),
             classes)

@@ -86,7 +86,10 @@ def onnx_metadata(meta: dict[str, Any], source: str | None = None, params: int |
         "input_shape": json.dumps(list(data["input_shape"])),
         "mean": json.dumps(list(data["mean"])),
         "std": json.dumps(list(data["std"])),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": PREPROCESSING + (f"; first resize the short side to {data['resize']} and take the "
+                                          f"centre {data['input_shape'][-1]} x {data['input_shape'][-1]}"
+                                          if data.get("resize") else ""),
+        **({"mode": data["mode"], "resize": json.dumps(int(data["resize"]))} if data.get("resize") else {}),
         "kept_blocks": json.dumps(kept_blocks(meta)),
         "removed_blocks": json.dumps(removed),
         "source_checkpoint": str(source or meta.get("source", "")),

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 # metadata_props values that are JSON (everything else is a plain string)
-JSON_KEYS = ("classes", "input_shape", "mean", "std", "kept_blocks", "removed_blocks", "params", "flops")
+JSON_KEYS = ("classes", "input_shape", "mean", "std", "kept_blocks", "removed_blocks", "params", "flops", "resize")
 REQUIRED_KEYS = ("classes", "input_shape", "mean", "std", "dataset")
 
 
@@ -163,7 +163,8 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     if any(isinstance(d, int) and d != m for d, m in zip(shape[1:], meta["input_shape"])):
         raise SdpruneError(f"{path}: metadata input_shape {meta['input_shape']} but the graph takes {shape[1:]}")
     # the file's metadata plays the checkpoint's part: its dataset, shape and normalisation
-    as_checkpoint = {"data": {k: meta[k] for k in ("dataset", "input_shape", "mean", "std")}, "config": {}}
+    as_checkpoint = {"data": {k: meta[k] for k in ("dataset", "input_shape", "mean", "std", "mode", "resize")
+                              if k in meta}, "config": {}}
     data = data_for_checkpoint(as_checkpoint, dataset, data_dir)
     if len(meta["classes"]) != _num_classes(session, len(meta["classes"])):
         raise SdpruneError(f"{path}: metadata lists {len(meta['classes'])} classes, the graph outputs "

@@ -10,12 +10,12 @@ sees the batches, crops and gates of the same run on one.
 Skipped branches leave their parameters without gradients, on every rank alike (every
 rank draws the same gates from (seed, step)). Three ways to average gradients that cope
 with it are kept, because which is faster is a measured fact (``tools/bench_ddp.py``;
-``allreduce`` won on the CPU, the GPUs are still to measure):
-``ddp``, DistributedDataParallel with ``find_unused_parameters`` when any block can be
-skipped (bucketed all-reduce overlapped with backward, plus a graph search for unused
-parameters each step), and ``ddp-skip-unused``, the same without reducing the skipped blocks' (zero)
-gradients, and ``allreduce``, one flat all-reduce of the gradients that exist after
-backward (no search, no overlap). Either way a parameter no rank used keeps no
+they tie on the CPU, the GPUs are still to measure): ``ddp``, DistributedDataParallel
+with ``find_unused_parameters`` when a block can be skipped (bucketed all-reduce
+overlapped with backward, plus a graph search for unused parameters each step);
+``ddp-skip-unused``, the same without reducing the skipped blocks' (zero) gradients; and
+``allreduce``, one flat all-reduce of the gradients that exist after backward (no
+search, no overlap). Either way a parameter no rank used keeps no
 gradient, so SGD leaves it alone exactly as on one process.
 """
 
@@ -37,9 +37,10 @@ GRAD_SYNCS = ("auto", "ddp", "ddp-skip-unused", "allreduce")
 
 
 def resolve_grad_sync(grad_sync: str, device: torch.device) -> str:
-    """``auto``: ``allreduce`` on the CPU, where it was measured fastest (BENCHMARKS.md,
-    "Distributed gradient averaging"); ``ddp`` on GPUs, whose overlap of the all-reduce with
-    backward only NCCL can use, until a GPU measurement says otherwise."""
+    """``auto``: ``allreduce`` on the CPU, where the three tie (BENCHMARKS.md, "Distributed
+    gradient averaging") and DDP's unused-parameter search warns falsely whenever a step
+    skips no block; ``ddp`` on GPUs, whose overlap of the all-reduce with backward only
+    NCCL can use, until a GPU measurement says otherwise."""
     if grad_sync not in GRAD_SYNCS:
         raise SdpruneError(f"--grad-sync must be one of {', '.join(GRAD_SYNCS)}, got {grad_sync!r}")
     if grad_sync != "auto":
@@ -205,6 +206,8 @@ def gather_rows(values: Tensor, world: Distributed) -> Tensor:
     counts = [torch.zeros_like(count) for _ in range(world.world_size)]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
+    if max(sizes) == 0:  # every rank knows every size: all return here together
+        return values
     padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
     padded[:values.numel()] = values
     parts = [torch.zeros_like(padded) for _ in sizes]

@@ -41,7 +41,8 @@ from sdprune.train.lock import locked_run
 from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, read_metrics, record_run, write_metrics
 from sdprune.train.schema import check_resumable, load_training_state
 from sdprune.train.distributed import (Distributed, broadcast_buffers, broadcast_text,
-                                       check_agreement, distributed_session, machine_first, sum_across)
+                                       check_agreement, distributed_session, machine_first)
+from sdprune.train.skipped import count_skipped, report_skipped
 from sdprune.train.trainer import CROP_STREAM, ORDER_STREAM, build_training, checkpoint_meta
 
 
@@ -110,12 +111,17 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         reporter.warn(f"{run_dir} holds a run interrupted before its first checkpoint; starting it over")
     if world.main:
         remove_stale_temps(run_dir)
+    recorded = ckpt["meta"]["data"] if ckpt is not None else {}  # a resumed run reads its data as it did
+    # auto decodes into memory within MEMORY_BUDGET for the machine, where every process holds a
+    # copy; rank 0's machine sets it for all, so every rank makes the same choice
+    processes = int(broadcast_text(str(world.local_world_size), world, device) or 1)
     with machine_first(world) if config.download else nullcontext():  # one download per machine
-        # auto decodes into memory within MEMORY_BUDGET for the machine: every process holds a copy
         data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
-                         workers=config.workers, data_mode=config.data_mode, bad_images=config.bad_images,
-                         eval_resize=config.eval_resize, pin_memory=device.type == "cuda",
-                         memory_budget=MEMORY_BUDGET // world.local_world_size)
+                         workers=config.workers, data_mode=recorded.get("mode", config.data_mode),
+                         bad_images=config.bad_images, eval_resize=recorded.get("resize", config.eval_resize),
+                         pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
+                         normalization=(recorded["mean"], recorded["std"]) if recorded else None,
+                         channels=recorded["input_shape"][0] if recorded else None)
     if world.enabled and len(data.train) < config.batch_size:
         raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
                            f"images; the training set has {len(data.train)}")
@@ -207,7 +213,7 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
         model.train()
         gen_order.manual_seed(step_seed(config.seed ^ ORDER_STREAM, epoch))
         t0, seen, loss_sum, correct, executed = time.perf_counter(), 0, 0.0, 0, 0.0
-        skipped = _skipped_counts(data)
+        skipped = count_skipped(data)
         batches = iterate_batches(data.train, config.batch_size, gen_order, drop_last,
                                   crop_seed=step_seed(config.seed ^ CROP_STREAM, epoch), shard=world.shard)
         with reporter.progress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
@@ -232,7 +238,7 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             broadcast_buffers(model)
         val = evaluate(model, data.val, data.mean, data.std, device, config.eval_batch_size, world)
         test = evaluate(model, data.test, data.mean, data.std, device, config.eval_batch_size, world)
-        _report_skipped(data, skipped, world, device, reporter)
+        report_skipped(data, skipped, world, device, reporter)
         steps_done = max(1, step - epoch * steps_per_epoch)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(1, seen),
                "train_acc": 100.0 * correct / max(1, seen), "val_loss": val["loss"], "val_acc": val["acc"],
@@ -264,26 +270,6 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
             "dataset": config.dataset, "survival": config.survival, "epochs": config.epochs,
             "blocks": blocks, "device": str(device), "world_size": world.world_size,
             "wall_s": time.perf_counter() - t_run, "final": _public(final)}
-
-
-def _skipped_counts(data: DataBundle) -> list[int]:
-    """How many unreadable files each split (train, val, test) has met so far (0 in memory)."""
-    return [len(getattr(split, "skipped", ())) for split in (data.train, data.val, data.test)]
-
-
-def _report_skipped(data: DataBundle, before: list[int], world: Distributed, device: torch.device,
-                    reporter: Reporter) -> None:
-    """Warn about the unreadable files this epoch met for the first time, counted over every rank."""
-    if not isinstance(data.train, FolderSet):
-        return
-    new = sum_across(torch.tensor([a - b for a, b in zip(_skipped_counts(data), before)], device=device), world)
-    for (name, split), count, seen in zip((("training", data.train), ("validation", data.val),
-                                           ("test", data.test)), new.tolist(), before):
-        if count:
-            mine = list(split.skipped)[seen:]
-            first = f" (first: {mine[0]})" if mine else ""
-            instead = ", trained on the next readable file in their place" if name == "training" else ", left out"
-            reporter.warn(f"skipped {count} unreadable {name} images{first}{instead}")
 
 
 # An in-memory training set moves to the GPU when it takes at most this fraction of the free

@@ -224,6 +224,11 @@ def check_data_meta(data: dict[str, Any], bad, prefix: str = "") -> None:
             bad(f"{prefix}{key} has {len(values)} values for {shape[0]} channels")
     if not all(v > 0 for v in data["std"]):
         bad(f"{prefix}std must be positive, got {_show(data['std'])}")
+    if "mode" in data and data["mode"] not in ("memory", "stream"):
+        bad(f"{prefix}mode must be memory or stream, got {_show(data['mode'])}")
+    if "resize" in data and not (_is_int(data["resize"]) and shape[-1] <= data["resize"] <= MAX_SIDE):
+        bad(f"{prefix}resize must be a whole number of pixels from {shape[-1]} to {MAX_SIDE}, "
+            f"got {_show(data['resize'])}")
 
 
 def _check_tensors(state: dict[str, Tensor], expected: dict[str, Tensor], meta: dict[str, Any], bad) -> None:

@@ -207,6 +207,21 @@ def test_a_checkpoint_reads_its_folder_as_the_run_did(folder):
     assert (again.mean, again.std) == ([0.5] * 3, [0.25] * 3)  # the checkpoint's, not measured again
 
 
+def test_a_checkpoint_keeps_its_recorded_mode_and_old_ones_read_as_they_were_written(tmp_path):
+    from sdprune.data.bundle import data_for_checkpoint
+
+    root = make_folder(tmp_path, n_train=3, n_test=1, gray=True)
+    base = {"dataset": "imagefolder", "classes": ["ant", "bee", "cat"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    config = {"data_dir": str(root), "data_mode": "stream"}  # the flag said stream; the run recorded memory
+    memory = data_for_checkpoint({"data": {**base, "input_shape": [3, SIZE, SIZE], "mode": "memory",
+                                           "resize": SIZE}, "config": config})
+    assert isinstance(memory.test, ImageSet) and memory.meta()["mode"] == "memory"
+    # written before the view was recorded: in memory at its size, 3 channels even for gray files
+    old = data_for_checkpoint({"data": {**base, "input_shape": [3, SIZE, SIZE]}, "config": {"data_dir": str(root)}})
+    assert isinstance(old.test, ImageSet) and old.input_shape == (3, SIZE, SIZE)
+    assert (old.meta()["mode"], old.meta()["resize"]) == ("memory", SIZE)
+
+
 def test_stream_mode_val_is_a_slice_of_train_that_does_not_overlap_it(folder):
     data = load_data("imagefolder", str(folder), image_size=SIZE, data_mode="stream")
     train, val = data.train, data.val

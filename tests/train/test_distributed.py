@@ -184,7 +184,8 @@ def test_two_processes_with_sync_bn_equal_one_process_at_the_same_global_batch(t
     one = subprocess.run([sys.executable, "-m", "sdprune", "train", *flags, "--out", str(tmp_path / "one")],
                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr[-2000:]
-    for name, extra in (("sync", ["--sync-bn"]), ("per-rank", [])):
+    # DDP here: allreduce trains the same weights (test_every_gradient_averaging_trains_the_same_weights)
+    for name, extra in (("sync", ["--sync-bn", "--grad-sync", "ddp"]), ("per-rank", [])):
         done = torchrun(["-m", "sdprune", "train", *flags, *extra, "--out", str(tmp_path / name)], subprocess_env)
         assert done.returncode == 0, done.stderr[-2000:]
     reference = weights(tmp_path / "one" / "checkpoint.pt")
@@ -196,3 +197,38 @@ def test_two_processes_with_sync_bn_equal_one_process_at_the_same_global_batch(t
 
     assert largest_difference("sync") < 2e-4
     assert largest_difference("per-rank") > 1e-3  # the comparison can fail: per-rank statistics differ
+
+
+def test_a_streamed_folder_with_unreadable_files_trains_under_torchrun(tmp_path, subprocess_env):
+    """Skip mode under torchrun: each unreadable file is counted once over the ranks, every rank
+    keeps its batch, and the ranks end as one network."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 4)):
+        for c, cls in enumerate(("ant", "bee")):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(60 + 120 * c + rng.integers(-40, 40, (20, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / cls / f"{i}.png")
+    bad = [tmp_path / "images" / "train" / cls / "broken.jpg" for cls in ("ant", "bee")]
+    for path in bad:
+        path.write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    done = torchrun(["-m", "sdprune", "train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"),
+                     "--data-mode", "stream", "--bad-images", "skip", "--image-size", "16", "--model", "resnet20",
+                     "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--out", str(run), "--json"],
+                    subprocess_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from sdprune.data.bundle import load_data
+
+    data = load_data("imagefolder", str(tmp_path / "images"), image_size=16, data_mode="stream", bad_images="skip")
+    counts = {split: sum(str(p) in getattr(data, split).paths for p in bad) for split in ("train", "val")}
+    assert sum(counts.values()) == 2
+    for split, noun in (("train", "training"), ("val", "validation")):
+        lines = [line for line in done.stderr.splitlines() if f"unreadable {noun} images" in line]
+        # each file counted once over both ranks and both epochs, and said once (by rank 0)
+        assert lines == ([f"warning: skipped {counts[split]} unreadable {noun} images" + lines[0].split("images", 1)[1]]
+                         if counts[split] else []), done.stderr[-2000:]
+    assert json.loads(done.stdout)["world_size"] == 2
