@@ -14,10 +14,12 @@ how many workers there are, never changes a pixel: a resumed run stays exact.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,6 +56,18 @@ class FolderSet:
     pin_memory: bool = False         # for a CUDA device
     # unreadable files met so far by this set (skip mode): path -> reason, each file once
     skipped: dict[str, str] = field(default_factory=dict)
+    _packed: "np.ndarray | None" = field(default=None, init=False, repr=False, compare=False)
+
+    def packed_paths(self) -> "np.ndarray":
+        """The paths as one fixed-width bytes array, built once: what the decoding workers read.
+
+        A forked worker that read a Python list of str would touch each string's reference
+        count and so copy its memory page by page (ImageNet: ~150 MB a worker, times the
+        workers and the processes); one numpy buffer stays shared.
+        """
+        if self._packed is None:
+            self._packed = np.asarray([os.fsencode(p) for p in self.paths], dtype=bytes)  # any file name
+        return self._packed
 
     @property
     def labels(self) -> Tensor:
@@ -138,28 +152,31 @@ class _Decoder(torch.utils.data.Dataset):
     """
 
     def __init__(self, folder: FolderSet) -> None:
-        self.folder = folder
+        self.paths = folder.packed_paths()      # no Python object per file (see packed_paths)
+        self.targets = folder.targets.numpy()
+        self.size, self.channels = folder.size, folder.channels
+        self.resize = folder.resize or eval_resize_for(folder.size)
+        self.skip = folder.bad_images == "skip"
 
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.paths)
 
     def __getitem__(self, item: tuple[int, int | None]):
         index, seed = item
-        folder = self.folder
-        substitute = seed is not None and folder.bad_images == "skip"
         bad: list[tuple[str, str]] = []
-        for attempt in range(min(SUBSTITUTE_TRIES, len(folder)) if substitute else 1):
-            i = (index + attempt) % len(folder)
+        for attempt in range(min(SUBSTITUTE_TRIES, len(self)) if seed is not None and self.skip else 1):
+            i = (index + attempt) % len(self)
+            path = os.fsdecode(self.paths[i])
             try:
-                image = decode_file(folder.paths[i], folder.channels)
+                image = decode_file(path, self.channels)
             except (OSError, ValueError, RuntimeError, SyntaxError) as err:
-                bad.append((folder.paths[i], (str(err).strip().splitlines() or [type(err).__name__])[0][:200]))
+                bad.append((path, (str(err).strip().splitlines() or [type(err).__name__])[0][:200]))
                 continue
             if seed is None:
-                image = eval_view(image, folder.size, folder.resize or eval_resize_for(folder.size))
+                image = eval_view(image, self.size, self.resize)
             else:
-                image = random_resized_crop(image, folder.size, seed)
-            return image, int(folder.targets[i]), bad
+                image = random_resized_crop(image, self.size, seed)
+            return image, int(self.targets[i]), bad
         return None, -1, bad
 
 

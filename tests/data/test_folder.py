@@ -4,6 +4,7 @@ unreadable files, and load_data's choice between memory and stream."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -354,3 +355,19 @@ def test_a_decompression_bomb_is_an_unreadable_file_not_a_crash(tmp_path, monkey
         data.in_memory().images
     skipping = dataclasses.replace(data, bad_images="skip", skipped={})
     assert skipping.in_memory().images.shape == (1, 3, SIZE, SIZE) and list(skipping.skipped) == [paths["bmp"]]
+
+
+def test_file_names_in_any_encoding_are_read(tmp_path):
+    """The workers read paths from one bytes array (no Python string per file): a name that is
+    not valid UTF-8 must survive the round trip."""
+    from PIL import Image
+
+    paths = []
+    for name in (b"caf\xc3\xa9.png", b"odd\xffname.png"):
+        path = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), name))
+        Image.fromarray(np.full((10, 12, 3), 7 * len(paths), np.uint8)).save(path)
+        paths.append(path)
+    data = FolderSet(paths, torch.tensor([0, 1]), SIZE, workers=1)
+    decoded = data.in_memory()
+    assert decoded.images.shape == (2, 3, SIZE, SIZE) and decoded.labels.tolist() == [0, 1]
+    assert int(decoded.images[1].max()) == 7
