@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,7 +37,8 @@ from sdprune.files import remove_stale_temps
 from sdprune.train.config import TrainConfig, distill_weight
 from sdprune.train.evaluate import evaluate, resolve_device
 from sdprune.train.lock import locked_run
-from sdprune.train.runs import CHECKPOINT, CONFIG, new_run_dir, read_metrics, record_run, write_metrics
+from sdprune.train.runs import (CHECKPOINT, CONFIG, new_run_dir, read_metrics, record_run, resume_command,
+                                saved_config, write_metrics)
 from sdprune.train.schema import check_resumable, load_training_state
 from sdprune.train.distributed import (Distributed, broadcast_buffers, broadcast_text,
                                        check_agreement, distributed_session, machine_first)
@@ -78,7 +78,7 @@ def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
            world: Distributed, device: torch.device) -> dict:
     ckpt, run_dir = None, None
     if resume is not None and Path(resume).is_dir() and not (Path(resume) / CHECKPOINT).exists():
-        run_dir, config = Path(resume), _saved_config(Path(resume) / CONFIG, config)
+        run_dir, config = Path(resume), saved_config(Path(resume) / CONFIG, config)
     elif resume is not None:
         ckpt = load_checkpoint(resume)
         check_resumable(ckpt)
@@ -170,24 +170,6 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
     except KeyboardInterrupt:
         raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that continues the run in ``run_dir``."""
-    return f"sdprune train --resume {shlex.quote(str(run_dir))}"
-
-
-def _saved_config(path: Path, given: TrainConfig) -> TrainConfig:
-    """The config a run folder saved (only device and workers may change on resume)."""
-    if not path.is_file():
-        raise SdpruneError(f"{path.parent} holds no run to resume (no {CHECKPOINT} and no {CONFIG})")
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise SdpruneError(f"{path} is not readable ({type(err).__name__})") from None
-    if not isinstance(saved, dict):
-        raise SdpruneError(f"{path} is not a run's config")
-    return TrainConfig.from_dict({**saved, "device": given.device, "workers": given.workers})
 
 
 def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
 from sdprune.files import atomic_write
 from sdprune.report import Reporter, json_text
+from sdprune.train.config import TrainConfig
 
 RUNS_DIR = "runs"
 CHECKPOINT = "checkpoint.pt"
@@ -145,3 +147,21 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         with open(tmp, "w") as f:
             f.writelines(json_text(r, indent=None) + "\n" for r in rows)
     atomic_write(path, write)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``."""
+    return f"sdprune train --resume {shlex.quote(str(run_dir))}"
+
+
+def saved_config(path: Path, given: TrainConfig) -> TrainConfig:
+    """The config a run folder saved (only device and workers may change on resume)."""
+    if not path.is_file():
+        raise SdpruneError(f"{path.parent} holds no run to resume (no {CHECKPOINT} and no {CONFIG})")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SdpruneError(f"{path} is not readable ({type(err).__name__})") from None
+    if not isinstance(saved, dict):
+        raise SdpruneError(f"{path} is not a run's config")
+    return TrainConfig.from_dict({**saved, "device": given.device, "workers": given.workers})
