@@ -56,3 +56,18 @@ class InterruptAfter(Reporter):
 def interrupt_after():
     """``interrupt_after(n)``: a reporter for ``train`` that raises KeyboardInterrupt after epoch n."""
     return InterruptAfter
+
+
+def check_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same weights and SGD momentum, bit for bit (an exact resume)."""
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+@pytest.fixture
+def same_training_state():
+    """``same_training_state(a, b)``: assert two loaded checkpoints are the same training state."""
+    return check_same_training_state

@@ -156,14 +156,15 @@ class Trainer:
         self.optimizer.step()
         # The step's one read-back from the device (a sync): the loss (per sample in row mode)
         # and the top-1 count in a single transfer, for the divergence check, learning, metrics.
-        # Under torchrun the ranks pool them first (one all-reduce of the counts, and one of
-        # the loss, or a gather of the per-sample losses), so every rank learns from the whole batch.
+        # Under torchrun the ranks pool them first (one all-reduce of loss and counts; in row
+        # mode a gather of the per-sample losses too), so every rank learns from the whole batch.
         correct = (logits.detach().argmax(1) == y).sum().float().view(1)
-        counts = sum_across(torch.cat([correct, torch.full((1,), float(len(y)), device=device)]), world)
+        counts = torch.cat([correct, torch.full((1,), float(len(y)), device=device)])
         if per_sample:
-            observed = gather_rows(losses.detach().float().view(-1), world)
-        else:
-            observed = sum_across(losses.detach().float().view(1), world) / world.world_size
+            observed, counts = gather_rows(losses.detach().float().view(-1), world), sum_across(counts, world)
+        else:  # the mean loss travels with the counts: one all-reduce a step
+            pooled = sum_across(torch.cat([losses.detach().float().view(1), counts]), world)
+            observed, counts = pooled[:1] / world.world_size, pooled[1:]
         back = torch.cat([observed, counts]).cpu()
         observed, correct_value, seen = back[:-2], int(back[-2]), int(back[-1])
         loss_value = float(observed.mean()) if per_sample else float(observed[0])
