@@ -37,7 +37,11 @@ PLATFORMS = ("arm", "amd64")
 # (measured difference 0 for amd64 on x86). An int8 file optimised for another CPU (arm,
 # checked on x86) fuses and requantizes differently from the QDQ graph run here (measured
 # max |diff| 0.7% to 1.6% of the largest |logit|, mean 1e-4, top-1 identical on all 359
-# test images, over three int8 variants), so 5% of the reference's largest |logit| there.
+# test images, over three int8 variants), so 5% of the reference's largest |logit| there, as the
+# near-tie margin of a top-1 check, not as a bound on every logit: on a barely trained resnet20
+# (largest |logit| 0.55) the arm file differed by 0.12 with the same top-1 class on every image
+# (2026-11-29, onnxruntime 1.32.0, AVX2 EPYC). Off its own CPU an int8 file is only shown to decide
+# as its QDQ graph does; its exact logits can only be checked on the device.
 ORT_INT8_RTOL = 0.05
 # platform.machine() -> the converter's target platform of that CPU family
 MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm", "arm64": "arm"}
@@ -140,7 +144,8 @@ def check_ort(ort_path: str | Path, reference: str | Path, images, data, atol: f
                            f"{bad} of {len(images)} test images; nothing written")
     ops = {n.op_type for n in onnx.load(str(reference), load_external_data=False).graph.node}
     int8 = bool(ops & QUANTIZED_OPS)
-    result = compare_logits(got, want, ort_tolerance(int8, target_platform, want, atol))
+    native = MACHINES.get(platform.machine().lower()) == target_platform
+    result = compare_logits(got, want, ort_tolerance(int8, target_platform, want, atol), bound=native or not int8)
     if not result["ok"]:
         raise SdpruneError(f"the ORT-format model {ort_path.name} does not compute what {reference.name} does: "
                            f"max |logit diff| {result['max_abs_diff']:.3g} (atol {result['atol']:.3g}), "
@@ -157,17 +162,18 @@ def ort_tolerance(int8: bool, target_platform: str, want, atol: float) -> float:
     return ORT_INT8_RTOL * float(want.abs().max()) if int8 and not native else atol
 
 
-def compare_logits(got, want, atol: float) -> dict[str, Any]:
-    """Max |difference| and top-1 agreement of two logit tensors; ``ok`` when every difference is
-    within ``atol`` and no image changes its top-1 class unless it is a near-tie (the reference's
-    top two logits within ``atol``: there a flip is rounding, not a different model)."""
+def compare_logits(got, want, atol: float, bound: bool = True) -> dict[str, Any]:
+    """Max |difference| and top-1 agreement of two logit tensors; ``ok`` when no image changes its
+    top-1 class unless it is a near-tie (the reference's top two logits within ``atol``: there a
+    flip is rounding, not a different model) and, with ``bound``, every difference is within ``atol``."""
     diff = float((got - want).abs().max())
     top2 = want.topk(2, dim=1).values
     decided = (top2[:, 0] - top2[:, 1]) > atol
     same = got.argmax(1) == want.argmax(1)
     flips = int((~same & decided).sum())
     return {"max_abs_diff": diff, "atol": atol, "top1_agreement": 100.0 * float(same.float().mean()),
-            "near_ties": int((~decided).sum()), "flips": flips, "ok": diff <= atol and flips == 0}
+            "near_ties": int((~decided).sum()), "flips": flips, "bound": bound,
+            "ok": (diff <= atol or not bound) and flips == 0}
 
 
 def read_operator_config(path: str | Path) -> dict[str, list[str]]:

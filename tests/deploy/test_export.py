@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from pathlib import Path
 
 import onnx
@@ -77,8 +78,11 @@ def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monk
     assert {n: Path(c["reference"]).name for n, c in checks.items()} == {
         "model.ort": "model.onnx", "model.int8.ort": "model.int8.onnx"}
     for c in checks.values():
-        assert Path(c["reference"]).parent == out and c["images"] == 96 and c["top1_agreement"] == 100.0
-        assert 0 <= c["max_abs_diff"] <= c["atol"]
+        assert Path(c["reference"]).parent == out and c["images"] == 96 and c["flips"] == 0
+        assert 0 <= c["max_abs_diff"] <= c["atol"] or not c["bound"]
+    # fp32: every logit within the export's atol; int8 made for arm, checked here: its decisions only
+    assert checks["model.ort"]["bound"] and checks["model.ort"]["top1_agreement"] == 100.0
+    assert checks["model.int8.ort"]["bound"] == (platform.machine().lower() in ("arm64", "aarch64"))
     assert checks["model.ort"]["atol"] == 1e-4 < checks["model.int8.ort"]["atol"]
     assert record["target"] == "arm" and record["ort"]["target_platform"] == "arm"
     assert record["int8"]["activation_type"] == "QInt8" and not record["int8"]["reduce_range"]

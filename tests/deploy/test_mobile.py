@@ -113,6 +113,18 @@ def test_near_ties_may_flip_but_decided_images_may_not():
     assert r["max_abs_diff"] <= 1e-3 and r["near_ties"] == 0 and not r["ok"]
 
 
+def test_an_int8_file_for_another_cpu_is_held_to_its_decisions_not_its_logits():
+    from sdprune.deploy.mobile import compare_logits
+
+    want = torch.tensor([[0.5, 0.0, -0.5], [0.0, 0.4, 0.1]])
+    moved = want + torch.tensor([[0.12, 0.0, 0.0], [0.0, -0.05, 0.0]])  # far off, same top-1 classes
+    assert not compare_logits(moved, want, 0.025)["ok"]  # bounded: every logit within atol
+    r = compare_logits(moved, want, 0.025, bound=False)
+    assert r["ok"] and r["max_abs_diff"] == pytest.approx(0.12) and not r["bound"]
+    flipped = want + torch.tensor([[0.0, 0.0, 0.0], [0.0, -0.35, 0.0]])  # image 2 decided (margin 0.3), flips
+    assert not compare_logits(flipped, want, 0.025, bound=False)["ok"]
+
+
 def test_int8_tolerance_is_exact_where_the_file_was_optimised_for_this_cpu(monkeypatch):
     from sdprune.deploy import mobile
 
