@@ -48,6 +48,7 @@ from sdprune.depth.select import target_count
 from sdprune.depth.structure import remove_blocks
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx
+from sdprune.nets.registry import describe_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
 from sdprune.prune.heal import BN_HEAL, HealSpec
 from sdprune.prune.pipeline import Budget, cut_and_heal, prune_checkpoint
@@ -117,7 +118,7 @@ def check_settings(args: argparse.Namespace, out: Path) -> None:
         raise SystemExit(f"--model {args.model}: the torchvision path takes {' or '.join(TV_MODELS)}")
     if is_tv(args):
         for keep in [float(k) for k in args.keeps.split(",")]:
-            if target_count(8 if args.model == "tv_resnet18" else 16, keep, None) < tv.TV_STAGES:
+            if target_count(describe_model(args.model)["blocks"], keep, None) < tv.TV_STAGES:
                 raise SystemExit(f"--keeps {keep}: a {args.model} keeps at least one block in each of its "
                                  f"{tv.TV_STAGES} stages")
     settings = {"format": FORMAT, **{k: getattr(args, k) for k in ("model", "train_images", "test_images", "epochs",
