@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from sdprune import __version__
 
-COMMANDS = ("models", "train", "stats", "prune", "eval", "export", "bench", "sweep")
+COMMANDS = ("models", "adopt", "train", "stats", "prune", "eval", "export", "bench", "sweep")
 
 
 class Parser(argparse.ArgumentParser):

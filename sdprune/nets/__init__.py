@@ -10,16 +10,9 @@ records builders: no model is built at import.
 """
 
 from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401  (registration)
-from sdprune.nets.convert import (
-    adopt_torchvision,
-    detect_torchvision_arch,
-    gated_to_torchvision,
-    load_state_dict_file,
-    torchvision_to_gated,
-)
+from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 from sdprune.nets.wrap import gate_residual_blocks
 
-__all__ = ["ModelInfo", "adopt_torchvision", "create_model", "describe_model", "detect_torchvision_arch",
-           "gate_residual_blocks", "gated_to_torchvision", "list_models", "load_state_dict_file", "model_info",
-           "torchvision_to_gated"]
+__all__ = ["ModelInfo", "adopt_weights", "adoptable", "create_model", "describe_model", "detect_arch", "from_gated",
+           "gate_residual_blocks", "list_models", "load_state_dict_file", "model_info", "to_gated"]

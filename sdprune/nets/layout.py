@@ -1,13 +1,16 @@
-"""The key layouts of the torchvision architectures sdprune adopts, read off their modules.
+"""Key layouts: how a source of weights names the tensors of a network sdprune builds.
 
-A torchvision state dict names its tensors as torchvision's modules do; the gated network
-holds the very same layers, re-wrapped (``layer1.0.conv1.weight`` ->
-``layer1.0.branch.0.weight``) with a ``survival`` buffer per block. The mapping between
-the two is not a hand-written table: ``layout`` builds torchvision's network on the meta
-device, notes which tensor each key names, gates it as the registry does and reads the
-new keys of the same tensors, so it follows ``torchvision_nets`` and ``wrap`` wherever
-they go. Also here: recognising an architecture from its keys and shapes, and saying in
-one line where a state dict does not fit one.
+A ``Layout`` maps one source's state-dict keys to the gated network's (plus, where the
+two order a tensor's channels differently, the reordering), so converting weights either
+way is one generic function (``sdprune.nets.convert``) and a new source of weights is a
+new layout, not new code paths.
+
+torchvision's layouts are not hand-written tables: ``torchvision_layout`` builds
+torchvision's network on the meta device, notes which tensor each key names, gates it as
+the registry does and reads the new keys of the same tensors (``layer1.0.conv1.weight``
+-> ``layer1.0.branch.0.weight``), so it follows ``torchvision_nets`` and ``wrap`` wherever
+they go. The CIFAR ResNets' layouts are in ``sdprune.nets.cifar_layout``. Also here:
+saying in one line where a state dict does not fit a layout.
 """
 
 
@@ -15,13 +18,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sdprune.depth.structure import gated_blocks
-from sdprune.errors import SdpruneError
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, torchvision_model
 from sdprune.nets.wrap import gate_residual_blocks
 
@@ -37,35 +40,32 @@ class Block:
     fold: tuple[str, str]  # torchvision keys of the branch's last BatchNorm (weight, bias)
 
 
+# How a source tensor becomes the gated one: index_select(dim, order) for each (dim, order),
+# in turn ("gated channel j is source channel order[j]"); empty for most keys.
+Reorder = tuple[tuple[int, tuple[int, ...]], ...]
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The two key layouts of one architecture, read off its modules."""
+    """One source's key layout of one architecture, and the gated network's."""
 
-    name: str  # sdprune's name (tv_resnet18)
-    arch: str  # torchvision's (resnet18)
-    to_gated: dict[str, str]  # torchvision key -> gated key, in torchvision's order
+    name: str  # sdprune's registry name (tv_resnet18, resnet56)
+    arch: str  # the source's own name (resnet18)
+    to_gated: dict[str, str]  # source key -> gated key, in the source's order
     gated_keys: tuple[str, ...]  # the gated network's keys, in its order
-    shapes: dict[str, tuple[int, ...]]  # torchvision key -> shape (1000 classes, RGB input)
+    shapes: dict[str, tuple[int, ...]]  # source key -> shape (the source's classes, RGB input)
     blocks: tuple[Block, ...]
-    first_conv: str  # torchvision key of the first convolution's weight
-    head: tuple[str, str]  # torchvision keys of the classifier (weight, bias)
+    first_conv: str  # source key of the first convolution's weight
+    head: tuple[str, str]  # source keys of the classifier (weight, bias)
+    source: str = "torchvision"  # where such weights come from, as the checkpoint records it
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # sdprune builder arguments it needs
+    order: Mapping[str, Reorder] = field(default_factory=dict)  # source key -> its reordering
 
 
-def model_name(arch: str) -> str:
-    """sdprune's name for a torchvision architecture sdprune adopts ("resnet18" or
-    "tv_resnet18" -> "tv_resnet18"); anything else is an error listing them."""
-    if arch in TORCHVISION_ARCHS:
-        return arch
-    for name, tv_arch in TORCHVISION_ARCHS.items():
-        if arch == tv_arch:
-            return name
-    raise SdpruneError(f"{arch!r} has no torchvision weights to adopt; sdprune adopts "
-                       f"{', '.join(TORCHVISION_ARCHS)}")
-
-
-def layout(arch: str) -> Layout:
-    """The key layouts of ``arch`` (either name), built once on the meta device."""
-    return _layout(model_name(arch))
+def torchvision_layout(name: str) -> Layout:
+    """The layout of torchvision's weights for sdprune's ``name`` (a key of
+    ``TORCHVISION_ARCHS``), built once on the meta device."""
+    return _layout(name)
 
 
 @functools.cache
@@ -144,35 +144,6 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) or "a scalar"
 
 
-def detect_torchvision_arch(state_dict: StateDict) -> str | None:
-    """sdprune's name of the torchvision architecture these weights are (any number of
-    classes and input channels), or None when they are none of those sdprune adopts."""
-    keys = {k for k in state_dict if not _optional(k)}
-    for name in TORCHVISION_ARCHS:
-        lay = layout(name)
-        if keys == {k for k in lay.shapes if not _optional(k)} and shape_mismatch(state_dict, lay) is None:
-            return name
-    return None
-
-
 def looks_gated(state_dict: StateDict) -> bool:
     """Whether the keys are in sdprune's gated layout rather than torchvision's."""
     return any(k.endswith(".survival") or ".branch." in k for k in state_dict)
-
-
-def check_torchvision_keys(state_dict: StateDict, arch: str) -> Layout:
-    """The layout of ``arch`` if the state dict has exactly its torchvision keys; otherwise
-    a one-line SdpruneError naming what does not match (another architecture, when the
-    weights are recognisably one; else the missing and unexpected keys)."""
-    lay = layout(arch)
-    if looks_gated(state_dict):
-        raise SdpruneError("these weights are in sdprune's gated layout (an sdprune checkpoint?), "
-                           "not torchvision's")
-    problem = key_mismatch(state_dict, lay.to_gated)
-    if problem is None:
-        return lay
-    detected = detect_torchvision_arch(state_dict)
-    if detected is not None:
-        raise SdpruneError(f"weights look like {detected} (torchvision {TORCHVISION_ARCHS[detected]}), "
-                           f"not {lay.name}")
-    raise SdpruneError(f"weights do not fit {lay.name}: {problem}")

@@ -112,16 +112,7 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
     if world.main:
         remove_stale_temps(run_dir)
     recorded = ckpt["meta"]["data"] if ckpt is not None else {}  # a resumed run reads its data as it did
-    # auto decodes into memory within MEMORY_BUDGET for the machine, where every process holds a
-    # copy; rank 0's machine sets it for all, so every rank makes the same choice
-    processes = int(broadcast_text(str(world.local_world_size), world, device) or 1)
-    with machine_first(world) if config.download else nullcontext():  # one download per machine
-        data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
-                         workers=config.workers, data_mode=recorded.get("mode", config.data_mode),
-                         bad_images=config.bad_images, eval_resize=recorded.get("resize", config.eval_resize),
-                         pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
-                         normalization=(recorded["mean"], recorded["std"]) if recorded else None,
-                         channels=recorded["input_shape"][0] if recorded else None)
+    data = open_data(config, device, recorded, world)
     if world.enabled and len(data.train) < config.batch_size:
         raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
                            f"images; the training set has {len(data.train)}")
@@ -129,7 +120,8 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
     if config.init is not None:
         adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
         config = dataclasses.replace(config, model=adopted.model_name)
-        data = _adopted_normalization(data, adopted, reporter)
+        if config.mean is None and not recorded:  # --mean/--std, or a resume's recorded view, win
+            data = adopted_normalization(data, adopted, reporter)
         if adopted.source.get("new_head") and distill_weight(config) > 0:
             if config.distill is not None:
                 raise SdpruneError("--distill needs the initial network's classes; --init has another head")
@@ -170,6 +162,28 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
     except KeyboardInterrupt:
         raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
+
+
+def open_data(config: TrainConfig, device: torch.device, recorded: dict | None = None,
+              world: Distributed = Distributed()) -> DataBundle:
+    """The data a run trains on, as ``config`` names it; a resumed run's as its checkpoint
+    ``recorded`` it (the same view, normalisation and channels)."""
+    recorded = recorded or {}
+    # auto decodes into memory within MEMORY_BUDGET for the machine, where every process holds a
+    # copy; rank 0's machine sets it for all, so every rank makes the same choice
+    processes = int(broadcast_text(str(world.local_world_size), world, device) or 1)
+    normalization = (recorded["mean"], recorded["std"]) if recorded else \
+        (list(config.mean), list(config.std)) if config.mean is not None and config.std is not None else None
+    with machine_first(world) if config.download else nullcontext():  # one download per machine
+        data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
+                         workers=config.workers, data_mode=recorded.get("mode", config.data_mode),
+                         bad_images=config.bad_images, eval_resize=recorded.get("resize", config.eval_resize),
+                         pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
+                         normalization=normalization, channels=recorded["input_shape"][0] if recorded else None)
+    if normalization is not None and len(normalization[0]) != data.input_shape[0]:
+        raise SdpruneError(f"--mean/--std give {len(normalization[0])} values; the images have "
+                           f"{data.input_shape[0]} channel(s)")
+    return data
 
 
 def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,
@@ -270,7 +284,7 @@ def _resident(data: DataBundle, device: torch.device, reporter: Reporter) -> Dat
     return dataclasses.replace(data, train=data.train.to(device))
 
 
-def _adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
+def adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
     """The data normalised as the adopted weights were trained (their function is kept exactly)."""
     if adopted.mean is None or len(adopted.mean) != len(data.mean):
         return data
