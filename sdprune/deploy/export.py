@@ -167,22 +167,13 @@ def sample_test_images(data, samples: int) -> tuple[torch.Tensor, dict[str, Any]
                          "seed": SAMPLE_SEED, "classes": int(test.labels.unique().numel())}
 
 
-def non_finite_rows(logits: torch.Tensor) -> int:
-    """How many images (rows) have a NaN or infinite logit: such outputs never pass a check.
-
-    Comparisons must count them apart: NaN compares false with everything, so a
-    ``max(worst, nan)`` or ``diff <= atol`` test would silently pass a broken model.
-    """
-    import torch
-
-    return int((~torch.isfinite(logits)).any(dim=1).sum())
-
-
 def verify_parity(model: nn.Module, session, images: torch.Tensor, data, batch_sizes: Sequence[int],
                   atol: float) -> dict[str, Any]:
     """Max |logit difference|, top-1 agreement and non-finite outputs of ONNX Runtime vs PyTorch
     per batch size; ``ok`` only when every logit of both is finite and within ``atol``."""
     import torch
+
+    from sdprune.deploy.runtime import non_finite_rows
 
     name = session.get_inputs()[0].name
     rows = []
