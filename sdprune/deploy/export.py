@@ -60,21 +60,11 @@ def check_export_args(opset: int, atol: float, samples: int) -> None:
         raise SdpruneError(f"--samples must be at least 1, got {samples}")
 
 
-def total_blocks(meta: dict[str, Any]) -> int:
-    """How many gated blocks the checkpoint's architecture has (pruned or not)."""
-    return len(meta["blocks"])
-
-
-def kept_blocks(meta: dict[str, Any]) -> list[str]:
-    """The gated blocks a checkpoint still has, in forward order (all but the removed ones)."""
-    removed = set(meta.get("removed") or [])
-    return [b for b in meta["blocks"] if b not in removed]
-
-
 def onnx_metadata(meta: dict[str, Any], source: str | None = None, params: int | None = None,
                   flops: int | None = None) -> dict[str, str]:
     """The key/value strings stored in the ONNX file's metadata_props (lists as JSON)."""
     from sdprune import __version__
+    from sdprune.train.checkpoint import kept_blocks
 
     removed = list(meta.get("removed", []))
     data = meta["data"]

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.deploy.export import kept_blocks, total_blocks
 from sdprune.depth.gates import check_seed
 from sdprune.depth.select import (
     check_budget,
@@ -42,7 +41,7 @@ from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import check_stats_args, collect_stats
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device
 from sdprune.train.runs import resolve_checkpoint
 
