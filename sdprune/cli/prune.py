@@ -38,7 +38,8 @@ def _amount(text: str) -> float:
 
 def run(args, reporter) -> int:
     from sdprune.cli.common import heal_spec
-    from sdprune.prune.pipeline import Budget, prune_checkpoint
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_checkpoint
 
     budget = Budget(args.keep, args.keep_blocks, args.max_params, args.max_flops, args.keep_stages)
     heal = heal_spec(args)

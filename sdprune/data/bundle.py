@@ -8,7 +8,7 @@ files a batch at a time (``sdprune.data.folder``); both deliver the same uint8 b
 Images stay uint8 until the batch reaches the device, where ``normalize`` turns them into
 floats; augmentation works on whole uint8 batches (``augment``).
 
-Loading uses torchvision's dataset classes and decoders; nothing is downloaded unless asked.
+Loading uses torchvision's dataset classes and Pillow's decoders; nothing is downloaded unless asked.
 """
 
 from __future__ import annotations

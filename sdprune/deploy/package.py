@@ -48,10 +48,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     """
     from sdprune.data.bundle import data_for_checkpoint
     from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
-        kept_blocks, prepare_dir, total_blocks)
+        prepare_dir)
     from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
         quantize_int8)
-    from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+    from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
     from sdprune.files import TEMP_SUFFIX, remove_stale_temps
 
     reporter = reporter or Reporter(quiet=True)
@@ -126,7 +126,7 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
     import torch
 
     from sdprune import __version__
-    from sdprune.deploy.export import kept_blocks, total_blocks
+    from sdprune.train.checkpoint import kept_blocks, total_blocks
 
     meta = ckpt["meta"]
     removed = list(meta.get("removed", []))

@@ -168,8 +168,7 @@ def _show(reporter: Reporter, result: dict[str, Any], name: str, target: str, da
 def compare_int8(fp32, int8, data, reporter: Reporter | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Top-1 agreement of two sessions and their accuracies on the test split (SdpruneError on a
     non-finite logit from either: NaN would just count as a disagreement, or not at all)."""
-    from sdprune.deploy.export import non_finite_rows
-    from sdprune.deploy.runtime import labelled_logits
+    from sdprune.deploy.runtime import labelled_logits, non_finite_rows
     from sdprune.train.evaluate import score_logits
 
     test = data.test

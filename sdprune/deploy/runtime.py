@@ -120,6 +120,17 @@ def onnx_logits(session, images: Tensor, mean: list[float], std: list[float], ba
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def non_finite_rows(logits: Tensor) -> int:
+    """How many images (rows) have a NaN or infinite logit: such outputs never pass a check.
+
+    Comparisons must count them apart: NaN compares false with everything, so a
+    ``max(worst, nan)`` or ``diff <= atol`` test would silently pass a broken model.
+    """
+    import torch
+
+    return int((~torch.isfinite(logits)).any(dim=1).sum())
+
+
 def labelled_logits(sessions: list, data, mean: list[float], std: list[float], batch_size: int = 256,
                     progress=None) -> tuple[list[Tensor], Tensor]:
     """Each session's float32 logits over every readable image of ``data`` (an ImageSet or a
@@ -176,8 +187,6 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     with reporter.progress(f"eval {path.name} on {data.name}", steps) as bar:
         (logits,), labels = labelled_logits([session], test, meta["mean"], meta["std"], batch_size, bar)
     scores = score_logits(logits, labels)
-    from sdprune.deploy.export import non_finite_rows
-
     bad = non_finite_rows(logits)
     if bad:
         reporter.warn(f"{path}: non-finite logits on {bad} of {len(labels)} test images: its loss and accuracy "

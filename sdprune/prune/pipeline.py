@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.deploy.export import kept_blocks, total_blocks
 from sdprune.depth.gates import check_seed
 from sdprune.depth.select import (
-    check_budget,
+    Budget,
     check_criterion,
     needs_statistics,
     removed_blocks,
@@ -41,40 +40,13 @@ from sdprune.nets.measure import size_of
 from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import check_stats_args, collect_stats
-from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.report import Reporter
+from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device
 from sdprune.train.runs import resolve_checkpoint
 
 Scores = dict[str, dict[str, float]]  # {"val": {"loss", "acc"}, "test": {"loss", "acc"}}
 Rescore = Callable[[nn.Module], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much of a network to keep; every target given must be met.
-
-    ``keep``: a fraction of the architecture's gated blocks (rounded up to whole blocks);
-    ``keep_blocks``: a count; ``max_params`` / ``max_flops``: budgets on the whole
-    network. ``keep_stages``: every stage keeps at least one block.
-    """
-
-    keep: float | None = None
-    keep_blocks: int | None = None
-    max_params: float | None = None
-    max_flops: float | None = None
-    keep_stages: bool = True
-
-    def __post_init__(self) -> None:
-        check_budget(self.keep, self.keep_blocks, self.max_params, self.max_flops)
-
-    def label(self) -> str:
-        """What is asked for, as a name: keep0.50, blocks7, params150k, flops20M (joined by -)."""
-        parts = [f"keep{self.keep:.2f}" if self.keep is not None else None,
-                 f"blocks{self.keep_blocks}" if self.keep_blocks is not None else None,
-                 f"params{human(self.max_params)}" if self.max_params is not None else None,
-                 f"flops{human(self.max_flops)}" if self.max_flops is not None else None]
-        return "-".join(p for p in parts if p)
 
 
 @dataclass

@@ -20,19 +20,19 @@ from typing import Any, Sequence
 from torch import nn
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.deploy.export import export_onnx, kept_blocks, total_blocks
+from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, check_bench
 from sdprune.depth.gates import check_seed
-from sdprune.depth.select import check_criterion, removed_blocks, target_count
+from sdprune.depth.select import Budget, check_criterion, removed_blocks, target_count
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.prune.heal import BN_HEAL, HealSpec
 from sdprune.prune.output import check_settings, check_source
-from sdprune.prune.pipeline import Budget, Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
+from sdprune.prune.pipeline import Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
 from sdprune.prune.stats import check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
 from sdprune.files import atomic_write, remove_stale_temps
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.runs import resolve_checkpoint

@@ -68,6 +68,17 @@ def is_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
+def total_blocks(meta: dict[str, Any]) -> int:
+    """How many gated blocks the checkpoint's architecture has (pruned or not)."""
+    return len(meta["blocks"])
+
+
+def kept_blocks(meta: dict[str, Any]) -> list[str]:
+    """The gated blocks a checkpoint still has, in forward order (all but the removed ones)."""
+    removed = set(meta.get("removed") or [])
+    return [b for b in meta["blocks"] if b not in removed]
+
+
 def checkpoint_from(ckpt: Any, path: str | Path, reporter: Reporter | None = None,
                     finite: bool = False) -> dict[str, Any]:
     """``load_checkpoint``'s checks on an object already read from ``path`` (see there)."""

@@ -12,7 +12,7 @@ from sdprune.depth.structure import block_names
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.checkpoint import build_model, load_checkpoint, total_blocks
 from sdprune.train.distributed import Distributed, sum_across
 
 
@@ -110,5 +110,5 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None =
     return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
             "dataset": data.name, "test": result["test"], "val": result["val"],
             "images": {"test": result["test"]["n"], "val": result["val"]["n"]},
-            "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
+            "blocks": {"kept": len(blocks), "total": total_blocks(meta)},
             **size_of(model, data.input_shape)}
