@@ -122,17 +122,22 @@ def figures(task: Task, outputs: list[dict]) -> dict:
     from sdprune.nets.registry import describe_model
 
     arm, last = task.info.get("arm"), outputs[-1]
+    trained = outputs[0].get("run") if arm in ("e", "d", "c", "b") else None
+    executed = None  # branches run per step, summed over the epochs (a retrofit's fall as it anneals)
+    if trained:
+        rows = [json.loads(line) for line in (Path(trained) / "metrics.jsonl").read_text().splitlines() if line]
+        executed = sum(r["executed_blocks"] for r in rows)
     if arm in ("a0", "a", "b"):
         return {"test_acc": last["after"]["test"]["acc"], "val_acc": last["after"]["val"]["acc"],
                 "unhealed_test": last["unhealed"]["test"]["acc"], "blocks": last["blocks"]["after"],
                 "params": last["params"]["after"], "flops": last["flops"]["after"], "removed": last["removed"],
-                "executed_blocks": outputs[0]["final"]["executed_blocks"] if arm == "b" else None,
+                "block_epochs": executed,
                 "phases": last.get("timing")}
     if arm in ("e", "d", "c"):
         described = describe_model(task.info["net"])
         return {"test_acc": last["final"]["test_acc"], "val_acc": last["final"]["val_acc"],
                 "blocks": described["blocks"], "params": described["params"], "flops": described["flops"],
-                "executed_blocks": last["final"]["executed_blocks"]}
+                "block_epochs": executed}
     return {"test_acc": last["test_acc"], "val_acc": last["val_acc"]}  # adopt
 
 
@@ -218,7 +223,9 @@ def _block_epochs(r: dict, epochs: int) -> str:
     arm = r["arm"]
     if arm == "a0":
         return "0"
-    student = (r.get("executed_blocks") or r["blocks"]) * epochs
+    student = r.get("block_epochs")
+    if student is None:  # results written before block_epochs was recorded
+        student = (r.get("executed_blocks") or r["blocks"]) * epochs if arm != "b" else float("nan")
     teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "b") else 0
     teacher += BLOCKS.get(r.get("net", ""), 0) * epochs if arm in ("e", "d") else 0  # distilled from itself
     return f"{student:.0f} ({teacher})"

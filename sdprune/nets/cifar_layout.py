@@ -63,9 +63,19 @@ def _source_key(gated_key: str) -> str | None:
     return None  # a survival buffer: no counterpart
 
 
-def cifar_layouts() -> tuple[Layout, ...]:
-    """Both shortcut options' layouts for every published depth."""
-    return tuple(cifar_layout(depth, option) for depth in DEPTHS for option in "AB")
+def cifar_layouts(depth: int) -> tuple[Layout, ...]:
+    """Both shortcut options' layouts of CIFAR ResNet-``depth``."""
+    return tuple(cifar_layout(depth, option) for option in "AB")
+
+
+def guess(keys) -> list[str]:
+    """The depth these keys name, as sdprune's model name, when they look like a CIFAR
+    ResNet's (a cheap hint: the layout itself decides)."""
+    keys = set(keys)
+    if not {"conv1.weight", "linear.weight"} <= keys:
+        return []
+    n = sum(1 for k in keys if re.fullmatch(r"layer1\.\d+\.conv1\.weight", k))
+    return [f"resnet{6 * n + 2}"] if 6 * n + 2 in DEPTHS else []
 
 
 @functools.cache

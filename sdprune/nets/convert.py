@@ -17,14 +17,17 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from sdprune.errors import SdpruneError
+from sdprune.nets.cifar_layout import DEPTHS as CIFAR_DEPTHS
 from sdprune.nets.cifar_layout import cifar_layouts
-from sdprune.nets.layout import Layout, Reorder, StateDict, key_mismatch, looks_gated, shape_mismatch, torchvision_layout
+from sdprune.nets.cifar_layout import guess as guess_cifar
+from sdprune.nets.layout import (Layout, Reorder, StateDict, guess_torchvision, key_mismatch, looks_gated, shape_mismatch,
+                                 torchvision_layout)
 from sdprune.nets.registry import create_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
 
@@ -32,22 +35,27 @@ __all__ = ["adapt_input_conv", "adopt_weights", "adoptable", "detect_arch", "fro
            "to_gated"]
 
 
-@functools.cache
-def _layouts() -> tuple[Layout, ...]:
-    return tuple(torchvision_layout(name) for name in TORCHVISION_ARCHS) + cifar_layouts()
+def _catalogue() -> dict[str, tuple[str, Callable[[], tuple[Layout, ...]]]]:
+    """sdprune's name -> (the source's name, its layouts, built on first use: building every
+    layout of every source takes seconds, and one file needs one or two)."""
+    table: dict[str, tuple[str, Callable[[], tuple[Layout, ...]]]] = {
+        name: (arch, functools.partial(lambda n: (torchvision_layout(n),), name))
+        for name, arch in TORCHVISION_ARCHS.items()}
+    table.update({f"resnet{d}": (f"resnet{d}", functools.partial(cifar_layouts, d)) for d in CIFAR_DEPTHS})
+    return table
 
 
 def adoptable() -> list[str]:
     """sdprune's names of the architectures whose weights it adopts."""
-    return list(dict.fromkeys(lay.name for lay in _layouts()))
+    return list(_catalogue())
 
 
-def _named(arch: str) -> list[Layout]:
+def _named(arch: str) -> tuple[Layout, ...]:
     """The layouts of ``arch`` (sdprune's name or the source's: "tv_resnet18" or "resnet18")."""
-    found = [lay for lay in _layouts() if arch in (lay.name, lay.arch)]
-    if not found:
-        raise SdpruneError(f"{arch!r} has no weights layout sdprune adopts; it adopts {', '.join(adoptable())}")
-    return found
+    for name, (source_name, layouts) in _catalogue().items():
+        if arch in (name, source_name):
+            return layouts()
+    raise SdpruneError(f"{arch!r} has no weights layout sdprune adopts; it adopts {', '.join(adoptable())}")
 
 
 def _fits(state_dict: StateDict, lay: Layout) -> bool:
@@ -62,7 +70,12 @@ def detect_arch(state_dict: StateDict) -> str | None:
 
 
 def _detect(state_dict: StateDict) -> Layout | None:
-    return next((lay for lay in _layouts() if _fits(state_dict, lay)), None)
+    guessed = guess_torchvision(state_dict) + guess_cifar(state_dict)  # the likely ones first: cheap
+    for name in dict.fromkeys([*guessed, *adoptable()]):
+        lay = next((lay for lay in _named(name) if _fits(state_dict, lay)), None)
+        if lay is not None:
+            return lay
+    return None
 
 
 def check_keys(state_dict: StateDict, arch: str) -> Layout:

@@ -68,6 +68,22 @@ def torchvision_layout(name: str) -> Layout:
     return _layout(name)
 
 
+# blocks per stage and bottleneck or not -> the torchvision ResNet (a cheap hint for detection)
+_RESNETS = {((2, 2, 2, 2), False): "tv_resnet18", ((3, 4, 6, 3), False): "tv_resnet34",
+            ((3, 4, 6, 3), True): "tv_resnet50", ((3, 4, 23, 3), True): "tv_resnet101",
+            ((3, 8, 36, 3), True): "tv_resnet152"}
+
+
+def guess_torchvision(keys) -> list[str]:
+    """The torchvision architecture these keys look like (a cheap hint: the layout decides)."""
+    keys = set(keys)
+    if "fc.weight" in keys:
+        blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+        name = _RESNETS.get((blocks, any(".conv3." in k for k in keys)))
+        return [name] if name in TORCHVISION_ARCHS else []
+    return ["mobilenet_v2"] if "classifier.1.weight" in keys and "mobilenet_v2" in TORCHVISION_ARCHS else []
+
+
 @functools.cache
 def _layout(name: str) -> Layout:
     with torch.device("meta"):
