@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sdprune import faults
 from sdprune.errors import SdpruneError
@@ -46,6 +47,21 @@ def check_output(path: str | Path, folder: bool, need_bytes: int = 0, what: str 
         raise SdpruneError(f"cannot write to {what} {path}: {_mib(free)} free on {existing}, "
                            f"about {_mib(need_bytes)} needed")
     return path
+
+
+def load_weights(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    no code ever unpickled. The one place sdprune reads a torch file.
+
+    torch's warnings while reading (e.g. "Detected pickle protocol 4" before it refuses a
+    plain pickle) are silenced: the caller turns a refusal into one line of its own, and a
+    warning printed above that line would break it. Raises whatever ``torch.load`` raises.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _free_bytes(folder: Path) -> int | None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sdprune.errors import SdpruneError
+from sdprune.files import load_weights
 from sdprune.nets.layout import (
     StateDict,
     check_torchvision_keys,
@@ -95,7 +96,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise SdpruneError(f"weights file {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights(path)
     except pickle.UnpicklingError as err:  # weights_only met something that is not a tensor
         found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
         if found:

@@ -25,6 +25,7 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
+from sdprune.files import load_weights
 from sdprune.nets.convert import adopt_torchvision, state_dict_from
 from sdprune.nets.registry import create_model
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
@@ -58,7 +59,7 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     if not file.is_file():
         raise SdpruneError(f"--init {path}: no such file")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        payload = load_weights(file)
     except Exception as err:  # a pickled module, a truncated file ...
         raise SdpruneError(f"--init {file} is not a weights file sdprune can read safely "
                            f"({type(err).__name__}); save a state_dict, not a model") from None

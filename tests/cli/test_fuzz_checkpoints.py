@@ -207,3 +207,20 @@ def test_non_finite_weights_elsewhere_are_reported_and_the_json_stays_strict(dam
     assert err.count("\n") == 1 and err.startswith("warning: ") and "NaN or infinite values in head.2.weight" in err
     result = json.loads(out, parse_constant=refuse)  # strict: a bare NaN would be refused
     assert result["test"]["loss"] is None and result["val"]["loss"] is None
+
+
+@pytest.mark.parametrize("command", ["eval", "init", "resume"])
+def test_a_refused_pickle_prints_no_warning_before_its_line(command, refused, tmp_path):
+    """torch warns ("Detected pickle protocol 4") before refusing a plain pickle: silenced, the line stands alone."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [1.0]}}, protocol=4))
+    argv = {"eval": ["eval", path, "--device", "cpu"], "resume": ["train", "--resume", path, "--device", "cpu"],
+            "init": ["train", "--init", path, "--device", "cpu", "--out", tmp_path / "out"]}[command]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(argv)
+    assert [str(w.message) for w in caught] == []
