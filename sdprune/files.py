@@ -7,6 +7,7 @@ command that fails there has written nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -47,6 +48,20 @@ def check_output(path: str | Path, folder: bool, need_bytes: int = 0, what: str 
         raise SdpruneError(f"cannot write to {what} {path}: {_mib(free)} free on {existing}, "
                            f"about {_mib(need_bytes)} needed")
     return path
+
+
+def input_path(path: str | Path, what: str) -> Path:
+    """``path`` as a Path when something is there to read; else one clear error naming ``what``
+    (not found, or a symbolic link loop, which ``Path.resolve`` would turn into a traceback)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SdpruneError(f"{what} {path} is a symbolic link loop (it never reaches a file)") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SdpruneError(f"{what} {path} not found") from None
+        raise SdpruneError(f"cannot read {what} {path}: {err.strerror or type(err).__name__}") from None
+    return Path(path)
 
 
 def load_weights(path: str | Path) -> Any:

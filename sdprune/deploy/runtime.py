@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdprune.errors import SdpruneError
+from sdprune.files import input_path
 from sdprune.report import Reporter
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def open_session(path: str | Path, threads: int | None = None, spinning: bool = 
     """
     import onnxruntime as ort
 
-    path = Path(path)
+    path = input_path(path, "model file")
     if not path.is_file():
         raise SdpruneError(f"model file {path} not found")
     options = ort.SessionOptions()
@@ -72,7 +73,7 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
 
     from sdprune.train.schema import check_data_meta
 
-    path = Path(path)
+    path = input_path(path, "model file")
     if not path.is_file():
         raise SdpruneError(f"model file {path} not found")
     try:

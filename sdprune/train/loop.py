@@ -27,7 +27,7 @@ from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import Interrupted, SdpruneError
-from sdprune.files import check_output
+from sdprune.files import check_output, input_path
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
 from sdprune import faults
@@ -91,8 +91,8 @@ def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
         named = new_run_dir(config.model or "retrofit", config.dataset, config.survival) if world.main else None
         run_dir = Path(broadcast_text(str(named) if named else None, world, device) or "")
     run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out))
-    if config.init is not None and not Path(config.init).exists():  # before any data is read
-        raise SdpruneError(f"--init {config.init}: no such file or folder")
+    if config.init is not None:  # before any data is read
+        input_path(config.init, "--init")
     if world.main:
         check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
     with locked_run(run_dir) if world.main else nullcontext():

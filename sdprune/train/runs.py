@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
-from sdprune.files import atomic_write
+from sdprune.files import atomic_write, input_path
 from sdprune.report import Reporter, json_text
 from sdprune.train.config import TrainConfig
 
@@ -99,12 +99,8 @@ def resolve_checkpoint(path: str | None, prefer_pruned: bool = False, reporter: 
     When it picks the newest run, it says which one through ``reporter``.
     """
     if path:
-        p = Path(path)
-        if p.is_dir():
-            p = p / CHECKPOINT
-        if not p.exists():
-            raise SdpruneError(f"checkpoint {path} not found")
-        return p
+        p = input_path(path, "checkpoint")
+        return input_path(p / CHECKPOINT, "checkpoint") if p.is_dir() else p
     candidates = (find_checkpoints(pruned=True) if prefer_pruned else []) or find_checkpoints(pruned=False)
     if not candidates:
         raise SdpruneError(f"no checkpoint given and no run found under {runs_root()}/ or in its {INDEX} "

@@ -21,7 +21,7 @@ FLAGS: list[tuple[str, list[str], str]] = [
     ("models", ["resnet21"], "unknown model"),
     # train
     *[("train", ["--momentum", v], "--momentum must be in [0, 1)") for v in ("-1", "nan", "1", "inf")],
-    ("train", ["--init", "{file}/missing.pt"], "no such file or folder"),
+    ("train", ["--init", "{file}/missing.pt"], "not found"),
     ("train", ["--init", ""], "--init needs a path"),
     ("train", ["--init", "{file}", "--distill", "1.5"], "--distill must be in [0, 1]"),
     ("train", ["--init", "{file}", "--distill", "nan"], "--distill must be in [0, 1]"),
@@ -199,6 +199,22 @@ def test_a_full_disk_is_found_before_the_work(command, argv, place, refused, mon
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     assert "MiB free" in refused([command, *place(argv), *(RUN if command in WITH_DEVICE else [])])
+
+
+# Inputs that are symbolic link loops: one line in every command alike (Path.resolve raised a traceback for --init).
+LOOPS = [("train", ["--init", "{loop}", "--out", "{tmp}/out"]), ("train", ["--resume", "{loop}"]), ("eval", ["{loop}"]),
+         ("eval", ["{loop}.onnx"]), ("stats", ["{loop}"]), ("prune", ["{loop}", "--keep", "0.5"]), ("export", ["{loop}"]),
+         ("sweep", ["{loop}", "--keep", "0.5"]), ("bench", ["{loop}.onnx"])]
+
+
+@pytest.mark.parametrize("command,argv", LOOPS, ids=[f"{c} {' '.join(a)}" for c, a in LOOPS])
+def test_a_symbolic_link_loop_is_one_line_in_every_command(command, argv, tmp_path, refused):
+    for suffix in ("", ".onnx"):
+        os.symlink(tmp_path / f"loop-b{suffix}", tmp_path / f"loop-a{suffix}")
+        os.symlink(tmp_path / f"loop-a{suffix}", tmp_path / f"loop-b{suffix}")
+    filled = [a.format(loop=tmp_path / "loop-a", tmp=tmp_path) for a in argv]
+    line = refused([command, *filled, *(RUN if command in WITH_DEVICE else [])])
+    assert "is a symbolic link loop" in line
 
 
 ONNX_EVAL = [
