@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, load_data
+from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, check_classes, load_data
 from sdprune.data.folder import FolderSet
 from sdprune.data.images import ImageSet, drops_last, iterate_batches, shard_rows
 from sdprune.depth.gates import step_seed
@@ -122,6 +122,8 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                          pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
                          normalization=(recorded["mean"], recorded["std"]) if recorded else None,
                          channels=recorded["input_shape"][0] if recorded else None)
+    if ckpt is not None:
+        check_classes(data, recorded)  # a folder that gained a class since the run started cannot continue it
     if world.enabled and len(data.train) < config.batch_size:
         raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
                            f"images; the training set has {len(data.train)}")

@@ -325,3 +325,36 @@ def test_the_valid_onnx_model_is_accepted(onnx_file, tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(onnx_file()), "--quiet"]) == 0
     assert main(["bench", str(onnx_file()), "--repeats", "1", "--warmup", "0", "--batch-sizes", "1", "--quiet"]) == 0
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run trained on an image folder of classes a and b, whose folder then gained a class c."""
+    from sdprune.train.config import TrainConfig
+    from sdprune.train.loop import train
+
+    root = tmp_path_factory.mktemp("grown")
+    (root / "images").mkdir()
+    (root / "c-only").mkdir()
+    folder = _image_folder(root / "images")
+    train(TrainConfig(model="resnet20", dataset="imagefolder", data_dir=str(folder), image_size=8, epochs=1,
+                      device="cpu", out=str(root / "run")))
+    _image_folder(root / "c-only", classes=("c",))
+    for split in ("train", "test"):
+        (root / "c-only" / split / "c").rename(folder / split / "c")
+    return root / "run" / "checkpoint.pt"
+
+
+GROWN = {"eval": ["eval", "{ckpt}"], "stats": ["stats", "{ckpt}"], "prune": ["prune", "{ckpt}", "--keep", "0.5"],
+         "sweep": ["sweep", "{ckpt}", "--keep", "0.5", "--criteria", "depth", "--no-onnx"],
+         "export": ["export", "{ckpt}"], "resume": ["train", "--resume", "{ckpt}"]}
+
+
+@pytest.mark.parametrize("command", list(GROWN))
+def test_a_folder_that_gained_a_class_since_training_is_refused_by_every_command(command, folder_run, tmp_path,
+                                                                                   refused):
+    ckpt = tmp_path / "run" / "checkpoint.pt"  # a copy: default outputs land in the checked folder
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(folder_run.read_bytes())
+    line = refused([a.format(ckpt=ckpt) for a in GROWN[command]] + (RUN if command in WITH_DEVICE + ("resume",) else []))
+    assert "has 3 classes, the model predicts 2 (new since training: 'c')" in line
