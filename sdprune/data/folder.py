@@ -265,6 +265,9 @@ def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail
         raise SdpruneError(f"{root} must hold train/ and test/ (or val/), one subfolder per class")
     train_paths, train_labels, classes = scan_folder(str(root / "train"))
     test_paths, test_labels, test_classes = scan_folder(str(test_dir))
+    if len(classes) < 2:  # one class: every prediction would be right, and nothing learned
+        raise SdpruneError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}); "
+                           "a classifier needs at least 2 classes")
     if test_classes != classes:
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
     channels = channels or probe_channels(train_paths)

@@ -224,6 +224,7 @@ ONNX_EVAL = [
     ("9 classes", {"metadata": {"classes": '["a","b","c","d","e","f","g","h","i"]'}}, "the graph outputs 10"),
     ("classes as numbers", {"metadata": {"classes": "[0,1,2,3,4,5,6,7,8,9]"}}, "class names"),
     ("no classes", {"metadata": {"classes": "[]"}}, "class names"),
+    ("ten identical classes", {"metadata": {"classes": '["a","a","a","a","a","a","a","a","a","a"]'}}, "names 'a' twice"),
     ("classes as an object", {"metadata": {"classes": '{"a": 1}'}}, "class names"),
     ("input shape of another size", {"metadata": {"input_shape": "[1, 9, 9]"}}, "the graph takes"),
     ("input shape of 2 numbers", {"metadata": {"input_shape": "[1, 8]"}}, "input_shape must be"),
@@ -299,6 +300,7 @@ IMAGE_FOLDERS = [
     ("png of zeros", {"broken": {"test/b/zeros.png": b"\x00" * 64}}, [], "not a readable image"),
     ("no test split", {"splits": ("train",)}, [], "must hold train/ and test/"),
     ("no images", {"classes": ()}, [], "cannot read image folder"),
+    ("one class", {"classes": ("a",)}, [], "a classifier needs at least 2 classes"),
 ]
 
 
