@@ -360,3 +360,20 @@ def test_a_folder_that_gained_a_class_since_training_is_refused_by_every_command
     ckpt.write_bytes(folder_run.read_bytes())
     line = refused([a.format(ckpt=ckpt) for a in GROWN[command]] + (RUN if command in WITH_DEVICE + ("resume",) else []))
     assert "has 3 classes, the model predicts 2 (new since training: 'c')" in line
+
+
+LINKED_FOLDERS = [("a link cycle", "train/a/self", "."),  # torchvision's walk read it ~40 times: 6 images became 126
+                  ("a second link to a class folder", "train/a/more", "../b"),
+                  ("a link to an image of the folder", "train/b/copy.jpg", "../a/0.jpg")]
+
+
+@pytest.mark.parametrize("case", LINKED_FOLDERS, ids=[c[0] for c in LINKED_FOLDERS])
+def test_an_image_folder_reaching_an_image_twice_through_links_is_refused(case, tmp_path, refused):
+    _, link, target = case
+    root = tmp_path / "images"
+    root.mkdir()
+    folder = _image_folder(root)
+    os.symlink(target, folder / link)
+    line = refused(["train", "--dataset", "imagefolder", "--data-dir", folder, "--image-size", "8", "--epochs", "1",
+                    "--out", tmp_path / "out", *RUN])
+    assert str(folder / link) in line and "reached twice through a symbolic link" in line
