@@ -377,3 +377,19 @@ def test_an_image_folder_reaching_an_image_twice_through_links_is_refused(case, 
     line = refused(["train", "--dataset", "imagefolder", "--data-dir", folder, "--image-size", "8", "--epochs", "1",
                     "--out", tmp_path / "out", *RUN])
     assert str(folder / link) in line and "reached twice through a symbolic link" in line
+
+
+@pytest.mark.parametrize("dropped", [("model", "lr"), ("survival",), ("seed",)])
+def test_resuming_a_saved_config_with_keys_missing_is_refused_naming_them(dropped, tmp_path, refused):
+    """A run killed in its first epoch restarts from config.json; one missing a key restarted with its default
+    (no model: a resnet32) and a word of nothing."""
+    import json
+
+    from sdprune.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig(model="resnet20", epochs=1, lr=0.05, survival="uniform", seed=3).to_dict()
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in dropped}))
+    line = refused(["train", "--resume", run, *RUN])
+    assert f"lacks {', '.join(dropped)}" in line
