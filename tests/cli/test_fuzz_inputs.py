@@ -34,6 +34,7 @@ FLAGS: list[tuple[str, list[str], str]] = [
     *[("train", ["--epochs", v], "--epochs must be at least 1") for v in ("0", "-1")],
     ("train", ["--epochs", "1.5"], "invalid int value"),
     ("train", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("train", ["--model", "tv_resnet18", "--batch-size", "1"], "--batch-size 1 leaves BatchNorm one value per channel"),
     *[("train", ["--weight-decay", v], "--weight-decay must be") for v in ("-1", "nan", "inf")],
     *[("train", ["--warmup-epochs", v], "--warmup-epochs must be") for v in ("nan", "-1", "inf")],
     *[("train", ["--label-smoothing", v], "--label-smoothing must be") for v in ("1", "-0.1", "nan")],
@@ -393,3 +394,18 @@ def test_resuming_a_saved_config_with_keys_missing_is_refused_naming_them(droppe
     (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in dropped}))
     line = refused(["train", "--resume", run, *RUN])
     assert f"lacks {', '.join(dropped)}" in line
+
+
+def test_a_training_set_of_one_image_leaving_batchnorm_one_value_is_refused(tmp_path, refused):
+    """2 streamed images, one to the validation slice: every step is the one image left; tv_resnet18's 1x1 maps
+    leave BatchNorm one value per channel."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (12, 12), (10, 80, 120)).save(root / split / c / "0.png")
+    line = refused(["train", "--dataset", "imagefolder", "--data-dir", root, "--image-size", "8", "--epochs", "1",
+                    "--model", "tv_resnet18", "--data-mode", "stream", "--out", tmp_path / "out", *RUN])
+    assert "a training set of 1 image leaves BatchNorm one value per channel" in line
