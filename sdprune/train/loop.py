@@ -158,9 +158,9 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         load_training_state(ckpt, model, optimizer, controller)
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    if world.main:
+    fresh = world.main and not (run_dir / CONFIG).exists()  # a new run: nothing of it on disk yet
+    if world.main:  # first, so that a run killed in its first epoch can start over from it
         write_json(run_dir / CONFIG, config.to_dict())
-        record_run(run_dir, "train")
     metrics_path = run_dir / "metrics.jsonl"
     # The checkpoint carries every epoch's metrics: a run killed between writing its
     # checkpoint and its metrics line gets the line back here.
@@ -172,6 +172,10 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
     except KeyboardInterrupt:
         raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
+    except Exception:
+        if fresh and not (run_dir / CHECKPOINT).exists():  # a new run that failed (diverged ...) before
+            (run_dir / CONFIG).unlink(missing_ok=True)     # its first checkpoint leaves nothing to resume:
+        raise                                              # no trace (the lock takes its file and folder)
 
 
 def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,
@@ -240,6 +244,8 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
                             checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
                                             metrics=_public(row)),
                             optimizer=optimizer.state_dict(), history=history, **extra)
+            if epoch == start_epoch:  # listed once it holds a checkpoint: a run that failed first is no run
+                record_run(run_dir, "train")
             faults.reached("epoch-saved")
             write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "

@@ -409,3 +409,28 @@ def test_a_training_set_of_one_image_leaving_batchnorm_one_value_is_refused(tmp_
     line = refused(["train", "--dataset", "imagefolder", "--data-dir", root, "--image-size", "8", "--epochs", "1",
                     "--model", "tv_resnet18", "--data-mode", "stream", "--out", tmp_path / "out", *RUN])
     assert "a training set of 1 image leaves BatchNorm one value per channel" in line
+
+
+DIVERGES = ["--model", "resnet20", "--lr", "1e30", "--epochs", "1", "--quiet", *RUN]  # NaN loss at step 1, before a checkpoint
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, refused):
+    """No config.json, lock file, run folder or runs-index line: there is nothing to resume."""
+    assert "training diverged" in refused(["train", *DIVERGES])  # runs/<name> under tmp_path
+    (tmp_path / "mine").mkdir()
+    assert "training diverged" in refused(["train", *DIVERGES, "--out", tmp_path / "mine"])  # the folder stays
+
+
+def test_a_failed_restart_keeps_the_config_of_the_run_it_restarted(tmp_path):
+    """A folder holding a run killed in its first epoch (only config.json) is the user's: a restart that
+    fails leaves it as it was."""
+    from sdprune.errors import SdpruneError
+    from sdprune.train.config import TrainConfig
+    from sdprune.train.loop import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    with pytest.raises(SdpruneError, match="training diverged"):
+        train(TrainConfig(model="resnet20", lr=1e30, epochs=1, device="cpu", out=str(run)))
+    assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
