@@ -141,7 +141,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         stem = path.name[:-len(TEMP_SUFFIX)]
         pid = stem.rsplit(".", 1)[-1].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -151,7 +151,10 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts): the holder a temporary file or a lock names."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
