@@ -434,3 +434,25 @@ def test_a_failed_restart_keeps_the_config_of_the_run_it_restarted(tmp_path):
     with pytest.raises(SdpruneError, match="training diverged"):
         train(TrainConfig(model="resnet20", lr=1e30, epochs=1, device="cpu", out=str(run)))
     assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("command,argv", [("prune", ["{ckpt}", "--keep", "0.5"]), ("export", ["{ckpt}"])])
+def test_an_output_folder_another_command_is_writing_is_refused_at_once(command, argv, place, tmp_path, refused):
+    """Two prunes (or exports) into one --out: both exited 0 and the last won. The second is refused."""
+    from sdprune.train.lock import locked_run
+
+    out = tmp_path / "out"
+    with locked_run(out, "sdprune command", keep_file=False):  # held as another process holds it
+        line = refused([command, *place(argv), "--out", out, *(RUN if command in WITH_DEVICE else [])])
+    assert f"{out} is being written by another sdprune command (pid {os.getpid()})" in line
+    assert not out.exists()  # the holder's folder went with it: it wrote nothing
+
+
+def test_a_prune_leaves_no_lock_file_behind(place, tmp_path, monkeypatch, capsys):
+    """Its folder holds what it wrote (an export's: tests/deploy/test_export.py)."""
+    from sdprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = place(["{ckpt}"])[0]
+    assert main(["prune", ckpt, "--keep", "0.5", "--heal", "none", "--out", str(tmp_path / "p"), "-q", *RUN]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["checkpoint.pt", "summary.json"]
