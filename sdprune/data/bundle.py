@@ -173,7 +173,8 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
 
     Normalisation always comes from the checkpoint: the network was trained with it. A
     folder is read as the run read it (data mode and evaluation resize as recorded, the
-    run's unreadable-file policy), whatever its size is now.
+    run's unreadable-file policy), whatever its size is now. Its classes must be the
+    network's (``check_classes``): ``meta`` holds ``data.classes``, as every checkpoint does.
     """
     config, recorded = meta.get("config", {}), dict(meta["data"])
     if meta["data"]["dataset"] == "imagefolder" and "mode" not in recorded:
