@@ -68,7 +68,8 @@ def _walk(folder: str, linked: bool, seen: dict[tuple[int, int], str]):
     key = (info.st_dev, info.st_ino)
     if key in seen:
         raise SdpruneError(f"{seen[key]} and {folder} are one folder, reached twice through a symbolic link "
-                           "(a link cycle, or two links to one folder); sdprune reads every image once: remove the link")
+                           "(a link cycle, or two links to one folder); sdprune reads every image once: "
+                           "remove the link")
     seen[key] = folder
     names, below = [], []
     for entry in entries:
@@ -97,4 +98,5 @@ def _refuse_duplicates(files: list[_File]) -> None:
         other = first.setdefault(key, f)
         if other is not f and (other.linked or f.linked):
             raise SdpruneError(f"{other.path} and {f.path} are one image, reached twice through a symbolic link; "
-                               "sdprune reads every image once (a copy could land in the validation slice): remove the link")
+                               "sdprune reads every image once (a copy could land in the validation slice): "
+                               "remove the link")

@@ -203,9 +203,9 @@ def test_a_full_disk_is_found_before_the_work(command, argv, place, refused, mon
 
 
 # Inputs that are symbolic link loops: one line in every command alike (Path.resolve raised a traceback for --init).
-LOOPS = [("train", ["--init", "{loop}", "--out", "{tmp}/out"]), ("train", ["--resume", "{loop}"]), ("eval", ["{loop}"]),
-         ("eval", ["{loop}.onnx"]), ("stats", ["{loop}"]), ("prune", ["{loop}", "--keep", "0.5"]), ("export", ["{loop}"]),
-         ("sweep", ["{loop}", "--keep", "0.5"]), ("bench", ["{loop}.onnx"])]
+LOOPS = [("train", ["--init", "{loop}", "--out", "{tmp}/out"]), ("train", ["--resume", "{loop}"]),
+         ("eval", ["{loop}"]), ("eval", ["{loop}.onnx"]), ("stats", ["{loop}"]), ("prune", ["{loop}", "--keep", "0.5"]),
+         ("export", ["{loop}"]), ("sweep", ["{loop}", "--keep", "0.5"]), ("bench", ["{loop}.onnx"])]
 
 
 @pytest.mark.parametrize("command,argv", LOOPS, ids=[f"{c} {' '.join(a)}" for c, a in LOOPS])
@@ -225,7 +225,8 @@ ONNX_EVAL = [
     ("9 classes", {"metadata": {"classes": '["a","b","c","d","e","f","g","h","i"]'}}, "the graph outputs 10"),
     ("classes as numbers", {"metadata": {"classes": "[0,1,2,3,4,5,6,7,8,9]"}}, "class names"),
     ("no classes", {"metadata": {"classes": "[]"}}, "class names"),
-    ("ten identical classes", {"metadata": {"classes": '["a","a","a","a","a","a","a","a","a","a"]'}}, "names 'a' twice"),
+    ("ten identical classes", {"metadata": {"classes": '["a","a","a","a","a","a","a","a","a","a"]'}},
+     "names 'a' twice"),
     ("classes as an object", {"metadata": {"classes": '{"a": 1}'}}, "class names"),
     ("input shape of another size", {"metadata": {"input_shape": "[1, 9, 9]"}}, "the graph takes"),
     ("input shape of 2 numbers", {"metadata": {"input_shape": "[1, 8]"}}, "input_shape must be"),
@@ -359,7 +360,8 @@ def test_a_folder_that_gained_a_class_since_training_is_refused_by_every_command
     ckpt = tmp_path / "run" / "checkpoint.pt"  # a copy: default outputs land in the checked folder
     ckpt.parent.mkdir()
     ckpt.write_bytes(folder_run.read_bytes())
-    line = refused([a.format(ckpt=ckpt) for a in GROWN[command]] + (RUN if command in WITH_DEVICE + ("resume",) else []))
+    device = RUN if command in WITH_DEVICE + ("resume",) else []
+    line = refused([a.format(ckpt=ckpt) for a in GROWN[command]] + device)
     assert "has 3 classes, the model predicts 2 (new since training: 'c')" in line
 
 
@@ -411,7 +413,8 @@ def test_a_training_set_of_one_image_leaving_batchnorm_one_value_is_refused(tmp_
     assert "a training set of 1 image leaves BatchNorm one value per channel" in line
 
 
-DIVERGES = ["--model", "resnet20", "--lr", "1e30", "--epochs", "1", "--quiet", *RUN]  # NaN loss at step 1, before a checkpoint
+# NaN loss at step 1, before the first checkpoint
+DIVERGES = ["--model", "resnet20", "--lr", "1e30", "--epochs", "1", "--quiet", *RUN]
 
 
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, refused):

@@ -90,7 +90,7 @@ def test_a_killed_runs_decoding_workers_do_not_hold_its_lock(tmp_path, monkeypat
     for them ("being written by another training", naming the dead process)."""
     import sdprune.train.lock as lock
 
-    monkeypatch.setattr(lock, "HOLDER_GONE_WAIT_S", 0.0, raising=False)  # no waiting: the workers must not hold it at all
+    monkeypatch.setattr(lock, "HOLDER_GONE_WAIT_S", 0.0)  # no waiting: the workers must not hold it at all
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER, str(run)], stdout=subprocess.PIPE, text=True,
                               env=subprocess_env)
