@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sdprune.data.images import ImageSet, seeded_index
+from sdprune.data.scan import scan_folder  # noqa: F401 - where callers have always found it
 from sdprune.errors import SdpruneError
 
 FOLDER_IMAGE_SIZE = 64             # pixels: an image folder's default --image-size
@@ -252,24 +253,15 @@ def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail
         raise SdpruneError(f"{root} must hold train/ and test/ (or val/), one subfolder per class")
     train_paths, train_labels, classes = scan_folder(str(root / "train"))
     test_paths, test_labels, test_classes = scan_folder(str(test_dir))
+    if len(classes) < 2:  # one class: every prediction would be right, and nothing learned
+        raise SdpruneError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}); "
+                           "a classifier needs at least 2 classes")
     if test_classes != classes:
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
     channels = channels or probe_channels(train_paths)
     return (FolderSet(train_paths, train_labels, size, channels, eval_resize, bad_images, workers, pin_memory),
             FolderSet(test_paths, test_labels, size, channels, eval_resize, bad_images, workers, pin_memory),
             classes)
-
-
-def scan_folder(root: str) -> tuple[list[str], Tensor, list[str]]:
-    """Paths, labels and class names of ROOT/<class>/<image> (torchvision's ImageFolder rules)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        classes, index = find_classes(root)
-        samples = make_dataset(root, index, extensions=IMG_EXTENSIONS)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SdpruneError(f"cannot read image folder {root}: {str(err).splitlines()[0]}") from None
-    return [p for p, _ in samples], torch.tensor([y for _, y in samples], dtype=torch.long), classes
 
 
 def probe_channels(paths: Sequence[str], count: int = 16) -> int:

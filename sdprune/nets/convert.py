@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sdprune.errors import SdpruneError
+from sdprune.files import load_weights
 from sdprune.nets.cifar_layout import DEPTHS as CIFAR_DEPTHS
 from sdprune.nets.cifar_layout import cifar_layouts
 from sdprune.nets.cifar_layout import guess as guess_cifar
@@ -173,7 +174,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise SdpruneError(f"weights file {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights(path)
     except pickle.UnpicklingError as err:  # weights_only met something that is not a tensor
         found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
         if found:

@@ -149,6 +149,9 @@ def shape_mismatch(state_dict: StateDict, lay: Layout,
         free = 0 if key in lay.head else 1 if key == lay.first_conv else None  # dims allowed to differ
         if len(got) != len(want) or any(g != w for i, (g, w) in enumerate(zip(got, want)) if i != free):
             wrong.append((key, got, want))
+    weight, bias = (_shape(state_dict.get(k)) for k in lay.head)
+    if not wrong and weight and bias and weight[:1] != bias[:1]:  # free to differ from the layout, not from each other
+        return f"the classifier's {lay.head[0]} has {weight[0]} rows and {lay.head[1]} {bias[0]} values"
     if not wrong:
         return None
     key, got, want = wrong[0]

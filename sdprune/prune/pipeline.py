@@ -43,6 +43,7 @@ from sdprune.prune.stats import check_stats_args, collect_stats
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device
+from sdprune.train.lock import locked_run
 from sdprune.train.runs import resolve_checkpoint
 
 Scores = dict[str, dict[str, float]]  # {"val": {"loss", "acc"}, "test": {"loss", "acc"}}
@@ -236,28 +237,31 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
                                                                             iterative, seed)
     check_folder(out_dir, ckpt["path"], None if out else settings)
     check_output(out_dir, folder=True, need_bytes=file_bytes(ckpt["path"]), what="output folder")
-    dev = resolve_device(device)
-    model = build_model(ckpt).to(dev)
-    data = data_for_checkpoint(meta)
+    # one prune writes a folder at a time (a second is refused at once); the checks again, under the lock
+    with locked_run(out_dir, "sdprune command", keep_file=False):
+        check_folder(out_dir, ckpt["path"], None if out else settings)
+        dev = resolve_device(device)
+        model = build_model(ckpt).to(dev)
+        data = data_for_checkpoint(meta)
 
-    def score(network: nn.Module) -> list[dict[str, Any]]:
-        return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
+        def score(network: nn.Module) -> list[dict[str, Any]]:
+            return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
 
-    rows = score(model)
-    if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
-        reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
-    # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
-    # it can does not depend on the order of removal, so this holds for --iterative too).
-    keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
-    reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
-                  f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
-    ref = reference(model, data, heal_spec, seed, dev)
-    pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
-                         score if iterative else None, reporter)
-    summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"], **settings,
-               "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
-               "params": {"before": ref.params, "after": pruned.params},
-               "flops": {"before": ref.flops, "after": pruned.flops},
-               "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
-               "wall_s": time.perf_counter() - t_start}
-    return write_pruned(out_dir, pruned.model.cpu(), meta, summary)
+        rows = score(model)
+        if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
+            reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
+        # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
+        # it can does not depend on the order of removal, so this holds for --iterative too).
+        keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
+        reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
+                      f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
+        ref = reference(model, data, heal_spec, seed, dev)
+        pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
+                             score if iterative else None, reporter)
+        summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"],
+                   **settings, "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
+                   "params": {"before": ref.params, "after": pruned.params},
+                   "flops": {"before": ref.flops, "after": pruned.flops},
+                   "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
+                   "wall_s": time.perf_counter() - t_start}
+        return write_pruned(out_dir, pruned.model.cpu(), meta, summary)

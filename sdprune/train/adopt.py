@@ -26,6 +26,7 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
+from sdprune.files import load_weights
 from sdprune.nets.convert import adopt_weights, state_dict_from
 from sdprune.nets.registry import create_model
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
@@ -60,7 +61,7 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     if not file.is_file():
         raise SdpruneError(f"--init {path}: no such file")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        payload = load_weights(file)
     except Exception as err:  # a pickled module, a truncated file ...
         raise SdpruneError(f"--init {file} is not a weights file sdprune can read safely "
                            f"({type(err).__name__}); save a state_dict, not a model") from None
@@ -82,7 +83,7 @@ def data_settings(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        payload = load_weights(file)
     except Exception:  # noqa: BLE001 - refused, with its reason, when adopted
         return {}
     config = payload.get("meta", {}).get("config") if is_checkpoint(payload) else None
@@ -144,13 +145,34 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 
 def _adopt_state_dict(file: Path, state: dict[str, torch.Tensor], model_name: str | None, num_classes: int,
                       in_channels: int) -> Adopted:
+    check_weight_types(file, state)
     bad = non_finite(state)
     if bad:
         raise SdpruneError(f"--init {file}: {describe_non_finite(bad)}")
-    model, info = adopt_weights(state, model_name, num_classes, in_channels)
+    try:
+        model, info = adopt_weights(state, model_name, num_classes, in_channels)
+    except RuntimeError as err:  # load_state_dict refused what the layout checks let through
+        raise SdpruneError(f"--init {file}: the weights do not fit the network ({_mismatch(err)})") from None
     # Assumed, not known: a state dict does not say how its images were normalised.
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
     kwargs = info.pop("kwargs")
     source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), **info}
     return Adopted(model.eval(), info["arch"], [], kwargs, mean, std, source)
+
+
+def check_weight_types(file: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a state dict holding a non-floating tensor (BatchNorm's integer batch counter
+    excepted): loading would cast it silently, integer weights to whole numbers (mostly 0),
+    and training would start from a dead network."""
+    for key, value in state.items():
+        if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise SdpruneError(f"--init {file}: {key} holds {str(value.dtype).replace('torch.', '')} values, "
+                               "not floating-point weights")
+
+
+def _mismatch(err: RuntimeError) -> str:
+    """The first problem ``load_state_dict`` lists (its message runs over many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:]), lines[0] if lines else type(err).__name__)
+    return detail.replace("torch.Size(", "").replace("])", "]")[:200]

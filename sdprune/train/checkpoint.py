@@ -16,7 +16,7 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.files import atomic_write
+from sdprune.files import atomic_write, load_weights
 from sdprune.nets.registry import create_model
 from sdprune.report import Reporter, json_text
 from sdprune.train.schema import check_checkpoint, describe_non_finite, non_finite
@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, reporter: Reporter | None = None, finite: 
     if not path.is_file():
         raise SdpruneError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights(path)
     except Exception as err:  # corrupt file, foreign pickle, truncated write ...
         raise SdpruneError(f"{path} is not a readable sdprune checkpoint ({type(err).__name__})") from None
     return checkpoint_from(ckpt, path, reporter, finite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -259,8 +260,9 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig
     if values.get("init") is not None:
         if not str(values["init"]).strip():
             raise SdpruneError("--init needs a path")
-        # absolute: a resume from another folder must find the same teacher
-        values = {**FINETUNE_DEFAULTS, **values, "init": str(Path(values["init"]).expanduser().resolve())}
+        # absolute: a resume from another folder must find the same teacher (realpath, not
+        # Path.resolve: a symbolic link loop is reported by the run, in one line, not raised here)
+        values = {**FINETUNE_DEFAULTS, **values, "init": os.path.realpath(os.path.expanduser(values["init"]))}
     return TrainConfig.from_dict(values)
 
 

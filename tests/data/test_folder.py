@@ -390,3 +390,21 @@ def test_file_names_in_any_encoding_are_read(tmp_path):
     decoded = data.in_memory()
     assert decoded.images.shape == (2, 3, SIZE, SIZE) and decoded.labels.tolist() == [0, 1]
     assert int(decoded.images[1].max()) == 7
+
+
+def test_a_folder_is_listed_as_torchvision_lists_it_links_included(tmp_path):
+    """Nested folders, names that sort around '/', a linked folder outside and a dangling link:
+    the same files, labels and order as torchvision's make_dataset (validation slices stay put)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root, outside = tmp_path / "train", tmp_path / "outside"
+    for name in ("a/1.png", "a/2.JPG", "a/notes.txt", "b/0.png", "b/x/1.png", "b/x-y/2.png", "b/x/z/3.png",
+                 "c/9.webp", "../outside/e1.png", "../outside/sub/e2.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    os.symlink(outside, root / "c" / "ext")
+    os.symlink(tmp_path / "nowhere.png", root / "a" / "dangling.png")
+    classes, index = find_classes(str(root))
+    paths, targets, names = scan_folder(str(root))
+    assert list(zip(paths, targets.tolist())) == make_dataset(str(root), index, extensions=IMG_EXTENSIONS)
+    assert names == classes and len(paths) == 10

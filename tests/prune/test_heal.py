@@ -138,3 +138,30 @@ def test_heal_ends_with_the_statistics_its_bn_step_chose(trained, monkeypatch, h
     for name in final:
         assert torch.allclose(final[name].float(), expected[name].float(), atol=1e-5), name
     assert any(not torch.equal(tuned[n], final[n]) for n in final if "running" in n) == helps
+
+
+def _tiny_images(n: int):
+    """``n`` blank 8x8 grey images of 2 classes: tv_resnet18 shrinks them to a 1x1 feature map."""
+    from sdprune.data.bundle import DataBundle
+    from sdprune.data.images import ImageSet
+
+    images = ImageSet(torch.zeros(n, 1, 8, 8, dtype=torch.uint8), torch.arange(n) % 2)
+    return DataBundle("imagefolder", images, images, images, ["a", "b"], [0.5], [0.25])
+
+
+def test_bn_recalibration_leaves_out_a_last_batch_of_one_image():
+    """129 images in batches of 128: the one-image remainder cannot give BatchNorm statistics (1x1 maps)."""
+    from sdprune.nets.registry import create_model
+
+    model = create_model("tv_resnet18", num_classes=2, in_channels=1)
+    assert recalibrate_bn(model, _tiny_images(129), "cpu", batches=20, batch_size=128) == 128
+    assert not model.training
+
+
+def test_a_finetune_whose_batches_leave_batchnorm_one_value_is_refused_up_front():
+    from sdprune.errors import SdpruneError
+    from sdprune.nets.registry import create_model
+
+    model = create_model("tv_resnet18", num_classes=2, in_channels=1)
+    with pytest.raises(SdpruneError, match="fine-tuning on batches of 1 images leaves BatchNorm one value"):
+        finetune(model, None, _tiny_images(1), distill=False)
