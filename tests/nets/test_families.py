@@ -39,8 +39,8 @@ class Row:
     model: str  # sdprune's name the tiny configuration is built under
     kwargs: dict  # its builder arguments (JSON-able: what a checkpoint records)
     torchvision: Callable[[int], nn.Module]  # the same network from torchvision's own constructor
-    drop: float  # its stochastic_depth_prob
-    defaults: dict  # each full-size variant -> torchvision's stochastic_depth_prob for it
+    drop: float  # its stochastic_depth_prob (0: trained without stochastic depth, every prior 1)
+    defaults: dict  # each full-size variant -> torchvision's stochastic_depth_prob for it (0: none)
 
 
 TINY_CONVNEXT = [[16, 32, 2], [32, 48, 2], [48, None, 2]]
@@ -124,16 +124,18 @@ def test_adoption_is_exact_both_ways(row):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_the_prior_survival_is_torchvisions_and_its_inverted_scaling_is_folded(row, monkeypatch):
     tv = theirs(row)
-    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)]
     ours, _ = adopt_weights(tv.state_dict(), row.model, **row.kwargs)
+    blocks = len(gated_blocks(ours))
+    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)] or [0.0] * blocks  # none: trained whole
     assert get_survival(ours) == pytest.approx([1 - p for p in rates], abs=1e-7)
     assert get_survival(ours)[0] == 1.0 and get_survival(ours)[-1] == pytest.approx(1 - row.drop)
     assert not any(isinstance(m, StochasticDepth) for m in ours.modules())  # the gate replaced them
     x = torch.randn(2, 3, 32, 32)
     expected = logits(tv, x)
-    unfolded = copy.deepcopy(ours)
-    set_survival(unfolded, [1.0] * len(rates))  # the prior left out: another function
-    assert not torch.allclose(logits(unfolded, x), expected, atol=1e-3)
+    if row.drop > 0:
+        unfolded = copy.deepcopy(ours)
+        set_survival(unfolded, [1.0] * blocks)  # the prior left out: another function
+        assert not torch.allclose(logits(unfolded, x), expected, atol=1e-3)
     # training with every gate open is torchvision's inverted training with every row kept: branch / (1 - p)
     monkeypatch.setattr(StochasticDepth, "forward", lambda self, y: y / (1 - self.p) if self.training else y)
     for m in [*tv.modules(), *ours.modules()]:
@@ -187,6 +189,8 @@ def test_removed_blocks_leave_the_tree_and_compute_a_closed_gate(row):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_a_training_step_skips_the_closed_blocks(row):
     ours, _ = adopt_weights(theirs(row).state_dict(), row.model, **row.kwargs)
+    if row.drop == 0:  # trained without stochastic depth: draw from survival 0.5
+        set_survival(ours, [0.5] * len(gated_blocks(ours)))
     sampler = GateSampler(ours.train(), "batch", seed=0)  # drawn from the priors: torchvision's own rates
     step = next(s for s in range(100) if 0.0 in sampler.draw(s, 2).tolist())
     x = torch.randn(2, 3, 32, 32)
@@ -225,9 +229,9 @@ def test_full_size_variants_convert_on_the_meta_device(row, name):
     with torch.device("meta"):  # shapes only: nothing initialised, nothing downloaded
         tv = getattr(tvm, TORCHVISION_ARCHS[name])(weights=None)
         model = create_model(name, num_classes=1000)
-    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)]
-    assert rates[-1] == pytest.approx(row.defaults[name])  # torchvision's linear rule, up to the variant's rate
     lay = torchvision_layout(name)
+    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)] or [0.0] * len(lay.blocks)
+    assert rates[-1] == pytest.approx(row.defaults[name])  # torchvision's linear rule, up to the variant's rate
     assert [b.prior for b in lay.blocks] == pytest.approx([1 - p for p in rates])
     state = tv.state_dict()
     gated = to_gated(state, name)
