@@ -20,6 +20,9 @@ from torch import Tensor, nn
 # default of the mode), a Python float (a host decision: 0.0 skips the branch) or a tensor.
 Gate = float | Tensor | None
 
+# Layers whose weight and bias, multiplied by a constant, scale their output by it.
+_SCALE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.Conv2d)
+
 
 class GatedBlock(nn.Module):
     """A residual block whose branch can be skipped (batch mode) or masked (row mode).
@@ -52,6 +55,11 @@ class GatedBlock(nn.Module):
         self.register_buffer("survival", torch.ones(()))
         self.gate: Gate = None
         self.replay: Tensor | None = None
+        # The keys (relative to the block) whose product with a constant scales the branch's
+        # output: where adoption folds a prior survival and a kept function folds a change of
+        # survival (``fold_keys``). Set by whoever knows the block (its adapter); None: the
+        # weight and bias of the branch's last layer (``output_scale``).
+        self.fold: tuple[str, ...] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.replay is not None:
@@ -73,6 +81,22 @@ class GatedBlock(nn.Module):
             raise ValueError(f"a row-mode gate of shape {tuple(gate.shape)} for a batch of {x.shape[0]}")
         mask = gate.to(dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return self.act(self.shortcut(x) + self.branch(x) * mask)
+
+
+    def fold_keys(self) -> tuple[str, ...]:
+        """The state-dict keys (relative to the block) that scale the branch's output."""
+        return self.fold if self.fold is not None else output_scale(self)
+
+
+def output_scale(block: GatedBlock) -> tuple[str, ...]:
+    """The default fold: the weight and bias of the branch's last layer (a BatchNorm, a
+    Linear or a convolution with a bias), whose product with a constant scales the branch's
+    output by it. Names are relative to the block ("branch.4.weight", ...)."""
+    name, last = list(block.branch.named_modules())[-1]
+    if not isinstance(last, _SCALE_LAYERS) or last.bias is None:
+        raise TypeError(f"the branch ends in a {type(last).__name__}: its adapter must name its fold")
+    prefix = f"branch.{name}" if name else "branch"
+    return (f"{prefix}.weight", f"{prefix}.bias")
 
 
 class PrunedBlock(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from sdprune.depth.structure import gated_blocks
@@ -35,10 +36,31 @@ def get_survival(model: nn.Module) -> list[float]:
     return [float(block.survival) for _, block in gated_blocks(model)]
 
 
-def set_survival(model: nn.Module, survival: Sequence[float]) -> None:
-    """Write survival probabilities into the blocks (they scale the branch in eval mode)."""
+def set_survival(model: nn.Module, survival: Sequence[float], keep_function: bool = False) -> None:
+    """Write survival probabilities into the blocks (they scale the branch in eval mode).
+
+    ``keep_function``: the network goes on computing what it computed (a trained network
+    given another schedule, as a retrofit does): a block moved from s to s' has its branch's
+    output scale (``GatedBlock.fold_keys``) multiplied by s / s', so s' * branch' = s * branch
+    in eval (training with the gate open then computes (s / s') * branch: from s = 1, the
+    inverted convention torchvision trains with). No block keeps its branch at survival 0."""
     blocks = gated_blocks(model)
     if len(blocks) != len(survival):
         raise ValueError(f"{len(survival)} survival values for {len(blocks)} blocks")
-    for (_, block), p in zip(blocks, survival):
+    for (name, block), p in zip(blocks, survival):
+        if keep_function:
+            _refold(name, block, float(p))
         block.survival.fill_(float(p))
+
+
+@torch.no_grad()
+def _refold(name: str, block: nn.Module, survival: float) -> None:
+    old = float(block.survival)
+    new = float(torch.tensor(survival, dtype=torch.float32))  # the float32 survival eval multiplies by
+    if new == old:  # nothing moves: the tensors stay exactly as they are
+        return
+    if new == 0.0:
+        raise SdpruneError(f"survival 0 for {name} closes it: its function cannot be kept")
+    tensors = dict(block.state_dict(keep_vars=True))
+    for key in block.fold_keys():
+        tensors[key].mul_(old / new)

@@ -26,21 +26,9 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from sdprune.depth.block import GatedBlock
+from sdprune.depth.block import GatedBlock, output_scale
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
-
-_SCALE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.Conv2d)
-
-
-def output_scale(gated: GatedBlock) -> tuple[str, ...]:
-    """The default fold: the weight and bias of the branch's last layer (a BatchNorm, a
-    Linear or a convolution with a bias), whose product with a constant scales the branch's
-    output by it. Names are relative to the gated block ("branch.4.weight", ...)."""
-    name, last = list(gated.branch.named_modules())[-1]
-    if not isinstance(last, _SCALE_LAYERS) or last.bias is None:
-        raise TypeError(f"the branch ends in a {type(last).__name__}: its adapter must name its fold")
-    return (f"branch.{name}.weight", f"branch.{name}.bias")
 
 
 def drop_rate_prior(block: nn.Module) -> float:
@@ -113,6 +101,7 @@ def gate_block(block: nn.Module) -> tuple[GatedBlock, Wrapped] | None:
     if gated is None:
         return None
     fold = wrapper.fold(gated)
+    gated.fold = fold  # where a later change of survival is folded (set_survival(keep_function=True))
     if prior != 1.0:  # survival 1: nothing to fold, the tensors stay exactly as they are
         if not 0.0 < prior <= 1.0:
             raise SdpruneError(f"a {type(block).__name__} with prior survival {prior:g}: it never ran in training")

@@ -201,9 +201,11 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
 
     From scratch, the weights are initialised from ``config.seed`` without touching the
     caller's global random state. A retrofit (``adopted``) trains a copy of the adopted
-    network, which itself becomes the frozen distillation teacher; learned survival then
-    starts from its survivals, and ``ranking`` (one score per gated block, higher = more
-    needed) fixes the blocks a prune-aware retrofit excludes. Under torchrun (``world``)
+    network, which itself becomes the frozen distillation teacher; a schedule's survivals are
+    folded into it so that at step 0 it computes what the adopted network does
+    (``set_survival(keep_function=True)``); learned survival starts from its survivals, and
+    ``ranking`` (one score per gated block, higher = more needed) fixes the blocks a
+    prune-aware retrofit excludes. Under torchrun (``world``)
     the step runs through the model's distributed wrapper (``distributed.wrap_model``).
     """
     world = world or Distributed()
@@ -219,8 +221,9 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
             teacher = adopted.model.eval().requires_grad_(False).to(device)
     _check_batch(config, data, model, world)  # before the run writes anything
     start = get_survival(model) if adopted is not None else None
-    if config.survival != "learned":
-        set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
+    if config.survival != "learned":  # a retrofit keeps the adopted function: the schedule is folded in
+        set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last),
+                     keep_function=adopted is not None)
     controller = None
     if config.survival == "learned":  # before any move to the device: a bad --target-keep fails cheaply
         controller = LearnedSurvival(model, data.input_shape, p_last=config.p_last,

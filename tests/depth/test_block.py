@@ -13,6 +13,7 @@ from sdprune.depth.block import GatedBlock, PrunedBlock
 from sdprune.depth.gates import GateSampler, expected_gates, gating
 from sdprune.depth.schedule import set_survival, survival_schedule
 from sdprune.depth.structure import gated_blocks, remove_blocks
+from sdprune.errors import SdpruneError
 from sdprune.nets.cifar_resnet import basic_block
 from sdprune.nets.registry import create_model
 
@@ -180,6 +181,30 @@ def test_survival_is_a_buffer_saved_in_the_state_dict(block):
     state = block.state_dict()
     assert float(state["survival"]) == pytest.approx(0.4)
     assert "survival" not in dict(block.named_parameters())
+
+
+def test_a_new_schedule_can_keep_the_function():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10).eval()
+    for m in model.modules():  # BatchNorm biases that are not 0, so a scaled bias shows
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.bias, 0, 0.1)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        set_survival(model, [1.0] * 9, keep_function=True)  # unchanged: nothing is touched
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        schedule = survival_schedule("linear", 9, 0.5)
+        set_survival(model, schedule, keep_function=True)
+        torch.testing.assert_close(model(x), before, atol=1e-5, rtol=0)
+        last = gated_blocks(model)[-1][1]
+        assert last.fold_keys() == ("branch.4.weight", "branch.4.bias")  # the branch's last BatchNorm
+        torch.testing.assert_close(last.branch[4].bias, state["stages.2.2.branch.4.bias"] / 0.5)
+        set_survival(model, [0.9] * 9)  # without keep_function: another function
+        assert not torch.allclose(model(x), before, atol=1e-3)
+    with pytest.raises(SdpruneError, match="survival 0 for stages.0.0 closes it"):
+        set_survival(model, [0.0] + [0.9] * 8, keep_function=True)
 
 
 @pytest.mark.parametrize("case", ["eval", "plain", "dropped", "kept", "mask", "scale"])

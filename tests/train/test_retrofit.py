@@ -108,6 +108,19 @@ def test_distillation_is_used_when_on_and_absent_when_off(plain):
     assert all(p.grad is None for p in on.teacher.parameters())  # frozen: the student learns, not it
 
 
+@pytest.mark.parametrize("survival", ["none", "linear"])
+def test_a_retrofit_starts_from_the_adopted_function_whatever_its_schedule(plain, survival):
+    adopted = adopt(plain, None, 10, 1)
+    trainer = build_training(TrainConfig(init=str(plain), model="resnet20", survival=survival, **FAST),
+                             load_data("digits"), torch.device("cpu"), adopted=adopted)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model.eval()(x), adopted.model(x), atol=1e-5, rtol=0)
+    expected = [1.0] * 9 if survival == "none" else [1 - i / 18 for i in range(1, 10)]
+    assert get_survival(trainer.model) == pytest.approx(expected)  # the schedule, folded into the branches
+    assert get_survival(adopted.model) == [1.0] * 9  # the teacher is left as it was
+
+
 def test_a_prune_aware_retrofit_excludes_the_chosen_blocks_and_its_prune_is_free(plain, tmp_path):
     data = data_for_checkpoint(load_checkpoint(plain)["meta"])
     ranking = rank_for_retrofit(adopt(plain, None, 10, 1).model, data, torch.device("cpu"), 0.5)
