@@ -30,7 +30,7 @@ from sdprune.nets.cifar_layout import guess as guess_cifar
 from sdprune.nets.layout import (Layout, Reorder, StateDict, key_mismatch, looks_gated, shape_mismatch,
                                  torchvision_layout)
 from sdprune.nets.registry import create_model
-from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, guess_torchvision
+from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, guess_torchvision, torchvision_family
 
 __all__ = ["adapt_input_conv", "adopt_weights", "adoptable", "detect_arch", "from_gated", "load_state_dict_file",
            "to_gated"]
@@ -79,10 +79,21 @@ def detect_arch(state_dict: StateDict) -> str | None:
 def _detect(state_dict: StateDict) -> Layout | None:
     guessed = guess_torchvision(state_dict) + guess_cifar(state_dict)  # the likely ones first: cheap
     for name in dict.fromkeys([*guessed, *adoptable()]):
+        if name not in guessed and not _family_may_fit(state_dict, name):
+            continue
         lay = next((lay for lay in _named(name) if _fits(state_dict, lay)), None)
         if lay is not None:
             return lay
     return None
+
+
+def _family_may_fit(state_dict: StateDict, name: str) -> bool:
+    """Whether ``name`` may fit, from one layout per family: every variant of a family (a
+    torchvision family; the CIFAR ResNets) names its first convolution and classifier alike,
+    so a family whose keys these lack is ruled out without building the layout of each of its
+    variants (seconds each on the meta device)."""
+    first = next(iter(torchvision_family(TORCHVISION_ARCHS[name]).archs)) if name in TORCHVISION_ARCHS else "resnet20"
+    return any(lay.first_conv in state_dict and lay.head[0] in state_dict for lay in _named(first))
 
 
 def check_keys(state_dict: StateDict, arch: str, kwargs: Mapping[str, Any] | None = None) -> Layout:
@@ -133,7 +144,9 @@ def _to_gated(state_dict: StateDict, lay: Layout) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key in lay.gated_keys:
         src = from_gated.get(key)
-        if src is None:  # a survival buffer
+        if key in lay.made:  # an output scale sdprune adds: 1 in the source's function
+            out[key] = torch.ones(lay.made[key])
+        elif src is None:  # a survival buffer
             prior = priors.get(key, 1.0)
             out[key] = torch.ones(()) if prior == 1.0 else torch.tensor(prior, dtype=torch.float32)
         elif src in state_dict:  # only an optional key may be absent
@@ -141,8 +154,8 @@ def _to_gated(state_dict: StateDict, lay: Layout) -> dict[str, Tensor]:
     for block in lay.blocks:
         if block.prior != 1.0:  # the inverted convention: the branch evaluates to prior * (scale / prior)
             p = float(out[block.survival])  # the float32 survival eval multiplies by
-            for src in block.fold:
-                out[lay.to_gated[src]] = out[lay.to_gated[src]] / p
+            for key in (*(lay.to_gated[src] for src in block.fold), *block.made):
+                out[key] = out[key] / p
     return out
 
 
@@ -152,7 +165,8 @@ def from_gated(state_dict: StateDict, arch: str, **kwargs: Any) -> dict[str, Ten
     block's survival p != 1 is folded into its branch's output scale (its last BatchNorm's
     weight and bias, a layer scale: multiplied by p), so the source network computes in eval
     what the gated one does (an adopted prior comes back out exactly as it went in). A
-    network with removed blocks has no equivalent there and is refused."""
+    network with removed blocks has no equivalent there and is refused, as is a block whose
+    added output scale (a made key) times its survival is not 1."""
     if not looks_gated(state_dict):
         raise SdpruneError("these weights are not in sdprune's gated layout (a source layout already?)")
     candidates = _named(arch, kwargs)
@@ -168,6 +182,11 @@ def from_gated(state_dict: StateDict, arch: str, **kwargs: Any) -> dict[str, Ten
     out = {k: state_dict[g] for k, g in lay.to_gated.items() if g in state_dict}
     for block in lay.blocks:
         p = float(state_dict[block.survival])
+        for key in block.made:  # no tensor of the source's to fold into: the scale must be 1 there
+            scale = state_dict[key].double() * p
+            if not torch.allclose(scale, torch.ones_like(scale), rtol=0, atol=1e-6):
+                raise SdpruneError(f"{block.name} scales its branch by {float(scale.flatten()[0]):.6g} (survival "
+                                   f"times its output scale), which {lay.source} {lay.arch} cannot express")
         if p != 1.0:
             for key in block.fold:
                 out[key] = out[key] * p

@@ -10,8 +10,10 @@ torchvision's network on the meta device, notes which tensor each key names, gat
 the registry does and reads the new keys of the same tensors (``layer1.0.conv1.weight``
 -> ``layer1.0.branch.0.weight``), so it follows ``torchvision_nets`` and ``wrap`` wherever
 they go, and records each block's prior survival and fold keys as its adapter declares them
-(``sdprune.nets.wrap.BlockWrapper``). The CIFAR ResNets' layouts are in ``sdprune.nets.cifar_layout``. Also here:
-saying in one line where a state dict does not fit a layout.
+(``sdprune.nets.wrap.BlockWrapper``); an output scale an adapter adds where the branch has
+none (a scalar, 1 in the source's function) is a made key, with no source counterpart. The
+CIFAR ResNets' layouts are in ``sdprune.nets.cifar_layout``. Also here: saying in one line
+where a state dict does not fit a layout.
 """
 
 
@@ -41,6 +43,7 @@ class Block:
     survival: str  # the gated key of its survival buffer
     fold: tuple[str, ...]  # source keys of the branch's output scale (a BatchNorm's weight and bias, a layer scale)
     prior: float = 1.0  # its survival in the source's training (1 - torchvision's drop rate): adoption's survival
+    made: tuple[str, ...] = ()  # gated keys of an output scale sdprune adds (1 in the source's function)
 
 
 # How a source tensor becomes the gated one: index_select(dim, order) for each (dim, order),
@@ -63,6 +66,7 @@ class Layout:
     source: str = "torchvision"  # where such weights come from, as the checkpoint records it
     kwargs: Mapping[str, Any] = field(default_factory=dict)  # sdprune builder arguments it needs
     order: Mapping[str, Reorder] = field(default_factory=dict)  # source key -> its reordering
+    made: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # made gated key -> its shape
 
 
 def torchvision_layout(name: str, kwargs: Mapping[str, Any] | None = None) -> Layout:
@@ -92,14 +96,18 @@ def _layout(name: str, kwargs: dict[str, Any]) -> Layout:
     if len(to_gated) != len(tv_state):
         raise RuntimeError(f"gating {name} lost or duplicated tensors")  # a bug in an adapter, not user input
     from_gated = {g: t for t, g in to_gated.items()}
-    blocks = tuple(Block(n, f"{n}.survival", tuple(from_gated[f"{n}.{k}"] for k in wrapped[n].fold), wrapped[n].prior)
-                   for n, _ in gated_blocks(model))
-    extra = set(gated_state) - set(from_gated) - {b.survival for b in blocks}
+    blocks = []
+    for n, _ in gated_blocks(model):
+        fold = [f"{n}.{k}" for k in wrapped[n].fold]
+        blocks.append(Block(n, f"{n}.survival", tuple(from_gated[k] for k in fold if k in from_gated),
+                            wrapped[n].prior, tuple(k for k in fold if k not in from_gated)))
+    made = {k: tuple(gated_state[k].shape) for b in blocks for k in b.made}
+    extra = set(gated_state) - set(from_gated) - {b.survival for b in blocks} - set(made)
     if extra:
         raise RuntimeError(f"{name}: gated keys with no torchvision counterpart: {sorted(extra)[:3]}")
     return Layout(name, TORCHVISION_ARCHS[name], to_gated, tuple(gated_state),
-                  {k: tuple(t.shape) for k, t in tv_state.items()}, blocks,
-                  f"{convs[0]}.weight", (f"{linears[-1]}.weight", f"{linears[-1]}.bias"), kwargs=kwargs)
+                  {k: tuple(t.shape) for k, t in tv_state.items()}, tuple(blocks),
+                  f"{convs[0]}.weight", (f"{linears[-1]}.weight", f"{linears[-1]}.bias"), kwargs=kwargs, made=made)
 
 
 def _optional(key: str) -> bool:

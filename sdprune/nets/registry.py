@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,16 +41,16 @@ def register(name: str, default_input: tuple[int, int, int], description: str):
 
 def list_models() -> list[str]:
     """Registered architecture names, families together and by size (resnet20 before resnet110,
-    tv_convnext_tiny before tv_convnext_large)."""
+    tv_convnext_tiny before tv_convnext_large, tv_regnet_x_400mf before tv_regnet_x_1_6gf)."""
     return sorted(_REGISTRY, key=_sort_key)
 
 
-def _sort_key(name: str) -> tuple[str, int, int]:
+def _sort_key(name: str) -> tuple[str, int]:
+    # a family: the name up to its first digit, a trailing size word (tiny ... large; s, m, l)
+    # left out; within it, the order the family registered its variants (smallest first)
     stem, _, size = name.rpartition("_")
-    if stem and size.isalpha():  # a size word (tiny ... large; t, s, b): the order its family registered them
-        return (stem, 0, list(_REGISTRY).index(name))
-    digits = "".join(c for c in name if c.isdigit())
-    return (name.rstrip("0123456789_v").rstrip("_"), int(digits) if digits else 0, 0)
+    family = stem if stem and size.isalpha() else name
+    return (re.split(r"\d", family)[0].rstrip("_"), list(_REGISTRY).index(name))
 
 
 def model_info(name: str) -> ModelInfo:

@@ -13,7 +13,7 @@ converter (``sdprune.nets.convert``) builds its key mapping from these same two 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -48,7 +48,9 @@ class Family:
     keys and shapes; the layout decides). ``build``: torchvision's network, fresh weights
     (default: torchvision's builder; kwargs pass through). ``init_conv``: how a new first
     convolution (another number of input channels) is initialised, as torchvision would.
-    ``describe``: the `sdprune models` description of one variant.
+    ``describe``: the `sdprune models` description of one variant. ``default_input``: the
+    input it is designed for; ``sides``: torchvision's name -> the side its weights were
+    evaluated at, where that differs (EfficientNet-B7: 600).
     """
 
     name: str
@@ -58,6 +60,12 @@ class Family:
     build: Callable[..., nn.Module] = torchvision_builder
     init_conv: Callable[[nn.Conv2d], None] = kaiming_fan_out
     default_input: tuple[int, int, int] = (3, 224, 224)
+    sides: Mapping[str, int] = field(default_factory=dict)
+
+    def input_of(self, arch: str) -> tuple[int, int, int]:
+        """The input torchvision's ``arch`` is designed for."""
+        side = self.sides.get(arch)
+        return self.default_input if side is None else (self.default_input[0], side, side)
 
 
 _FAMILIES: dict[str, Family] = {}  # torchvision's name -> its family
@@ -73,9 +81,14 @@ def register_family(family: Family) -> Family:
 
 
 def _register(name: str, arch: str, family: Family) -> None:
-    @register(name, family.default_input, family.describe(arch))
+    @register(name, family.input_of(arch), family.describe(arch))
     def build(num_classes: int, in_channels: int, **kwargs) -> nn.Module:
         return gate_residual_blocks(torchvision_model(arch, num_classes, in_channels, **kwargs))
+
+
+def torchvision_family(arch: str) -> Family:
+    """The family of torchvision's ``arch`` (its own name, e.g. "resnet18")."""
+    return _FAMILIES[arch]
 
 
 def families() -> list[Family]:

@@ -13,22 +13,33 @@ prior survival is 1 - p and 1 / (1 - p) is folded into the layer scale
 A custom configuration goes through torchvision's own constructor: ``block_setting``
 (``CNBlockConfig`` objects, or [input_channels, out_channels, num_layers] lists, which a
 checkpoint can record) and any ``ConvNeXt`` argument, with ``ConvNeXt``'s defaults.
+
+``convnext_cifar``: the same class at CIFAR size (widths 32/64/128/256, depths 2/2/6/2, a
+patch-2 stem: feature maps 16/8/4/2 on 32-px images; ``patch_size=1`` keeps 32/16/8/4 at
+about four times the compute), its own stochastic depth torchvision's linear rule up to
+``stochastic_depth_prob`` 0.1 (recorded as the blocks' survivals; 0 builds the plain twin).
+``sdprune train`` draws from its ``--survival`` schedule instead: ``--survival linear
+--p-last 0.9`` is the same rule to drop 0.1 (sdprune's counts the first block too), and
+``--survival none`` trains the plain twin.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
+from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt, LayerNorm2d
+from torchvision.ops.misc import Conv2dNormActivation
 
 from sdprune.depth.block import GatedBlock
 from sdprune.errors import SdpruneError
+from sdprune.nets.registry import register
 from sdprune.nets.torchvision_nets import Family, register_family, torchvision_builder
-from sdprune.nets.wrap import BlockWrapper, register_block
+from sdprune.nets.wrap import BlockWrapper, gate_residual_blocks, register_block
 
 VARIANTS = ("tiny", "small", "base", "large")
 
@@ -96,3 +107,27 @@ FAMILY = register_family(Family(
     "ConvNeXt", {f"tv_convnext_{v}": f"convnext_{v}" for v in VARIANTS}, guess,
     lambda arch: f"torchvision {arch}; every CNBlock gated, prior survival 1 - its drop rate",
     build=build, init_conv=init_conv))
+
+
+CIFAR_SETTING = ((32, 64, 2), (64, 128, 2), (128, 256, 6), (256, None, 2))
+
+
+@register("convnext_cifar", (3, 32, 32),
+          "torchvision's ConvNeXt at CIFAR size (32-256 wide, 2/2/6/2 blocks, patch-2 stem), drop rate up to 0.1")
+def convnext_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob: float = 0.1, patch_size: int = 2,
+                   block_setting: Sequence[Any] = CIFAR_SETTING, **kwargs: Any) -> nn.Module:
+    """A narrow ConvNeXt for 32-px images: torchvision's class with ``block_setting``, its
+    4x4 stride-4 stem (56 px from 224) made ``patch_size`` square (16 px from 32)."""
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise SdpruneError(f"convnext_cifar's patch_size is a positive whole number of pixels, not {patch_size!r}")
+    if not 0.0 <= stochastic_depth_prob < 1.0:
+        raise SdpruneError(f"convnext_cifar's stochastic_depth_prob is a drop rate in [0, 1), "
+                           f"not {stochastic_depth_prob!r}")
+    model = build("convnext_cifar", num_classes, block_setting=block_setting,
+                  stochastic_depth_prob=stochastic_depth_prob, **kwargs)
+    norm = kwargs.get("norm_layer") or partial(LayerNorm2d, eps=1e-6)  # ConvNeXt's own default
+    stem = Conv2dNormActivation(in_channels, model.features[0][0].out_channels, kernel_size=patch_size,
+                                stride=patch_size, padding=0, norm_layer=norm, activation_layer=None, bias=True)
+    init_conv(stem[0])
+    model.features[0] = stem
+    return gate_residual_blocks(model)

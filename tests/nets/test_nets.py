@@ -15,21 +15,41 @@ from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import count_flops, count_params
 from sdprune.nets.registry import create_model, describe_model, list_models, model_info
+from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, families
 
 BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's block counts
     "resnet20": 9, "resnet32": 15, "resnet44": 21, "resnet56": 27, "resnet110": 54,
     "resnet1202": 600, "cifar_resnet152": 75, "tv_resnet18": 8, "tv_resnet34": 16,
     "tv_resnet50": 16, "tv_resnet101": 33, "tv_resnet152": 50, "mobilenet_v2": 10,
     "tv_convnext_tiny": 18, "tv_convnext_small": 36, "tv_convnext_base": 36, "tv_convnext_large": 36,
+    "convnext_cifar": 12,
+    "tv_resnext50_32x4d": 16, "tv_resnext101_32x8d": 33, "tv_resnext101_64x4d": 33, "tv_wide_resnet50_2": 16,
+    "tv_wide_resnet101_2": 33, "tv_mobilenet_v3_small": 6, "tv_mobilenet_v3_large": 10,
+    # EfficientNet: the MBConv / FusedMBConv blocks with a residual connection
+    "tv_efficientnet_b0": 9, "tv_efficientnet_b1": 16, "tv_efficientnet_b2": 16, "tv_efficientnet_b3": 19,
+    "tv_efficientnet_b4": 25, "tv_efficientnet_b5": 32, "tv_efficientnet_b6": 38, "tv_efficientnet_b7": 48,
+    "tv_efficientnet_v2_s": 35, "tv_efficientnet_v2_m": 51, "tv_efficientnet_v2_l": 73,
+    "tv_regnet_x_400mf": 22, "tv_regnet_x_800mf": 16, "tv_regnet_x_1_6gf": 18, "tv_regnet_x_3_2gf": 25,
+    "tv_regnet_x_8gf": 23, "tv_regnet_x_16gf": 22, "tv_regnet_x_32gf": 23, "tv_regnet_y_400mf": 16,
+    "tv_regnet_y_800mf": 14, "tv_regnet_y_1_6gf": 27, "tv_regnet_y_3_2gf": 21, "tv_regnet_y_8gf": 17,
+    "tv_regnet_y_16gf": 18, "tv_regnet_y_32gf": 20, "tv_regnet_y_128gf": 27,
 }
-# Above this many parameters a network is built and run on the meta device only (shapes, no
-# weights: ConvNeXt-B/L would take 10 s a case here); test_families.py checks its family on a
-# tiny configuration built by torchvision's own constructor.
+# Built and run on the meta device only (shapes, no weights): a network above this many
+# parameters (ConvNeXt-B/L would take 10 s a case here), and every full-size torchvision
+# variant but the smallest of its family (an EfficientNet-B7 takes 8 s a case); test_families.py
+# trains every family on a tiny configuration built by torchvision's own constructor.
 META_ONLY_PARAMS = 65_000_000
+SMALLEST = {next(iter(family.archs)) for family in families()}
+
+
+def meta_only(name: str, model: torch.nn.Module) -> bool:
+    return count_params(model) > META_ONLY_PARAMS or (name in TORCHVISION_ARCHS and name not in SMALLEST)
 
 
 def tiny_side(name: str) -> int:
     """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32."""
+    if name == "convnext_cifar":  # a patch-2 stem and three downsamplings: 16 px down to 1
+        return 16
     return 8 if model_info(name).default_input[-1] <= 32 else 32
 
 
@@ -39,7 +59,7 @@ def test_every_model_trains_and_evaluates(name, in_channels, classes, mode):
     side = tiny_side(name)
     with torch.device("meta"):
         shapes = create_model(name, num_classes=classes, in_channels=in_channels)
-        if count_params(shapes) > META_ONLY_PARAMS:
+        if meta_only(name, shapes):
             assert len(gated_blocks(shapes)) == BLOCKS.get(name, -1)
             assert shapes(torch.empty(2, in_channels, side, side)).shape == (2, classes)
             return
