@@ -2,7 +2,7 @@
 
 The weights' architecture is recognised from their tensors: the public CIFAR ResNets
 (ResNet-20 ... 1202, as published, `{"best_prec1", "state_dict"}` with `module.` keys),
-torchvision's ResNets and MobileNetV2, or another sdprune run. Afterwards `eval`,
+torchvision's ResNets, MobileNetV2 and ConvNeXts, or another sdprune run. Afterwards `eval`,
 `stats`, `prune`, `sweep`, `export` and `train --init` work on the run folder.
 """
 

@@ -5,11 +5,13 @@ statistics, pruning and export never need to know which architecture they hold.
 
 The model modules register themselves when this package is imported: a deliberate
 exception to "no work at import time", as in timm and torchvision's model registries, so
-that a new architecture is one decorated builder and nothing else. Registration only
-records builders: no model is built at import.
+that a new architecture is one decorated builder and nothing else, and a new torchvision
+family one adapter module (``tv_<family>.py``: its block wrappers and its variants; see
+``sdprune.nets.torchvision_nets``) added to the import below. Registration only records
+builders: no model is built at import.
 """
 
-from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401  (registration)
+from sdprune.nets import cifar_resnet, tv_convnext, tv_mobilenet, tv_resnet  # noqa: F401  (registration)
 from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 from sdprune.nets.wrap import gate_residual_blocks

@@ -27,22 +27,27 @@ from sdprune.files import load_weights
 from sdprune.nets.cifar_layout import DEPTHS as CIFAR_DEPTHS
 from sdprune.nets.cifar_layout import cifar_layouts
 from sdprune.nets.cifar_layout import guess as guess_cifar
-from sdprune.nets.layout import (Layout, Reorder, StateDict, guess_torchvision, key_mismatch, looks_gated, shape_mismatch,
+from sdprune.nets.layout import (Layout, Reorder, StateDict, key_mismatch, looks_gated, shape_mismatch,
                                  torchvision_layout)
 from sdprune.nets.registry import create_model
-from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
+from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, guess_torchvision
 
 __all__ = ["adapt_input_conv", "adopt_weights", "adoptable", "detect_arch", "from_gated", "load_state_dict_file",
            "to_gated"]
 
 
-def _catalogue() -> dict[str, tuple[str, Callable[[], tuple[Layout, ...]]]]:
+Layouts = Callable[[Mapping[str, Any]], tuple[Layout, ...]]  # builder kwargs -> the layouts they give
+
+
+def _catalogue() -> dict[str, tuple[str, Layouts]]:
     """sdprune's name -> (the source's name, its layouts, built on first use: building every
-    layout of every source takes seconds, and one file needs one or two)."""
-    table: dict[str, tuple[str, Callable[[], tuple[Layout, ...]]]] = {
-        name: (arch, functools.partial(lambda n: (torchvision_layout(n),), name))
+    layout of every source takes seconds, and one file needs one or two). torchvision's
+    follow builder kwargs (a custom configuration); the CIFAR ResNets' are fixed."""
+    table: dict[str, tuple[str, Layouts]] = {
+        name: (arch, functools.partial(lambda n, kwargs: (torchvision_layout(n, kwargs),), name))
         for name, arch in TORCHVISION_ARCHS.items()}
-    table.update({f"resnet{d}": (f"resnet{d}", functools.partial(cifar_layouts, d)) for d in CIFAR_DEPTHS})
+    table.update({f"resnet{d}": (f"resnet{d}", functools.partial(lambda d, kwargs: cifar_layouts(d), d))
+                  for d in CIFAR_DEPTHS})
     return table
 
 
@@ -51,11 +56,12 @@ def adoptable() -> list[str]:
     return list(_catalogue())
 
 
-def _named(arch: str) -> tuple[Layout, ...]:
-    """The layouts of ``arch`` (sdprune's name or the source's: "tv_resnet18" or "resnet18")."""
+def _named(arch: str, kwargs: Mapping[str, Any] | None = None) -> tuple[Layout, ...]:
+    """The layouts of ``arch`` (sdprune's name or the source's: "tv_resnet18" or "resnet18")
+    built with builder ``kwargs``."""
     for name, (source_name, layouts) in _catalogue().items():
         if arch in (name, source_name):
-            return layouts()
+            return layouts(kwargs or {})
     raise SdpruneError(f"{arch!r} has no weights layout sdprune adopts; it adopts {', '.join(adoptable())}")
 
 
@@ -90,11 +96,12 @@ def _refuse_undetected(state_dict: StateDict) -> None:
                        f"({', '.join(adoptable())}); name the architecture to see why")
 
 
-def check_keys(state_dict: StateDict, arch: str) -> Layout:
-    """The layout of ``arch`` whose keys the state dict has exactly; otherwise a one-line
-    SdpruneError naming what does not match (another architecture, when the weights are
-    recognisably one; else the first missing and unexpected keys)."""
-    candidates = _named(arch)
+def check_keys(state_dict: StateDict, arch: str, kwargs: Mapping[str, Any] | None = None) -> Layout:
+    """The layout of ``arch`` (built with builder ``kwargs``) whose keys the state dict has
+    exactly; otherwise a one-line SdpruneError naming what does not match (another
+    architecture, when the weights are recognisably one; else the first missing and
+    unexpected keys)."""
+    candidates = _named(arch, kwargs)
     if looks_gated(state_dict):
         raise SdpruneError("these weights are in sdprune's gated layout (an sdprune checkpoint?), "
                            "not a layout sdprune adopts from")
@@ -120,36 +127,46 @@ def _reorder(tensor: Tensor, steps: Reorder, inverse: bool = False) -> Tensor:
     return tensor
 
 
-def to_gated(state_dict: StateDict, arch: str) -> dict[str, Tensor]:
-    """A source's keys -> the gated network's, with a survival of 1.0 for every block (the
-    gated network then computes exactly the source network's function). Tensors are shared,
-    not copied, unless the layout reorders their channels; the keys must be exactly the
-    architecture's."""
-    lay = check_keys(state_dict, arch)
+def to_gated(state_dict: StateDict, arch: str, **kwargs: Any) -> dict[str, Tensor]:
+    """A source's keys -> the gated network's (``kwargs``: the builder's, for a custom
+    configuration). Each block's survival is the prior it was trained with (1 - torchvision's
+    drop rate; 1.0 for a network trained without stochastic depth) and 1 / prior is folded
+    into its branch's output scale, so the gated network computes exactly the source
+    network's function. Tensors are shared, not copied, unless the layout reorders their
+    channels or folds a prior into them; the keys must be exactly the architecture's."""
+    lay = check_keys(state_dict, arch, kwargs)
     return _to_gated(state_dict, lay)
 
 
 def _to_gated(state_dict: StateDict, lay: Layout) -> dict[str, Tensor]:
     from_gated = {g: t for t, g in lay.to_gated.items()}
+    priors = {b.survival: b.prior for b in lay.blocks}
     out: dict[str, Tensor] = {}
     for key in lay.gated_keys:
         src = from_gated.get(key)
-        if src is None:
-            out[key] = torch.ones(())  # a survival buffer
+        if src is None:  # a survival buffer
+            prior = priors.get(key, 1.0)
+            out[key] = torch.ones(()) if prior == 1.0 else torch.tensor(prior, dtype=torch.float32)
         elif src in state_dict:  # only an optional key may be absent
             out[key] = _reorder(state_dict[src], lay.order.get(src, ()))
+    for block in lay.blocks:
+        if block.prior != 1.0:  # the inverted convention: the branch evaluates to prior * (scale / prior)
+            p = float(out[block.survival])  # the float32 survival eval multiplies by
+            for src in block.fold:
+                out[lay.to_gated[src]] = out[lay.to_gated[src]] / p
     return out
 
 
-def from_gated(state_dict: StateDict, arch: str) -> dict[str, Tensor]:
+def from_gated(state_dict: StateDict, arch: str, **kwargs: Any) -> dict[str, Tensor]:
     """The gated network's keys -> the source's (torchvision's, or the CIFAR ResNets' option
-    A or B, whichever the gated network's shortcuts are). A block's survival p != 1 is folded
-    into its branch's last BatchNorm (weight and bias scaled by p), so the source network
-    computes in eval what the gated one does. A network with removed blocks has no
-    equivalent there and is refused."""
+    A or B, whichever the gated network's shortcuts are; ``kwargs``: the builder's). A
+    block's survival p != 1 is folded into its branch's output scale (its last BatchNorm's
+    weight and bias, a layer scale: multiplied by p), so the source network computes in eval
+    what the gated one does (an adopted prior comes back out exactly as it went in). A
+    network with removed blocks has no equivalent there and is refused."""
     if not looks_gated(state_dict):
         raise SdpruneError("these weights are not in sdprune's gated layout (a source layout already?)")
-    candidates = _named(arch)
+    candidates = _named(arch, kwargs)
     lay = next((c for c in candidates if key_mismatch(state_dict, c.gated_keys) is None), candidates[0])
     removed = [b.name for b in lay.blocks if b.survival not in state_dict
                and not any(k.startswith(f"{b.name}.branch.") for k in state_dict)]
@@ -245,10 +262,12 @@ def adopt_weights(weights: StateDict | str | os.PathLike, arch: str | None,
 
     ``weights``: a state dict in a layout sdprune adopts (torchvision's, the CIFAR
     ResNets'), or a file holding one (``load_state_dict_file``). ``arch``: sdprune's or the
-    source's name ("tv_resnet18" or "resnet18"; None: recognised from the weights).
+    source's name ("tv_resnet18" or "resnet18"; None: recognised from the weights). Each
+    block's survival is the prior it was trained with (``to_gated``).
     ``num_classes`` other than the weights' (None: the weights') keeps the backbone and
     gives the network a fresh head; ``in_channels`` other than the weights' adapts the
-    first convolution (``adapt_input_conv``). ``kwargs`` go to the builder. Weights of
+    first convolution (``adapt_input_conv``). ``kwargs`` go to the builder (and, with
+    ``arch``, shape the expected layout: a custom ConvNeXt's ``block_setting``). Weights of
     another architecture, or missing, unexpected or mis-shaped tensors, are a one-line
     SdpruneError. Returns the model (in training mode, as built) and what was done,
     JSON-able: arch, source, kwargs (the builder's, as a checkpoint records them),
@@ -263,7 +282,7 @@ def adopt_weights(weights: StateDict | str | os.PathLike, arch: str | None,
         if lay is None:
             _refuse_undetected(state)
     else:
-        lay = check_keys(state, arch)
+        lay = check_keys(state, arch, kwargs)
     head_w = lay.head[0]
     weights_classes, weights_in = int(state[head_w].shape[0]), int(state[lay.first_conv].shape[1])
     num_classes = weights_classes if num_classes is None else num_classes

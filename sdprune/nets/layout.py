@@ -9,14 +9,15 @@ torchvision's layouts are not hand-written tables: ``torchvision_layout`` builds
 torchvision's network on the meta device, notes which tensor each key names, gates it as
 the registry does and reads the new keys of the same tensors (``layer1.0.conv1.weight``
 -> ``layer1.0.branch.0.weight``), so it follows ``torchvision_nets`` and ``wrap`` wherever
-they go. The CIFAR ResNets' layouts are in ``sdprune.nets.cifar_layout``. Also here:
+they go, and records each block's prior survival and fold keys as its adapter declares them
+(``sdprune.nets.wrap.BlockWrapper``). The CIFAR ResNets' layouts are in ``sdprune.nets.cifar_layout``. Also here:
 saying in one line where a state dict does not fit a layout.
 """
 
 
 from __future__ import annotations
 
-import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,18 +27,20 @@ from torch import Tensor, nn
 
 from sdprune.depth.structure import gated_blocks
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, torchvision_model
-from sdprune.nets.wrap import gate_residual_blocks
+from sdprune.nets.wrap import wrap_blocks
 
 StateDict = Mapping[str, Tensor]
 
 
 @dataclass(frozen=True)
 class Block:
-    """One gated block, as its keys: where its survival lives and which BN it folds into."""
+    """One gated block, as its keys: where its survival lives, which source tensors scale
+    its branch's output (where a survival is folded), and the survival it was trained with."""
 
     name: str
     survival: str  # the gated key of its survival buffer
-    fold: tuple[str, str]  # torchvision keys of the branch's last BatchNorm (weight, bias)
+    fold: tuple[str, ...]  # source keys of the branch's output scale (a BatchNorm's weight and bias, a layer scale)
+    prior: float = 1.0  # its survival in the source's training (1 - torchvision's drop rate): adoption's survival
 
 
 # How a source tensor becomes the gated one: index_select(dim, order) for each (dim, order),
@@ -62,56 +65,41 @@ class Layout:
     order: Mapping[str, Reorder] = field(default_factory=dict)  # source key -> its reordering
 
 
-def torchvision_layout(name: str) -> Layout:
+def torchvision_layout(name: str, kwargs: Mapping[str, Any] | None = None) -> Layout:
     """The layout of torchvision's weights for sdprune's ``name`` (a key of
-    ``TORCHVISION_ARCHS``), built once on the meta device."""
-    return _layout(name)
+    ``TORCHVISION_ARCHS``) built with builder ``kwargs`` (a custom configuration), built
+    once per configuration on the meta device."""
+    kwargs = dict(kwargs or {})
+    key = (name, json.dumps(kwargs, sort_keys=True, default=repr))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = _layout(name, kwargs)
+    return _LAYOUTS[key]
 
 
-# blocks per stage and bottleneck or not -> the torchvision ResNet (a cheap hint for detection)
-_RESNETS = {((2, 2, 2, 2), False): "tv_resnet18", ((3, 4, 6, 3), False): "tv_resnet34",
-            ((3, 4, 6, 3), True): "tv_resnet50", ((3, 4, 23, 3), True): "tv_resnet101",
-            ((3, 8, 36, 3), True): "tv_resnet152"}
+_LAYOUTS: dict[tuple[str, str], Layout] = {}  # (name, its kwargs as JSON) -> layout: a cache
 
 
-def guess_torchvision(keys) -> list[str]:
-    """The torchvision architecture these keys look like (a cheap hint: the layout decides)."""
-    keys = set(keys)
-    if "fc.weight" in keys:
-        blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-        name = _RESNETS.get((blocks, any(".conv3." in k for k in keys)))
-        return [name] if name in TORCHVISION_ARCHS else []
-    return ["mobilenet_v2"] if "classifier.1.weight" in keys and "mobilenet_v2" in TORCHVISION_ARCHS else []
-
-
-@functools.cache
-def _layout(name: str) -> Layout:
+def _layout(name: str, kwargs: dict[str, Any]) -> Layout:
     with torch.device("meta"):
-        model = torchvision_model(TORCHVISION_ARCHS[name], num_classes=1000, in_channels=3)
+        model = torchvision_model(TORCHVISION_ARCHS[name], num_classes=1000, in_channels=3, **kwargs)
     tv_state = model.state_dict(keep_vars=True)
-    tv_key = {id(t): k for k, t in tv_state.items()}
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    gate_residual_blocks(model)
+    wrapped = wrap_blocks(model)  # as the registry's builder gates it (folding nothing on meta tensors)
     gated_state = model.state_dict(keep_vars=True)
-    to_gated = {tv_key[id(t)]: k for k, t in gated_state.items() if id(t) in tv_key}
+    gated_key = {id(t): k for k, t in gated_state.items()}
+    to_gated = {k: gated_key[id(t)] for k, t in tv_state.items() if id(t) in gated_key}  # in the source's order
     if len(to_gated) != len(tv_state):
-        raise RuntimeError(f"gating {name} lost or duplicated tensors")  # a bug in wrap, not user input
+        raise RuntimeError(f"gating {name} lost or duplicated tensors")  # a bug in an adapter, not user input
     from_gated = {g: t for t, g in to_gated.items()}
-    blocks = []
-    for block_name, block in gated_blocks(model):
-        last_name, last = list(block.branch.named_modules())[-1]
-        if not isinstance(last, nn.BatchNorm2d):
-            raise TypeError(f"{name}: the branch of {block_name} does not end in a BatchNorm")
-        prefix = f"{block_name}.branch.{last_name}"
-        blocks.append(Block(block_name, f"{block_name}.survival",
-                            (from_gated[f"{prefix}.weight"], from_gated[f"{prefix}.bias"])))
+    blocks = tuple(Block(n, f"{n}.survival", tuple(from_gated[f"{n}.{k}"] for k in wrapped[n].fold), wrapped[n].prior)
+                   for n, _ in gated_blocks(model))
     extra = set(gated_state) - set(from_gated) - {b.survival for b in blocks}
     if extra:
         raise RuntimeError(f"{name}: gated keys with no torchvision counterpart: {sorted(extra)[:3]}")
     return Layout(name, TORCHVISION_ARCHS[name], to_gated, tuple(gated_state),
-                  {k: tuple(t.shape) for k, t in tv_state.items()}, tuple(blocks),
-                  f"{convs[0]}.weight", (f"{linears[-1]}.weight", f"{linears[-1]}.bias"))
+                  {k: tuple(t.shape) for k, t in tv_state.items()}, blocks,
+                  f"{convs[0]}.weight", (f"{linears[-1]}.weight", f"{linears[-1]}.bias"), kwargs=kwargs)
 
 
 def _optional(key: str) -> bool:

@@ -204,6 +204,15 @@ def improves(new: dict[str, float], old: dict[str, float]) -> bool:
     return new["acc"] > old["acc"] or (new["acc"] == old["acc"] and new["loss"] < old["loss"])
 
 
+NO_BATCHNORM = ("BatchNorm healing does not apply: this network has no BatchNorm (LayerNorm networks keep no "
+                "running statistics to re-estimate)")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any BatchNorm of ``model`` keeps running statistics (what ``heal_bn`` re-estimates)."""
+    return any(isinstance(m, _BN) and m.track_running_stats for m in model.modules())
+
+
 def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cpu", batches: int = 20,
             seed: int = 0) -> dict:
     """Re-estimate BatchNorm statistics, keeping them only where they improve the validation slice.
@@ -211,7 +220,13 @@ def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cp
     Returns {"before", "after", "statistics"}: val/test scores with the statistics the
     network had and with re-estimated ones, and which it keeps ("recalibrated" or
     "trained"; the test split is reported, never used to decide). The model ends with them.
+    A network without BatchNorm (ConvNeXt, transformers: LayerNorm) has nothing to
+    re-estimate: "statistics" is "none", "note" says why, and before and after are the
+    one measurement, so nobody reads a heal into it.
     """
+    if not has_batchnorm(model):
+        scores = assess(model, data, device)
+        return {"before": scores, "after": scores, "statistics": "none", "note": NO_BATCHNORM}
     saved = bn_statistics(model)
     before = assess(model, data, device)
     recalibrate_bn(model, data, device, batches, seed=seed)

@@ -37,7 +37,7 @@ from sdprune.depth.select import (
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
 from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
-from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
+from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import check_stats_args, collect_stats
 from sdprune.report import Reporter
@@ -81,7 +81,8 @@ class Reference:
 
     ``statistics`` says which BN statistics it has when healed the way pruned networks are
     (the validation rule of ``heal_bn``: "recalibrated" or "trained"; "trained" without BN
-    healing); ``healed`` is then the figure the change from pruning is measured against.
+    healing; "none" for a network without BatchNorm); ``healed`` is then the figure the
+    change from pruning is measured against.
     ``network``: that healed network, the point of a sweep that removes nothing.
     """
 
@@ -189,7 +190,8 @@ def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int
     (on a separate copy when ``heal_spec`` does not re-estimate)."""
     unpruned = cut_and_heal(model, [], data, heal_spec, seed, device)
     bn = unpruned.bn or heal_bn(copy.deepcopy(model), data, device, heal_spec.bn_batches, seed)
-    return Reference(bn["before"], bn["after"], bn["statistics"] if heal_spec.bn else "trained", unpruned)
+    statistics = bn["statistics"] if heal_spec.bn or bn["statistics"] == "none" else "trained"
+    return Reference(bn["before"], bn["after"], statistics, unpruned)
 
 
 def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str, budget: Budget,
@@ -256,6 +258,8 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
                       f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
         ref = reference(model, data, heal_spec, seed, dev)
+        if heal_spec.bn and ref.statistics == "none":  # asked for (the default), and it cannot be done
+            reporter.warn(NO_BATCHNORM)
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
                              score if iterative else None, reporter)
         summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"],

@@ -5,8 +5,8 @@ Two kinds of file are adopted, both loaded with ``weights_only`` (nothing is unp
 * an sdprune checkpoint (any run: plain, linear, learned, even pruned): the architecture,
   its removed blocks and its survivals come from the checkpoint's metadata;
 * a state dict in a layout sdprune adopts (``sdprune.nets.convert``): torchvision's
-  (ResNet-18..152, MobileNetV2), as ``torch.save(model.state_dict())`` and torchvision's
-  weights cache write it, or the public CIFAR ResNets' (ResNet-20..1202, with their
+  (ResNet-18..152, MobileNetV2, ConvNeXt-T/S/B/L), as ``torch.save(model.state_dict())``
+  and torchvision's weights cache write it, or the public CIFAR ResNets' (ResNet-20..1202, with their
   ``{"best_prec1", "state_dict"}`` wrapper and DataParallel's ``module.`` prefix).
 
 When the data has another number of classes, the classifier is new and the backbone
