@@ -29,12 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import torch
+from bench_common import evenly_removed  # tools/, beside this script
 
 from sdprune.data.bundle import load_data
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, cpu_flags, cpu_name
 from sdprune.deploy.quantize import quantize_int8
-from sdprune.depth.select import target_count
 from sdprune.depth.structure import gated_blocks, remove_blocks
 from sdprune.nets.registry import create_model
 from sdprune.prune.heal import recalibrate_bn
@@ -44,14 +44,6 @@ KEEPS = (1.0, 0.75, 0.5, 0.25)
 HEADING = "## B3/B4"
 
 
-def evenly_removed(names: list[str], keep: float) -> list[str]:
-    """Blocks to remove so that `sdprune prune --keep`'s count of evenly spaced blocks remains
-    (at least ``keep`` of them, rounded up: ``target_count``; 0.5 of an even count: every other)."""
-    n_keep = target_count(len(names), keep, None)
-    kept = {int(i * len(names) / n_keep) for i in range(n_keep)}
-    return [n for i, n in enumerate(names) if i not in kept]
-
-
 def b3(args, root: Path, reporter: Reporter) -> dict:
     data = load_data("synthetic")
     variants = []
@@ -59,7 +51,7 @@ def b3(args, root: Path, reporter: Reporter) -> dict:
         torch.manual_seed(0)  # the same weights for every variant: pruning only removes blocks
         model = create_model(args.model, len(data.classes), 3)
         names = [n for n, _ in gated_blocks(model)]
-        removed = evenly_removed(names, keep)
+        removed = evenly_removed(model, keep, tuple(data.input_shape))
         remove_blocks(model, removed)
         recalibrate_bn(model, data, batches=10, batch_size=64)  # as `sdprune prune` heals
         meta = {"model": {"name": args.model}, "data": data.meta(), "blocks": names, "removed": removed}

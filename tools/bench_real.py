@@ -32,29 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_common import ROOT, Task, run_tasks  # tools/, beside this script
 
 BLOCKS = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
 ARMS = ("e", "d", "a0", "a", "b", "c")
 NAMES = {"e": "(e) ResNet-56, fine-tuned", "d": "(d) published small, fine-tuned", "a0": "(a0) pruned, BN heal",
          "a": "(a) pruned + fine-tune", "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
-
-
-@dataclass
-class Task:
-    name: str
-    commands: list[list[str]]
-    needs: list[str] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
 
 
 def small_net(kept: int) -> str:
@@ -142,57 +129,8 @@ def figures(task: Task, outputs: list[dict]) -> dict:
 
 
 def run_all(args) -> None:
-    out = Path(args.out)
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
-    pending = [t for t in plan(args) if not (out / "results" / f"{t.name}.json").exists()]
-    running: dict[str, tuple[subprocess.Popen, Task, int, float, list]] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
-
-    def start(task: Task, step: int, outputs: list) -> None:
-        log = open(out / "logs" / f"{task.name}.{step}.log", "w")
-        log.write(" ".join(task.commands[step]) + "\n")
-        log.flush()
-        proc = subprocess.Popen(task.commands[step], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-        running[task.name] = (proc, task, step, time.time(), outputs)
-
-    done = {t.name for t in plan(args)} - {t.name for t in pending}
-    failed: set[str] = set()
-    while pending or running:
-        for task in list(pending):
-            if len(running) >= args.jobs:
-                break
-            if any(n in failed for n in task.needs):
-                pending.remove(task)
-                failed.add(task.name)
-            elif all(n in done for n in task.needs):
-                pending.remove(task)
-                print(f"start {task.name}", flush=True)
-                start(task, 0, [])
-        time.sleep(1)
-        for name, (proc, task, step, t0, outputs) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            stdout = proc.stdout.read()
-            del running[name]
-            if proc.returncode != 0:
-                print(f"FAILED {name} (exit {proc.returncode}): see {out / 'logs'}/{name}.{step}.log", flush=True)
-                failed.add(name)
-                continue
-            outputs.append({**json.loads(stdout), "_wall_s": time.time() - t0})
-            if step + 1 < len(task.commands):
-                start(task, step + 1, outputs)
-                continue
-            result = {"task": name, **task.info, **figures(task, outputs),
-                      "wall_s": sum(o["_wall_s"] for o in outputs), "jobs": args.jobs, "device": args.device,
-                      "epochs": args.epochs, "commands": [" ".join(c) for c in task.commands]}
-            tmp = out / "results" / f".{name}.tmp"
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(out / "results" / f"{name}.json")
-            done.add(name)
-            print(f"done {name}: test {result['test_acc']:.2f}%  ({result['wall_s']:.0f}s)", flush=True)
-    if failed:
-        raise SystemExit(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}")
+    run_tasks(plan(args), Path(args.out), args.jobs, args.threads, figures,
+              {"jobs": args.jobs, "device": args.device, "epochs": args.epochs})
 
 
 def report(out: Path) -> str:
