@@ -54,7 +54,7 @@ def ensure_tv_registered(layers: list[int]) -> str:
 
 def write_folder(idx_root: Path, out: Path, size: int) -> Path:
     """The idx subset under ``idx_root`` as ``out/{train,test}/<class>/<i>.png``, RGB, upscaled to ``size``."""
-    from torchvision.io import write_png
+    from PIL import Image  # torchvision.io's encoders are deprecated (0.29); Pillow is sdprune's decoder too
 
     from sdprune.data.readers import load_splits
 
@@ -70,7 +70,7 @@ def write_folder(idx_root: Path, out: Path, size: int) -> Path:
         for i, (img, label) in enumerate(zip(big, images.labels.tolist())):
             folder = out / split / f"{label}-{classes[label].replace('/', '-')}"
             folder.mkdir(parents=True, exist_ok=True)
-            write_png(img.contiguous(), str(folder / f"{i:05d}.png"))
+            Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(folder / f"{i:05d}.png")
     write_json(marker, {"size": size})
     return out
 

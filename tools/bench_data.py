@@ -123,7 +123,7 @@ def class_protos(size: int):
 def generate_chunk(task: tuple[str, str, int, int, int]) -> int:
     """Write images start..start+count-1 of one split; returns the bytes written."""
     import torch
-    from torchvision.io import encode_jpeg, write_file
+    from PIL import Image  # torchvision.io's encoders are deprecated (0.29); Pillow is sdprune's decoder too
 
     root, split, start, count, size = task
     torch.set_num_threads(1)
@@ -134,10 +134,10 @@ def generate_chunk(task: tuple[str, str, int, int, int]) -> int:
     for lo in range(0, count, 50):
         part = labels[lo:lo + 50]
         for j, image in enumerate(make_images(len(part), part, size, protos, gen)):
-            data = encode_jpeg(image, quality=JPEG_QUALITY)
             i = start + lo + j
-            write_file(os.path.join(root, split, f"c{i % CLASSES}", f"{i:06d}.jpg"), data)
-            written += data.numel()
+            path = os.path.join(root, split, f"c{i % CLASSES}", f"{i:06d}.jpg")
+            Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path, quality=JPEG_QUALITY)
+            written += os.path.getsize(path)
     return written
 
 

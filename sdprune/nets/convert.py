@@ -85,6 +85,17 @@ def _detect(state_dict: StateDict) -> Layout | None:
     return None
 
 
+def _refuse_undetected(state_dict: StateDict) -> None:
+    """Why weights fit no layout: the likely architecture's first mismatch, where the keys
+    suggest one; else the list of what sdprune adopts."""
+    for name in guess_torchvision(state_dict) + guess_cifar(state_dict):
+        for lay in _named(name):
+            problem = key_mismatch(state_dict, lay.to_gated) or shape_mismatch(state_dict, lay)
+            raise SdpruneError(f"these weights look like {lay.name} but do not fit it: {problem}")
+    raise SdpruneError("these weights are none of the architectures sdprune adopts "
+                       f"({', '.join(adoptable())}); name the architecture to see why")
+
+
 def check_keys(state_dict: StateDict, arch: str, kwargs: Mapping[str, Any] | None = None) -> Layout:
     """The layout of ``arch`` (built with builder ``kwargs``) whose keys the state dict has
     exactly; otherwise a one-line SdpruneError naming what does not match (another
@@ -269,8 +280,7 @@ def adopt_weights(weights: StateDict | str | os.PathLike, arch: str | None,
     if arch is None:
         lay = _detect(state)
         if lay is None:
-            raise SdpruneError("these weights are none of the architectures sdprune adopts "
-                               f"({', '.join(adoptable())}); name the architecture to see why")
+            _refuse_undetected(state)
     else:
         lay = check_keys(state, arch, kwargs)
     head_w = lay.head[0]

@@ -16,6 +16,7 @@ and exported rather than the stochastic training-time one.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -248,7 +249,9 @@ def heal(model: nn.Module, data: DataBundle, spec: HealSpec, device: torch.devic
     """
     tuned = None
     if spec.finetune_epochs > 0:
+        clock = time.perf_counter()
         tuned = finetune(model, teacher if spec.distill else None, data, spec.finetune_epochs, device,
                          distill=spec.distill, seed=seed, reporter=reporter)
+        tuned["wall_s"] = time.perf_counter() - clock
     bn = heal_bn(model, data, device, spec.bn_batches, seed) if spec.bn else None
     return {"finetune": tuned, "bn": bn}

@@ -249,7 +249,9 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         def score(network: nn.Module) -> list[dict[str, Any]]:
             return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
 
+        clock = time.perf_counter()
         rows = score(model)
+        timing = {"score_s": time.perf_counter() - clock}
         if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
             reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
         # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
@@ -257,15 +259,23 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
         reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
                       f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
+        clock = time.perf_counter()
         ref = reference(model, data, heal_spec, seed, dev)
+        timing["reference_s"] = time.perf_counter() - clock
         if heal_spec.bn and ref.statistics == "none":  # asked for (the default), and it cannot be done
             reporter.warn(NO_BATCHNORM)
+        clock = time.perf_counter()
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
                              score if iterative else None, reporter)
+        timing["cut_heal_s"] = time.perf_counter() - clock
+        # where the time went: a user waiting on a fine-tune wants to know what came before it
+        timing["finetune_s"] = pruned.finetune["wall_s"] if pruned.finetune else 0.0
+        timing["before_finetune_s"] = time.perf_counter() - t_start - timing["finetune_s"]
+        reporter.info("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f}s" for k, v in timing.items()))
         summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"],
                    **settings, "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
                    "params": {"before": ref.params, "after": pruned.params},
                    "flops": {"before": ref.flops, "after": pruned.flops},
                    "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
-                   "wall_s": time.perf_counter() - t_start}
+                   "timing": timing, "wall_s": time.perf_counter() - t_start}
         return write_pruned(out_dir, pruned.model.cpu(), meta, summary)

@@ -245,7 +245,7 @@ INIT_WEIGHTS = [
     ("integer weights", _retyped(torch.int64), "conv1.weight holds int64 values"),  # cast: every weight became 0
     ("bool weights", _retyped(torch.bool), "conv1.weight holds bool values"),  # "diverged at step 0"
     ("one integer tensor", lambda s: {**s, "fc.bias": s["fc.bias"].int()}, "fc.bias holds int32 values"),
-    ("head bias of shape [0]", lambda s: {**s, "fc.bias": torch.zeros(0)}, "size mismatch for fc.bias"),
+    ("head bias of shape [0]", lambda s: {**s, "fc.bias": torch.zeros(0)}, "fc.bias 0 values"),
 ]
 
 

@@ -182,7 +182,9 @@ def test_a_file_that_does_not_fit_is_refused_in_one_line_naming_the_first_mismat
     wide = {**state, "layer3.0.conv1.weight": torch.ones(64, 32, 3, 1)}
     refused(r"layer3.0.conv1.weight is 64x32x3x1 in the weights, 64x32x3x3 in resnet20", adopt_weights, wide,
             "resnet20")
-    refused("none of the architectures sdprune adopts", adopt_weights, missing, None)
+    refused(r"look like resnet20 but do not fit it: missing 1 key \(e.g. layer2.1.conv2.weight\)",
+            adopt_weights, missing, None)
+    refused("none of the architectures sdprune adopts", adopt_weights, {"encoder.weight": torch.ones(2)}, None)
     no_bias = {**state, "linear.bias": torch.ones(0)}
     refused("the classifier's linear.weight has 10 rows and linear.bias 0 values", adopt_weights, no_bias, "resnet20")
     refused("'resnet21' has no weights layout", adopt_weights, state, "resnet21")

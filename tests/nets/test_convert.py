@@ -184,7 +184,8 @@ def test_weights_that_do_not_fit_are_refused_naming_what_does_not_match():
     refused("gated layout", adopt_weights, create_model("tv_resnet18", 10).state_dict(), "tv_resnet18")
     refused(r"weights look like tv_resnet18 \(torchvision resnet18\), not resnet20", adopt_weights, r18, "resnet20")
     refused("'resnet19' has no weights layout sdprune adopts", adopt_weights, r18, "resnet19")
-    refused("none of the architectures sdprune adopts", adopt_weights, missing, None)
+    refused(r"look like tv_resnet18 but do not fit it: missing \d+ keys? \(e.g. layer4",
+            adopt_weights, missing, None)
     refused("a state dict \\(names -> tensors\\), not a dict with non-tensor entries \\(e.g. 'epoch': int\\)",
             adopt_weights, {**r18, "epoch": 3}, "resnet18")
     # BatchNorm step counters are optional (old files, torchvision's own among them, lack them)

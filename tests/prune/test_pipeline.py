@@ -138,6 +138,12 @@ def test_a_parameter_budget_with_a_distilled_finetune(run, tmp_path):
     assert s["params"]["after"] <= budget < s["params"]["before"]
     assert s["finetune"]["steps"] > 0 and s["distill"] and s["heal"] == "finetune"
     assert s["unhealed"] != s["bn"]["before"]  # the fine-tune ran between the two
+    # where the time went: every phase measured, the fine-tune's own share apart from what precedes it
+    t = s["timing"]
+    assert t["finetune_s"] == s["finetune"]["wall_s"] > 0
+    assert all(t[k] > 0 for k in ("score_s", "reference_s", "cut_heal_s", "before_finetune_s"))
+    assert t["cut_heal_s"] >= t["finetune_s"]
+    assert t["before_finetune_s"] + t["finetune_s"] <= s["wall_s"] + 1e-6
 
 
 def test_out_never_replaces_the_checkpoint_being_pruned(own_run):
