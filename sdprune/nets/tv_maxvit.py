@@ -8,12 +8,13 @@ are gated, five units per layer:
     first MBConv of each stage halves the resolution and widens, and its projection
     shortcut, average pooling and a 1x1 convolution, stays when the unit is removed);
   * ``window_attention`` and ``grid_attention``: each two residual branches, attention
-    and MLP, each its own unit (the transformers' unit: README, "Transformers: the unit
-    is the branch"). torchvision adds them inside the partitioned layout (B, groups,
-    P*P, C); partition and departition are exact inverse permutations, so each branch
-    here maps (B, C, H, W) to itself, departition(branch(partition(x))): the same values
-    (one extra pair of permutations per branch), and every unit of a stage has the stage's
-    shape, as ``block_layout``'s stages expect.
+    and MLP, each its own unit (the transformers' unit and why: ``tv_vit``; README,
+    "Transformers: the unit is the branch"). torchvision adds them inside the
+    partitioned layout (B, groups, P*P, C); partition and departition are exact inverse
+    permutations, so each branch here maps (B, C, H, W) to itself,
+    departition(branch(partition(x))): the same values (one extra pair of permutations
+    per branch), and every unit of a stage has the stage's shape, as ``block_layout``'s
+    stages expect.
 
 Not gated: the stem, the classifier, and nothing else has a residual connection.
 torchvision's drop rate rises linearly over the layers (0 to ``stochastic_depth_prob``,

@@ -1,7 +1,10 @@
 """torchvision's Swin Transformer, V1 (t, s, b) and V2 (t, s, b), as two sdprune families.
 
 Every ``SwinTransformerBlock`` is two residual branches in sequence, each its own gated
-unit (the measured choice: README, "Transformers: the unit is the branch"):
+unit. Why the branch, not the block: a block is its two units removed together, so no
+block-level choice is lost; one branch can go and the other stay; Swin draws stochastic
+depth per branch, so only a branch takes 1 / (1 - p) exactly; at equal kept FLOPs the two
+units measured a tie (tools/unit_choice.py; README, "Transformers: the unit is the branch"):
 
     V1:  x = x + g_attn * attn(norm1(x));  x = x + g_mlp * mlp(norm2(x))
     V2:  x = x + g_attn * norm1(attn(x));  x = x + g_mlp * norm2(mlp(x))   (post-norm)

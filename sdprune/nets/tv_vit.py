@@ -1,7 +1,10 @@
 """torchvision's Vision Transformer (b_16, b_32, l_16, l_32, h_14) as an sdprune family.
 
 Every ``EncoderBlock`` is two residual branches in sequence, and each is its own gated
-unit (the measured choice: README, "Transformers: the unit is the branch"):
+unit. Why the branch, not the block: a block is its two units removed together, so no
+block-level choice is lost; one branch can go and the other stay; Swin draws stochastic
+depth per branch, so only a branch takes 1 / (1 - p) exactly; at equal kept FLOPs the two
+units measured a tie (tools/unit_choice.py; README, "Transformers: the unit is the branch"):
 
     x = x + g_attn * dropout(self_attention(ln_1(x)))      encoder_layer_i.attn
     x = x + g_mlp * mlp(ln_2(x))                            encoder_layer_i.mlp
