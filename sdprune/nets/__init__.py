@@ -11,7 +11,7 @@ family one adapter module (``tv_<family>.py``: its block wrappers and its varian
 builders: no model is built at import.
 """
 
-from sdprune.nets import cifar_resnet, tv_convnext, tv_mobilenet, tv_resnet  # noqa: F401  (registration)
+from sdprune.nets import cifar_resnet, tv_convnext, tv_maxvit, tv_mobilenet, tv_resnet, tv_swin, tv_vit  # noqa: F401  (registration)
 from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 from sdprune.nets.wrap import gate_residual_blocks

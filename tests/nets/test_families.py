@@ -18,6 +18,10 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
+from torchvision.models.maxvit import MaxVit, MaxVitLayer
+from torchvision.models.swin_transformer import (PatchMergingV2, SwinTransformer, SwinTransformerBlock,
+                                                 SwinTransformerBlockV2)
+from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops import StochasticDepth
 
 from sdprune.data.bundle import DataBundle, channel_stats
@@ -25,12 +29,39 @@ from sdprune.data.images import ImageSet
 from sdprune.deploy.export import export_onnx
 from sdprune.depth.gates import GateSampler, gating
 from sdprune.depth.schedule import get_survival, set_survival
-from sdprune.depth.structure import block_layout, block_names, gated_blocks, remove_blocks
+from sdprune.depth.structure import block_layout, block_names, forward_flops, gated_blocks, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets import adopt_weights, create_model, detect_arch, from_gated, gate_residual_blocks, to_gated
 from sdprune.nets.layout import torchvision_layout
 from sdprune.nets.registry import describe_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, families
+from sdprune.prune.heal import NO_BATCHNORM, has_batchnorm, heal_bn
+
+
+def one_per_module(model: nn.Module) -> list[float]:
+    """Each gated unit's torchvision drop rate: one StochasticDepth per unit, in forward order."""
+    return [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+def swin_rates(model: nn.Module) -> list[float]:
+    """A Swin block applies its one StochasticDepth to both its branches: two units each."""
+    return [b.stochastic_depth.p for b in model.modules() if isinstance(b, SwinTransformerBlock) for _ in range(2)]
+
+
+def maxvit_rates(model: nn.Module) -> list[float]:
+    """A MaxViT layer's five units (MBConv, window and grid attention and MLP) share its rate."""
+    return [layer.layers.window_attention.stochastic_dropout.p for layer in model.modules()
+            if isinstance(layer, MaxVitLayer) for _ in range(5)]
+
+
+def unit_gain(model: nn.Module) -> nn.Module:
+    """Every convolution and Linear at unit gain (std 1 / sqrt(fan in)): MaxViT's own std 0.02
+    leaves random branches so small that the logits barely depend on the input."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.normal_(0, m.weight[0].numel() ** -0.5)
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +72,32 @@ class Row:
     torchvision: Callable[[int], nn.Module]  # the same network from torchvision's own constructor
     drop: float  # its stochastic_depth_prob (0: trained without stochastic depth, every prior 1)
     defaults: dict  # each full-size variant -> torchvision's stochastic_depth_prob for it (0: none)
+    rates: Callable[[nn.Module], list[float]] = one_per_module  # torchvision's drop rate of each gated unit
+    batchnorm: bool = False  # whether BatchNorm healing applies
 
 
 TINY_CONVNEXT = [[16, 32, 2], [32, 48, 2], [48, None, 2]]
+TINY_VIT = {"image_size": 32, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}
+TINY_SWIN = {"patch_size": [4, 4], "embed_dim": 32, "depths": [2, 2], "num_heads": [2, 4], "window_size": [4, 4],
+             "stochastic_depth_prob": 0.3}  # 8x8 tokens (shifted windows), then 4x4 (one window: no shift)
+TINY_MAXVIT = {"input_size": [32, 32], "stem_channels": 16, "block_channels": [16, 32], "block_layers": [1, 1],
+               "head_dim": 8, "partition_size": 4, "stochastic_depth_prob": 0.2}
+SWIN_DROP = {"t": 0.2, "s": 0.3, "b": 0.5}
 ROWS = [
     Row("ConvNeXt", "tv_convnext_tiny", {"block_setting": TINY_CONVNEXT, "stochastic_depth_prob": 0.3},
         lambda classes: ConvNeXt([CNBlockConfig(*c) for c in TINY_CONVNEXT], stochastic_depth_prob=0.3,
                                  num_classes=classes), 0.3,
         {"tv_convnext_tiny": 0.1, "tv_convnext_small": 0.4, "tv_convnext_base": 0.5, "tv_convnext_large": 0.5}),
+    Row("ViT", "tv_vit_b_16", TINY_VIT, lambda classes: VisionTransformer(num_classes=classes, **TINY_VIT), 0.0,
+        {f"tv_vit_{v}": 0.0 for v in ("b_16", "b_32", "l_16", "l_32", "h_14")}),
+    Row("Swin", "tv_swin_t", TINY_SWIN, lambda classes: SwinTransformer(num_classes=classes, **TINY_SWIN), 0.3,
+        {f"tv_swin_{v}": p for v, p in SWIN_DROP.items()}, swin_rates),
+    Row("SwinV2", "tv_swin_v2_t", TINY_SWIN,
+        lambda classes: SwinTransformer(num_classes=classes, block=SwinTransformerBlockV2,
+                                        downsample_layer=PatchMergingV2, **TINY_SWIN), 0.3,
+        {f"tv_swin_v2_{v}": p for v, p in SWIN_DROP.items()}, swin_rates),
+    Row("MaxViT", "tv_maxvit_t", TINY_MAXVIT, lambda classes: unit_gain(MaxVit(num_classes=classes, **TINY_MAXVIT)), 0.2,
+        {"tv_maxvit_t": 0.2}, maxvit_rates, batchnorm=True),
 ]
 COVERED_ELSEWHERE = {"ResNet", "MobileNetV2"}  # test_convert.py
 IDS = [r.family for r in ROWS]
@@ -126,7 +175,7 @@ def test_the_prior_survival_is_torchvisions_and_its_inverted_scaling_is_folded(r
     tv = theirs(row)
     ours, _ = adopt_weights(tv.state_dict(), row.model, **row.kwargs)
     blocks = len(gated_blocks(ours))
-    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)] or [0.0] * blocks  # none: trained whole
+    rates = row.rates(tv) or [0.0] * blocks  # none: trained whole
     assert get_survival(ours) == pytest.approx([1 - p for p in rates], abs=1e-7)
     assert get_survival(ours)[0] == 1.0 and get_survival(ours)[-1] == pytest.approx(1 - row.drop)
     assert not any(isinstance(m, StochasticDepth) for m in ours.modules())  # the gate replaced them
@@ -180,7 +229,9 @@ def test_removed_blocks_leave_the_tree_and_compute_a_closed_gate(row):
     assert block_names(pruned) == [n for n in names if n not in cut]
     torch.testing.assert_close(logits(pruned, x), expected, atol=1e-6, rtol=0)
     left = pruned.state_dict()  # every other tensor (stems, downsampling layers, head) is untouched
-    assert set(left) == {k for k in before if not any(k.startswith(f"{n}.") for n in cut)}
+    gone = [f"{n}." for n in cut]  # a projection shortcut stays (as a ResNet's does): MaxViT's first MBConvs
+    assert set(left) == {k for k in before if not any(k.startswith(g) and not k.startswith(f"{g}shortcut.")
+                                                      for g in gone)}
     assert all(torch.equal(left[k], before[k]) for k in left)
     stages = {r["stage"] for r in block_layout(ours, (3, 32, 32))}
     assert {r["stage"] for r in block_layout(pruned, (3, 32, 32))} == stages  # every stage kept a block
@@ -221,6 +272,26 @@ def test_export_keeps_parity(row, tmp_path):
     assert record["parity"]["ok"] and all(r["max_abs_diff"] <= 1e-4 for r in record["parity"]["batches"])
 
 
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_batchnorm_healing_applies_only_where_there_is_batchnorm(row):
+    model, _ = adopt_weights(theirs(row, classes=4).state_dict(), row.model, **row.kwargs)
+    assert has_batchnorm(model) == row.batchnorm
+    if not row.batchnorm:  # LayerNorm only: prune says healing does not apply instead of measuring twice
+        record = heal_bn(model, random_bundle())
+        assert record["statistics"] == "none" and record["note"] == NO_BATCHNORM
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_flops_count_every_unit_alike_on_any_device(row):
+    """Attention counts on the CPU as on the meta device (its fused kernels count nothing)."""
+    model = create_model(row.model, 10, **row.kwargs)
+    with torch.device("meta"):
+        shapes = create_model(row.model, 10, **row.kwargs)
+    counts = forward_flops(model, (3, 32, 32)).get_flop_counts()
+    assert counts == forward_flops(shapes, (3, 32, 32)).get_flop_counts()  # every module, every op
+    assert all(r["flops"] > 0 for r in block_layout(model, (3, 32, 32)))
+
+
 FULL_SIZE = [(row, name) for row in ROWS for name in row.defaults]
 
 
@@ -230,7 +301,7 @@ def test_full_size_variants_convert_on_the_meta_device(row, name):
         tv = getattr(tvm, TORCHVISION_ARCHS[name])(weights=None)
         model = create_model(name, num_classes=1000)
     lay = torchvision_layout(name)
-    rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)] or [0.0] * len(lay.blocks)
+    rates = row.rates(tv) or [0.0] * len(lay.blocks)
     assert rates[-1] == pytest.approx(row.defaults[name])  # torchvision's linear rule, up to the variant's rate
     assert [b.prior for b in lay.blocks] == pytest.approx([1 - p for p in rates])
     state = tv.state_dict()

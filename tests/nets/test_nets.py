@@ -21,16 +21,26 @@ BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's
     "resnet1202": 600, "cifar_resnet152": 75, "tv_resnet18": 8, "tv_resnet34": 16,
     "tv_resnet50": 16, "tv_resnet101": 33, "tv_resnet152": 50, "mobilenet_v2": 10,
     "tv_convnext_tiny": 18, "tv_convnext_small": 36, "tv_convnext_base": 36, "tv_convnext_large": 36,
+    # transformers: two units (attention, MLP) per block; MaxViT five per layer (MBConv and two pairs)
+    "tv_vit_b_16": 24, "tv_vit_b_32": 24, "tv_vit_l_16": 48, "tv_vit_l_32": 48, "tv_vit_h_14": 64,
+    "tv_swin_t": 24, "tv_swin_s": 48, "tv_swin_b": 48, "tv_swin_v2_t": 24, "tv_swin_v2_s": 48, "tv_swin_v2_b": 48,
+    "tv_maxvit_t": 55, "vit_cifar": 12,
 }
 # Above this many parameters a network is built and run on the meta device only (shapes, no
 # weights: ConvNeXt-B/L would take 10 s a case here); test_families.py checks its family on a
 # tiny configuration built by torchvision's own constructor.
 META_ONLY_PARAMS = 65_000_000
+# Networks built for one input size (ViT's position embedding, MaxViT's partition grid) run at
+# it: 224 px on the meta device only (test_families.py runs them on a tiny configuration), 32 px
+# (vit_cifar) for real.
+FIXED_INPUT = ("tv_vit_", "tv_maxvit_", "vit_cifar")
 
 
 def tiny_side(name: str) -> int:
-    """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32."""
-    return 8 if model_info(name).default_input[-1] <= 32 else 32
+    """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32,
+    a network built for one size takes that size."""
+    side = model_info(name).default_input[-1]
+    return side if name.startswith(FIXED_INPUT) else 8 if side <= 32 else 32
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -39,7 +49,7 @@ def test_every_model_trains_and_evaluates(name, in_channels, classes, mode):
     side = tiny_side(name)
     with torch.device("meta"):
         shapes = create_model(name, num_classes=classes, in_channels=in_channels)
-        if count_params(shapes) > META_ONLY_PARAMS:
+        if count_params(shapes) > META_ONLY_PARAMS or side > 32:
             assert len(gated_blocks(shapes)) == BLOCKS.get(name, -1)
             assert shapes(torch.empty(2, in_channels, side, side)).shape == (2, classes)
             return
