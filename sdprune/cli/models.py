@@ -1,4 +1,8 @@
-"""`sdprune models`: the registered architectures with blocks, parameters and FLOPs.
+"""`sdprune models`: the registered architectures with gated units, parameters and FLOPs.
+
+A gated unit is what `prune --keep` counts: a residual block (ResNet, MobileNet, ConvNeXt,
+MaxViT's MBConv) or one residual branch of a transformer block (attention or MLP: a ViT or
+Swin block is two units, a MaxViT layer five).
 
 Counted without building any weights and cached (sdprune.nets.catalog): instant after the first time.
 """
@@ -24,9 +28,11 @@ def run(args, reporter) -> int:
     if not 1 <= args.classes <= MAX_CLASSES:
         raise SdpruneError(f"--classes must be 1 to {MAX_CLASSES:,}, got {args.classes}")
     rows = describe_models(args.names or list_models(), args.classes)
-    reporter.table("sdprune models", ["model", "gated blocks", "params", "FLOPs", "input"],
+    reporter.table("sdprune models", ["model", "gated units", "params", "FLOPs", "input"],
                    [[r["name"], r["blocks"], human(r["params"]), human(r["flops"]),
                      "x".join(map(str, r["input"]))] for r in rows],
-                   caption="FLOPs: one image at the default input, a multiply-add counted as 2")
+                   caption="gated units: what prune --keep counts (a residual block; a transformer block's "
+                           "attention and MLP branches count one each); FLOPs: one image at the default "
+                           "input, a multiply-add counted as 2")
     reporter.result({"models": rows})
     return 0

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdprune.depth.block import GatedBlock, PrunedBlock
@@ -68,15 +69,21 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounter
     PyTorch's FlopCounterMode (convolutions and matmuls; a multiply-add counts as 2).
 
     Returns the counter: per-module counts and the total. The model's mode is kept.
+    Attention counts as the matmuls it is, on any device: ``nn.MultiheadAttention``'s
+    inference fast path and the fused CPU kernel of ``scaled_dot_product_attention`` (ops
+    the counter does not know: 0 FLOPs) are off while counting, the math kernel on.
     """
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     try:
-        with counter:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with counter, sdpa_kernel(SDPBackend.MATH):
             model(torch.zeros(1, *input_shape, device=device))
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     return counter
 

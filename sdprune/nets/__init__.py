@@ -11,8 +11,8 @@ family one adapter module (``tv_<family>.py``: its block wrappers and its varian
 builders: no model is built at import.
 """
 
-from sdprune.nets import (cifar_resnet, tv_convnext, tv_efficientnet, tv_mobilenet, tv_regnet,  # noqa: F401
-                          tv_resnet)  # (registration)
+from sdprune.nets import (cifar_resnet, tv_convnext, tv_efficientnet, tv_maxvit, tv_mobilenet,  # noqa: F401
+                          tv_regnet, tv_resnet, tv_swin, tv_vit)  # (registration)
 from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 from sdprune.nets.wrap import gate_residual_blocks

@@ -62,7 +62,7 @@ class Layout:
     shapes: dict[str, tuple[int, ...]]  # source key -> shape (the source's classes, RGB input)
     blocks: tuple[Block, ...]
     first_conv: str  # source key of the first convolution's weight
-    head: tuple[str, str]  # source keys of the classifier (weight, bias)
+    head: tuple[str, ...]  # source keys of the classifier (its weight, and its bias where it has one)
     source: str = "torchvision"  # where such weights come from, as the checkpoint records it
     kwargs: Mapping[str, Any] = field(default_factory=dict)  # sdprune builder arguments it needs
     order: Mapping[str, Reorder] = field(default_factory=dict)  # source key -> its reordering
@@ -106,8 +106,9 @@ def _layout(name: str, kwargs: dict[str, Any]) -> Layout:
     if extra:
         raise RuntimeError(f"{name}: gated keys with no torchvision counterpart: {sorted(extra)[:3]}")
     return Layout(name, TORCHVISION_ARCHS[name], to_gated, tuple(gated_state),
-                  {k: tuple(t.shape) for k, t in tv_state.items()}, tuple(blocks),
-                  f"{convs[0]}.weight", (f"{linears[-1]}.weight", f"{linears[-1]}.bias"), kwargs=kwargs, made=made)
+                  {k: tuple(t.shape) for k, t in tv_state.items()}, tuple(blocks), f"{convs[0]}.weight",
+                  tuple(k for k in (f"{linears[-1]}.weight", f"{linears[-1]}.bias") if k in tv_state),
+                  kwargs=kwargs, made=made)
 
 
 def _optional(key: str) -> bool:
@@ -145,7 +146,7 @@ def shape_mismatch(state_dict: StateDict, lay: Layout,
         free = 0 if key in lay.head else 1 if key == lay.first_conv else None  # dims allowed to differ
         if len(got) != len(want) or any(g != w for i, (g, w) in enumerate(zip(got, want)) if i != free):
             wrong.append((key, got, want))
-    weight, bias = (_shape(state_dict.get(k)) for k in lay.head)
+    weight, bias = (_shape(state_dict.get(k)) for k in (*lay.head, "")[:2])  # a head without bias: None
     if not wrong and weight and bias and weight[:1] != bias[:1]:  # free to differ from the layout, not from each other
         return f"the classifier's {lay.head[0]} has {weight[0]} rows and {lay.head[1]} {bias[0]} values"
     if not wrong:

@@ -15,11 +15,15 @@ compute; torchvision's row mode always computes it), and keeps torchvision's fun
 its survival buffer becomes its prior survival s = 1 - p and its branch's output scale is
 divided by s, so eval computes s * branch / s = torchvision's branch, and training with
 the gate open computes branch / s, torchvision's inverted training, exactly.
+
+A block with several residual branches in sequence (a transformer block: x + attn(x), then
++ mlp) becomes one GatedBlock per branch, held by a container in the block's place: the
+gated units are then the branches (``gate`` returns the container; see ``tv_vit``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +49,16 @@ class BlockWrapper:
     """How sdprune gates one torchvision block class (what an adapter registers).
 
     ``gate``: the GatedBlock made of the block's own layers (its StochasticDepth left
-    out), or None where the block has no residual connection. ``prior``: the survival
-    torchvision trained it with, read off the built block. ``fold``: the gated block's keys
-    (relative to it) that scale the branch's output, where 1 / prior is folded.
+    out), or a module holding one GatedBlock per residual branch (in forward order), or
+    None where the block has no residual connection. ``prior``: the survival torchvision
+    trained it with, read off the built block (one value for every gated unit, or one per
+    unit). ``fold``: a gated unit's keys (relative to it) that scale its branch's output,
+    where 1 / prior is folded.
     """
 
     cls: type[nn.Module]
-    gate: Callable[[nn.Module], GatedBlock | None]
-    prior: Callable[[nn.Module], float] = drop_rate_prior
+    gate: Callable[[nn.Module], nn.Module | None]
+    prior: Callable[[nn.Module], float | Sequence[float]] = drop_rate_prior
     fold: Callable[[GatedBlock], tuple[str, ...]] = output_scale
 
 
@@ -89,10 +95,12 @@ def block_wrapper(block: nn.Module) -> BlockWrapper | None:
     return _WRAPPERS[base]
 
 
-def gate_block(block: nn.Module) -> tuple[GatedBlock, Wrapped] | None:
-    """The GatedBlock computing what ``block`` computes, with its prior survival set and
-    1 / prior folded into its branch's output scale (in place: the layers are shared), or
-    None when it has no residual connection to gate."""
+def gate_block(block: nn.Module) -> tuple[nn.Module, dict[str, Wrapped]] | None:
+    """The module computing what ``block`` computes with its residual branches gated (a
+    GatedBlock, or a container of them), and each gated unit by its name relative to that
+    module ("" for the module itself): its prior survival set and 1 / prior folded into its
+    branch's output scale (in place: the layers are shared). None when it has no residual
+    connection to gate."""
     wrapper = block_wrapper(block)
     if wrapper is None:
         return None
@@ -100,29 +108,43 @@ def gate_block(block: nn.Module) -> tuple[GatedBlock, Wrapped] | None:
     gated = wrapper.gate(block)
     if gated is None:
         return None
-    fold = wrapper.fold(gated)
-    gated.fold = fold  # where a later change of survival is folded (set_survival(keep_function=True))
-    if prior != 1.0:  # survival 1: nothing to fold, the tensors stay exactly as they are
-        if not 0.0 < prior <= 1.0:
-            raise SdpruneError(f"a {type(block).__name__} with prior survival {prior:g}: it never ran in training")
-        with torch.no_grad():
-            gated.survival.fill_(prior)
-            scale = float(torch.tensor(prior, device="cpu"))  # the float32 survival eval multiplies by
-            tensors = dict(gated.state_dict(keep_vars=True))
-            for key in fold:
-                tensors[key].div_(scale)
-    return gated, Wrapped(prior, fold)
+    units = [("", gated)] if isinstance(gated, GatedBlock) else gated_blocks(gated)
+    priors = [float(prior)] * len(units) if isinstance(prior, (int, float)) else [float(p) for p in prior]
+    if len(priors) != len(units):  # a bug in an adapter, not user input
+        raise TypeError(f"{type(block).__name__}: {len(priors)} priors for {len(units)} gated units")
+    wrapped = {}
+    for (name, unit), p in zip(units, priors):
+        wrapped[name] = Wrapped(p, wrapper.fold(unit))
+        unit.fold = wrapped[name].fold  # where a later change of survival is folded (set_survival(keep_function=True))
+        _fold(unit, p, wrapped[name].fold, type(block).__name__)
+    return gated, wrapped
+
+
+def _fold(unit: GatedBlock, prior: float, keys: tuple[str, ...], kind: str) -> None:
+    """Set ``unit``'s survival to ``prior`` and divide its ``keys`` by it (nothing at prior 1:
+    the tensors stay exactly as they are)."""
+    if prior == 1.0:
+        return
+    if not 0.0 < prior <= 1.0:
+        raise SdpruneError(f"a {kind} with prior survival {prior:g}: it never ran in training")
+    with torch.no_grad():
+        unit.survival.fill_(prior)
+        scale = float(torch.tensor(prior, device="cpu"))  # the float32 survival eval multiplies by
+        tensors = dict(unit.state_dict(keep_vars=True))
+        for key in keys:
+            tensors[key].div_(scale)
 
 
 def wrap_blocks(model: nn.Module) -> dict[str, Wrapped]:
-    """Gate every registered block of ``model``, in place; the blocks gated now, by name."""
+    """Gate every registered block of ``model``, in place; the units gated now, by name."""
     wrapped: dict[str, Wrapped] = {}
     for prefix, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             result = gate_block(child)
             if result is not None:
                 setattr(module, child_name, result[0])
-                wrapped[f"{prefix}.{child_name}" if prefix else child_name] = result[1]
+                name = f"{prefix}.{child_name}" if prefix else child_name
+                wrapped.update({f"{name}.{unit}" if unit else name: w for unit, w in result[1].items()})
     return wrapped
 
 
@@ -131,7 +153,8 @@ def gate_residual_blocks(model: nn.Module) -> nn.Module:
 
     Recognised: the block classes the adapters register (``register_block``): torchvision's
     ResNet ``BasicBlock`` and ``Bottleneck`` (so ResNets, ResNeXts and wide ResNets),
-    MobileNetV2/V3 inverted residuals with a skip connection, ConvNeXt's ``CNBlock``. The
+    MobileNetV2/V3 inverted residuals with a skip connection, ConvNeXt's ``CNBlock``, the
+    transformers' blocks (one gated unit per residual branch). The
     model keeps its layers and, in eval, its outputs. Blocks already gated are left as
     they are (calling this twice is harmless); a model with no residual block at all is
     an error. Returns the model.

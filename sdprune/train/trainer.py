@@ -258,4 +258,8 @@ def _check_batch(config: TrainConfig, data: DataBundle, model: nn.Module, world:
     else:
         batch = f"--batch-size {config.batch_size}" + (f" over {world.world_size} processes"
                                                        if world.enabled and not config.sync_bn else "")
-    check_norm_batch(model, data.input_shape, rows, batch)
+    try:
+        check_norm_batch(model, data.input_shape, rows, batch)  # the first forward pass
+    except AssertionError as e:  # torchvision's ViT asserts the one image size it was built for
+        size = "x".join(map(str, data.input_shape[1:]))
+        raise SdpruneError(f"{config.model} does not take {size} images ({e}); set --image-size") from None

@@ -4,7 +4,9 @@ prior survivals folded; removal, a training step that skips a closed block, a re
 starts from the adopted function and ONNX export with parity; the full-size variants on the
 meta device only.
 
-MobileNetV2 (prior survival 1: tensors shared, nothing folded) is checked in test_convert.py."""
+MobileNetV2 (prior survival 1: tensors shared, nothing folded) is checked in test_convert.py.
+Transformers' gated units are their residual branches (two per ViT / Swin block, five per
+MaxViT layer): a row's ``rates`` gives torchvision's rate of each unit."""
 
 from __future__ import annotations
 
@@ -19,10 +21,14 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
-from torchvision.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
+from torchvision.models.efficientnet import EfficientNet, FusedMBConv, FusedMBConvConfig, MBConv, MBConvConfig
 from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 from torchvision.models.regnet import BlockParams, RegNet
+from torchvision.models.maxvit import MaxVit, MaxVitLayer
 from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.swin_transformer import (PatchMergingV2, SwinTransformer, SwinTransformerBlock,
+                                                 SwinTransformerBlockV2)
+from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops import StochasticDepth
 
 from sdprune.data.bundle import DataBundle, channel_stats
@@ -30,15 +36,47 @@ from sdprune.data.images import ImageSet
 from sdprune.deploy.export import export_onnx
 from sdprune.depth.gates import GateSampler, gating
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
-from sdprune.depth.structure import block_layout, block_names, gated_blocks, remove_blocks
+from sdprune.depth.structure import block_layout, block_names, forward_flops, gated_blocks, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets import adopt_weights, create_model, detect_arch, from_gated, gate_residual_blocks, to_gated
 from sdprune.nets.layout import torchvision_layout
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, families, guess_torchvision
-from sdprune.prune.heal import bn_statistics, heal_bn, recalibrate_bn
+from sdprune.prune.heal import NO_BATCHNORM, bn_statistics, has_batchnorm, heal_bn, recalibrate_bn
 from sdprune.train.adopt import Adopted
 from sdprune.train.config import TrainConfig
 from sdprune.train.trainer import build_training
+
+
+def one_per_module(model: nn.Module) -> list[float]:
+    """Each gated unit's torchvision drop rate: one StochasticDepth per unit, in forward order."""
+    return [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+def swin_rates(model: nn.Module) -> list[float]:
+    """A Swin block applies its one StochasticDepth to both its branches: two units each."""
+    return [b.stochastic_depth.p for b in model.modules() if isinstance(b, SwinTransformerBlock) for _ in range(2)]
+
+
+def maxvit_rates(model: nn.Module) -> list[float]:
+    """A MaxViT layer's five units (MBConv, window and grid attention and MLP) share its rate."""
+    return [layer.layers.window_attention.stochastic_dropout.p for layer in model.modules()
+            if isinstance(layer, MaxVitLayer) for _ in range(5)]
+
+
+def unit_gain(model: nn.Module) -> nn.Module:
+    """Every convolution and Linear at unit gain (std 1 / sqrt(fan in)): MaxViT's own std 0.02
+    leaves random branches so small that the logits barely depend on the input."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.normal_(0, m.weight[0].numel() ** -0.5)
+    return model
+
+
+def residual_rates(model: nn.Module) -> list[float]:
+    """EfficientNet's units: the MBConv / FusedMBConv blocks with a residual connection (the
+    others hold a StochasticDepth their forward never calls)."""
+    return [b.stochastic_depth.p for b in model.modules() if isinstance(b, (MBConv, FusedMBConv)) and b.use_res_connect]
 
 
 def endpoint(p: float, i: int, n: int) -> float:
@@ -59,7 +97,10 @@ class Row:
     torchvision: Callable[[int], nn.Module]  # the same network from torchvision's own constructor
     drop: float  # its stochastic_depth_prob (0: trained without stochastic depth, every prior 1)
     defaults: dict  # each full-size variant -> torchvision's stochastic_depth_prob for it (0: none)
-    rule: Callable[[float, int, int], float] = endpoint  # torchvision's drop rate of block i of n
+    # torchvision's drop rate of its StochasticDepth i of n (None: modules shared, or left out at rate 0)
+    rule: Callable[[float, int, int], float] | None = endpoint
+    rates: Callable[[nn.Module], list[float]] = one_per_module  # torchvision's drop rate of each gated unit
+    batchnorm: bool = True  # whether BatchNorm healing applies
 
 
 TINY_CONVNEXT = [[16, 32, 2], [32, 48, 2], [48, None, 2]]
@@ -71,6 +112,12 @@ TINY_MOBILENET_V3 = [[16, 3, 16, 16, True, "RE", 1, 1], [16, 3, 48, 16, False, "
                      [24, 3, 72, 24, False, "RE", 1, 1]]
 TINY_REGNET = {"depths": [2, 2], "widths": [16, 32], "group_widths": [8, 8], "bottleneck_multipliers": [1.0, 1.0],
                "strides": [2, 2], "se_ratio": 0.25}
+TINY_VIT = {"image_size": 32, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}
+TINY_SWIN = {"patch_size": [4, 4], "embed_dim": 32, "depths": [2, 2], "num_heads": [2, 4], "window_size": [4, 4],
+             "stochastic_depth_prob": 0.3}  # 8x8 tokens (shifted windows), then 4x4 (one window: no shift)
+TINY_MAXVIT = {"input_size": [32, 32], "stem_channels": 16, "block_channels": [16, 32], "block_layers": [1, 1],
+               "head_dim": 8, "partition_size": 4, "stochastic_depth_prob": 0.2}
+SWIN_DROP = {"t": 0.2, "s": 0.3, "b": 0.5}
 _CONFIGS = {"MBConv": MBConvConfig, "FusedMBConv": FusedMBConvConfig}
 
 
@@ -82,18 +129,19 @@ ROWS = [
     Row("ConvNeXt", "tv_convnext_tiny", {"block_setting": TINY_CONVNEXT, "stochastic_depth_prob": 0.3},
         lambda classes: ConvNeXt([CNBlockConfig(*c) for c in TINY_CONVNEXT], stochastic_depth_prob=0.3,
                                  num_classes=classes), 0.3,
-        {"tv_convnext_tiny": 0.1, "tv_convnext_small": 0.4, "tv_convnext_base": 0.5, "tv_convnext_large": 0.5}),
+        {"tv_convnext_tiny": 0.1, "tv_convnext_small": 0.4, "tv_convnext_base": 0.5, "tv_convnext_large": 0.5},
+        batchnorm=False),
     Row("EfficientNet", "tv_efficientnet_b0",
         {"inverted_residual_setting": TINY_EFFICIENTNET, "stochastic_depth_prob": 0.5},
         lambda classes: EfficientNet(_efficientnet_configs(TINY_EFFICIENTNET), 0.2, stochastic_depth_prob=0.5,
                                      num_classes=classes), 0.5,
-        {f"tv_efficientnet_b{i}": 0.2 for i in range(8)}, before_end),
+        {f"tv_efficientnet_b{i}": 0.2 for i in range(8)}, rule=before_end, rates=residual_rates),
     Row("EfficientNetV2", "tv_efficientnet_v2_s",
         {"inverted_residual_setting": TINY_EFFICIENTNET_V2, "stochastic_depth_prob": 0.5},
         lambda classes: EfficientNet(_efficientnet_configs(TINY_EFFICIENTNET_V2), 0.2, stochastic_depth_prob=0.5,
                                      num_classes=classes, norm_layer=partial(nn.BatchNorm2d, eps=1e-3),
                                      last_channel=1280), 0.5,
-        {f"tv_efficientnet_v2_{v}": 0.2 for v in "sml"}, before_end),
+        {f"tv_efficientnet_v2_{v}": 0.2 for v in "sml"}, rule=before_end, rates=residual_rates),
     Row("MobileNetV3", "tv_mobilenet_v3_small", {"inverted_residual_setting": TINY_MOBILENET_V3, "last_channel": 64},
         lambda classes: MobileNetV3([InvertedResidualConfig(*c, 1.0) for c in TINY_MOBILENET_V3], 64,
                                     num_classes=classes), 0.0,
@@ -105,6 +153,16 @@ ROWS = [
     Row("ResNet", "tv_resnext50_32x4d", {"layers": [2, 2, 2, 2], "groups": 4, "width_per_group": 8},
         lambda classes: ResNet(Bottleneck, [2, 2, 2, 2], classes, groups=4, width_per_group=8), 0.0,
         {f"tv_{arch}": 0.0 for arch in TORCHVISION_ARCHS.values() if "resn" in arch}),
+    Row("ViT", "tv_vit_b_16", TINY_VIT, lambda classes: VisionTransformer(num_classes=classes, **TINY_VIT), 0.0,
+        {f"tv_vit_{v}": 0.0 for v in ("b_16", "b_32", "l_16", "l_32", "h_14")}, batchnorm=False),
+    Row("Swin", "tv_swin_t", TINY_SWIN, lambda classes: SwinTransformer(num_classes=classes, **TINY_SWIN), 0.3,
+        {f"tv_swin_{v}": p for v, p in SWIN_DROP.items()}, rates=swin_rates, batchnorm=False),
+    Row("SwinV2", "tv_swin_v2_t", TINY_SWIN,
+        lambda classes: SwinTransformer(num_classes=classes, block=SwinTransformerBlockV2,
+                                        downsample_layer=PatchMergingV2, **TINY_SWIN), 0.3,
+        {f"tv_swin_v2_{v}": p for v, p in SWIN_DROP.items()}, rates=swin_rates, batchnorm=False),
+    Row("MaxViT", "tv_maxvit_t", TINY_MAXVIT, lambda classes: unit_gain(MaxVit(num_classes=classes, **TINY_MAXVIT)), 0.2,
+        {"tv_maxvit_t": 0.2}, rule=None, rates=maxvit_rates),
 ]
 COVERED_ELSEWHERE = {"MobileNetV2"}  # test_convert.py
 IDS = [r.family for r in ROWS]
@@ -125,9 +183,15 @@ def applied_rates(tv: nn.Module) -> list[float]:
 
 
 def check_rule(row: Row, tv: nn.Module, drop: float) -> None:
-    """Every StochasticDepth of ``tv`` follows torchvision's linear rule up to ``drop``."""
+    """Every StochasticDepth of ``tv`` follows torchvision's linear rule up to ``drop`` (a row
+    without a rule: its last unit's rate is ``drop``)."""
     rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)]
-    assert rates == pytest.approx([row.rule(drop, i, len(rates)) for i in range(len(rates))]) if drop else not rates
+    if not drop:
+        assert not rates
+    elif row.rule is None:
+        assert row.rates(tv)[-1] == pytest.approx(drop)
+    else:
+        assert rates == pytest.approx([row.rule(drop, i, len(rates)) for i in range(len(rates))])
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -147,9 +211,10 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
             model.train()(torch.randn(16, 3, 32, 32))
         for m in norms:
             m.momentum = 0.1
-        layers = list(model.modules())
-        last_conv = max(i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d))
-        for head in [m for m in layers[last_conv:] if isinstance(m, nn.Linear)]:  # the classifier's layers
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        parent = linears[-1].rpartition(".")[0]  # the classifier's layers (MobileNetV3: two), else its last
+        for name in [n for n in linears if parent and n.startswith(f"{parent}.")] or linears[-1:]:
+            head = model.get_submodule(name)
             head.weight.normal_(0, head.in_features ** -0.5)  # unit gain: logits far enough apart to tell
     return model.eval()
 
@@ -205,7 +270,10 @@ def test_the_prior_survival_is_torchvisions_and_its_inverted_scaling_is_folded(r
     ours, _ = adopt_weights(tv.state_dict(), row.model, **row.kwargs)
     blocks = len(gated_blocks(ours))
     check_rule(row, tv, row.drop)
-    rates = applied_rates(tv) or [0.0] * blocks  # none: trained whole
+    rates = row.rates(tv) or [0.0] * blocks  # none: trained whole
+    # the row reads the rates torchvision's forward applies (a unit at rate 0 may hold an
+    # Identity instead of a StochasticDepth: MaxViT's first MBConv)
+    assert [p for p in applied_rates(tv) if p] == pytest.approx([p for p in rates if p])
     assert get_survival(ours) == pytest.approx([1 - p for p in rates], abs=1e-7)
     assert applied_rates(ours) == []  # the gate replaced every one torchvision applies
     x = torch.randn(2, 3, 32, 32)
@@ -259,7 +327,9 @@ def test_removed_blocks_leave_the_tree_and_compute_a_closed_gate(row):
     assert block_names(pruned) == [n for n in names if n not in cut]
     torch.testing.assert_close(logits(pruned, x), expected, atol=1e-6, rtol=0)
     left = pruned.state_dict()  # every other tensor (stems, downsampling layers, head) is untouched
-    assert set(left) == {k for k in before if not any(k.startswith(f"{n}.") for n in cut)}
+    gone = [f"{n}." for n in cut]  # a projection shortcut stays (as a ResNet's does): MaxViT's first MBConvs
+    assert set(left) == {k for k in before if not any(k.startswith(g) and not k.startswith(f"{g}shortcut.")
+                                                      for g in gone)}
     assert all(torch.equal(left[k], before[k]) for k in left)
     stages = {r["stage"] for r in block_layout(ours, (3, 32, 32))}
     assert {r["stage"] for r in block_layout(pruned, (3, 32, 32))} == stages  # every stage kept a block
@@ -321,12 +391,26 @@ def test_batchnorm_healing_applies_where_the_family_has_batchnorm(row):
     model, _ = adopt_weights(theirs(row, classes=4).state_dict(), row.model, **row.kwargs)
     remove_blocks(model, block_names(model)[1:2])
     before = bn_statistics(model)
-    assert bool(before) == (row.family != "ConvNeXt")  # ConvNeXt normalises with LayerNorm only
+    assert has_batchnorm(model) == row.batchnorm == bool(before)
     assert recalibrate_bn(model, data, batches=2, batch_size=8) == (16 if before else 0)
     after = bn_statistics(model)  # every BatchNorm re-estimated on the pruned network's activations
     assert all(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("running_mean"))
     record = heal_bn(model, data, batches=2)
-    assert record["statistics"] in (("recalibrated", "trained") if before else ("none",))
+    if row.batchnorm:
+        assert record["statistics"] in ("recalibrated", "trained")
+    else:  # LayerNorm only: prune says healing does not apply instead of measuring twice
+        assert record["statistics"] == "none" and record["note"] == NO_BATCHNORM
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_flops_count_every_unit_alike_on_any_device(row):
+    """Attention counts on the CPU as on the meta device (its fused kernels count nothing)."""
+    model = create_model(row.model, 10, **row.kwargs)
+    with torch.device("meta"):
+        shapes = create_model(row.model, 10, **row.kwargs)
+    counts = forward_flops(model, (3, 32, 32)).get_flop_counts()
+    assert counts == forward_flops(shapes, (3, 32, 32)).get_flop_counts()  # every module, every op
+    assert all(r["flops"] > 0 for r in block_layout(model, (3, 32, 32)))
 
 
 FULL_SIZE = [(row, name) for row in ROWS for name in row.defaults]
@@ -350,10 +434,9 @@ def test_full_size_variants_convert_on_the_meta_device(row, name, regnet_on_meta
         tv = getattr(tvm, TORCHVISION_ARCHS[name])(weights=None)
     lay = torchvision_layout(name)  # built as the registry's builder builds it (test_nets runs that one)
     check_rule(row, tv, row.defaults[name])  # torchvision's linear rule, up to the variant's rate
-    # each gated block's torchvision rate, read off the module of the same name (the tiny
-    # configurations check by a forward that these are the ones torchvision applies)
-    rates = [next((m.p for m in tv.get_submodule(b.name).modules() if isinstance(m, StochasticDepth)), 0.0)
-             for b in lay.blocks]
+    # each gated unit's torchvision rate (the tiny configurations check by a forward that the
+    # row reads the ones torchvision applies)
+    rates = row.rates(tv) or [0.0] * len(lay.blocks)
     assert [b.prior for b in lay.blocks] == pytest.approx([1 - p for p in rates])
     state = tv.state_dict()
     gated = to_gated(state, name)

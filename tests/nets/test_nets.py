@@ -33,6 +33,10 @@ BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's
     "tv_regnet_x_8gf": 23, "tv_regnet_x_16gf": 22, "tv_regnet_x_32gf": 23, "tv_regnet_y_400mf": 16,
     "tv_regnet_y_800mf": 14, "tv_regnet_y_1_6gf": 27, "tv_regnet_y_3_2gf": 21, "tv_regnet_y_8gf": 17,
     "tv_regnet_y_16gf": 18, "tv_regnet_y_32gf": 20, "tv_regnet_y_128gf": 27,
+    # transformers: two units (attention, MLP) per block; MaxViT five per layer (MBConv and two pairs)
+    "tv_vit_b_16": 24, "tv_vit_b_32": 24, "tv_vit_l_16": 48, "tv_vit_l_32": 48, "tv_vit_h_14": 64,
+    "tv_swin_t": 24, "tv_swin_s": 48, "tv_swin_b": 48, "tv_swin_v2_t": 24, "tv_swin_v2_s": 48, "tv_swin_v2_b": 48,
+    "tv_maxvit_t": 55, "vit_cifar": 12,
 }
 # Built and run on the meta device only (shapes, no weights): a network above this many
 # parameters (ConvNeXt-B/L would take 10 s a case here), and every full-size torchvision
@@ -40,17 +44,24 @@ BLOCKS = {  # gated blocks per architecture: 3n for CIFAR ResNets, torchvision's
 # trains every family on a tiny configuration built by torchvision's own constructor.
 META_ONLY_PARAMS = 65_000_000
 SMALLEST = {next(iter(family.archs)) for family in families()}
+# Networks built for one input size (ViT's position embedding, MaxViT's partition grid) run at
+# it: 224 px on the meta device only (test_families.py runs them on a tiny configuration), 32 px
+# (vit_cifar) for real.
+FIXED_INPUT = ("tv_vit_", "tv_maxvit_", "vit_cifar")
 
 
-def meta_only(name: str, model: torch.nn.Module) -> bool:
-    return count_params(model) > META_ONLY_PARAMS or (name in TORCHVISION_ARCHS and name not in SMALLEST)
+def meta_only(name: str, model: torch.nn.Module, side: int) -> bool:
+    return (count_params(model) > META_ONLY_PARAMS or side > 32
+            or (name in TORCHVISION_ARCHS and name not in SMALLEST))
 
 
 def tiny_side(name: str) -> int:
-    """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32."""
+    """Smallest convenient input side: CIFAR nets are happy at 8, ImageNet nets divide by 32,
+    a network built for one size takes that size."""
+    side = model_info(name).default_input[-1]
     if name == "convnext_cifar":  # a patch-2 stem and three downsamplings: 16 px down to 1
         return 16
-    return 8 if model_info(name).default_input[-1] <= 32 else 32
+    return side if name.startswith(FIXED_INPUT) else 8 if side <= 32 else 32
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -59,7 +70,7 @@ def test_every_model_trains_and_evaluates(name, in_channels, classes, mode):
     side = tiny_side(name)
     with torch.device("meta"):
         shapes = create_model(name, num_classes=classes, in_channels=in_channels)
-        if meta_only(name, shapes):
+        if meta_only(name, shapes, side):
             assert len(gated_blocks(shapes)) == BLOCKS.get(name, -1)
             assert shapes(torch.empty(2, in_channels, side, side)).shape == (2, classes)
             return
