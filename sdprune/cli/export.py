@@ -13,7 +13,7 @@ import argparse
 def add_parser(sub):
     from sdprune.deploy.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES
     from sdprune.deploy.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_CLEAR_AGREEMENT
-    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, TARGETS
+    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, DEFAULT_METHOD, METHODS, TARGETS
 
     p = sub.add_parser("export", help="export a checkpoint to verified ONNX (int8, mobile format)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,9 +29,14 @@ def add_parser(sub):
     a("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, per-channel weights)")
     a("--calib-batches", type=int, default=DEFAULT_CALIB_BATCHES,
       help=f"batches of 32 training images that calibrate int8 (default {DEFAULT_CALIB_BATCHES})")
+    a("--calib-method", choices=list(METHODS), default=DEFAULT_METHOD,
+      help=f"how activation ranges are calibrated: ONNX Runtime's MinMax or Percentile (default {DEFAULT_METHOD})")
+    a("--int8-float-ends", action=argparse.BooleanOptionalAction, default=None,
+      help="leave the first and the last layer in float (default: on for --target arm, where int8 hurts them "
+           "most; off for x86, where it would break ONNX Runtime's all-int8 graph)")
     a("--int8-min-clear-agreement", type=float, default=None, metavar="PCT",
       help="least top-1 agreement (%%) of int8 with fp32 on the test images fp32 decides clearly (its two best "
-           "logits more than 5%% of its largest logit apart); below it no int8 file is written and the export "
+           "logits more than 5%% of its largest |logit| apart); below it no int8 file is written and the export "
            f"fails (default {DEFAULT_MIN_CLEAR_AGREEMENT:g})")
     a("--int8-max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="POINTS",
       help="the export fails when int8 is less accurate than fp32 on the test split by more than this many points "
@@ -58,6 +63,7 @@ def run(args, reporter) -> int:
     record = export_checkpoint(checkpoint, args.out, opset=args.opset, atol=args.atol, samples=args.samples,
                                int8=args.int8, calib_batches=args.calib_batches, target=args.target,
                                ort=args.ort, reporter=reporter, int8_min_clear_agreement=min_clear,
-                               int8_max_drop=args.int8_max_drop)
+                               int8_max_drop=args.int8_max_drop, calib_method=args.calib_method,
+                               int8_float_ends=args.int8_float_ends)
     reporter.result(record)
     return 0

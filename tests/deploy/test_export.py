@@ -14,6 +14,7 @@ from torch import nn
 
 from sdprune.cli import main
 from sdprune.data.bundle import load_data
+from sdprune.deploy.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_CLEAR_AGREEMENT
 from sdprune.deploy.package import default_out_dir
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import remove_blocks
@@ -69,10 +70,14 @@ def test_export_takes_the_newest_pruned_model_and_verifies_it(runs, capsys, monk
     assert record["blocks"]["removed"] == REMOVED and len(record["blocks"]["kept"]) == 5
     assert record["preprocessing"]["input_shape"] == [1, 8, 8] and len(record["preprocessing"]["mean"]) == 1
     assert record["int8"]["calibration"]["batches"] == 2 and record["int8"]["size_ratio"] < 0.5
+    assert record["int8"]["calibration"]["method"] == "MinMax" and record["int8"]["float_ends"]
+    assert len(record["int8"]["float_nodes"]) == 2  # the stem and the classifier
     # int8 passed its default gate (a 1-epoch network, pruned: the least trained the suite makes), and
     # export.json says against what, with the figures it judged
-    assert record["int8"]["gate"] == {"min_clear_agreement": 99.5, "max_drop": 0.5, "passed": True, "reasons": []}
-    assert record["int8"]["clear_agreement"] >= 99.5 and record["int8"]["acc_change_ci"][1] >= -0.5
+    assert record["int8"]["gate"] == {"min_clear_agreement": DEFAULT_MIN_CLEAR_AGREEMENT, "max_drop": DEFAULT_MAX_DROP,
+                                      "passed": True, "reasons": []}
+    assert record["int8"]["clear_agreement"] >= DEFAULT_MIN_CLEAR_AGREEMENT
+    assert record["int8"]["acc_change_ci"][1] >= -DEFAULT_MAX_DROP
     assert {"fp32_acc", "int8_acc", "n", "clear_images", "near_ties", "fp32_only", "int8_only",
             "mcnemar_p"} <= set(record["int8"])
     # each .ort file was checked against the ONNX file it came from, on real test images
@@ -177,7 +182,7 @@ def test_a_broken_int8_model_publishes_nothing(runs, tmp_path, capsys, monkeypat
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "int8 check failed on 359 test images: top-1 agreement" in lines[0], err
-    assert "% < 99.5% on the " in lines[0] and "no int8 model written" in lines[0]
+    assert f"% < {DEFAULT_MIN_CLEAR_AGREEMENT:g}% on the " in lines[0] and "no int8 model written" in lines[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export, untouched
 
 
@@ -188,13 +193,17 @@ def test_the_gates_flags_and_the_old_one(capsys, monkeypatch):
     monkeypatch.setattr(package, "export_checkpoint", lambda *a, **k: seen.update(k) or {})
     monkeypatch.setattr("sdprune.train.runs.resolve_checkpoint", lambda *a, **k: "ckpt.pt")
     assert main(["export", "ckpt.pt", "--int8", "-q"]) == 0
-    assert seen["int8_min_clear_agreement"] is None and seen["int8_max_drop"] == 0.5  # the library's defaults
+    assert seen["int8_min_clear_agreement"] is None  # the library's default
+    assert seen["int8_max_drop"] == DEFAULT_MAX_DROP
     assert main(["export", "ckpt.pt", "--int8", "-q", "--int8-min-clear-agreement", "98", "--int8-max-drop", "2"]) == 0
     assert seen["int8_min_clear_agreement"] == 98.0 and seen["int8_max_drop"] == 2.0
+    assert seen["calib_method"] == "minmax" and seen["int8_float_ends"] is None  # None: the target's choice
+    assert main(["export", "ckpt.pt", "--int8", "-q", "--calib-method", "percentile", "--no-int8-float-ends"]) == 0
+    assert seen["calib_method"] == "percentile" and seen["int8_float_ends"] is False
     capsys.readouterr()
     # the flag before issue 21 still works, now setting the agreement on clearly decided images, with a warning
     assert main(["export", "ckpt.pt", "--int8", "-q", "--int8-min-agreement", "0"]) == 0
-    assert seen["int8_min_clear_agreement"] == 0.0 and seen["int8_max_drop"] == 0.5
+    assert seen["int8_min_clear_agreement"] == 0.0 and seen["int8_max_drop"] == DEFAULT_MAX_DROP
     assert "--int8-min-agreement is deprecated" in capsys.readouterr().err
     assert "--int8-min-agreement" not in _export_help()  # hidden: one name per setting in --help
 

@@ -47,7 +47,7 @@ def test_int8_still_classifies_the_digits(exported):
     assert r["clear_agreement"] >= DEFAULT_MIN_CLEAR_AGREEMENT and r["top1_agreement"] >= 90.0
     assert r["size_ratio"] < 0.4 and r["int8_bytes"] == out.stat().st_size
     assert r["calibration"] == {"batches": 4, "batch_size": 32, "images": 128, "split": "train", "method": "MinMax"}
-    assert r["float_nodes"] == []
+
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
@@ -57,6 +57,24 @@ def test_int8_still_classifies_the_digits(exported):
     # the device metadata travels with the int8 file
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["dataset"] == "digits" and "int8" in props["quantization"] and "classes" in props
+    # the first and the last layer stay float: their weights are plain initializers, every other layer's
+    # come through a DequantizeLinear
+    assert r["float_ends"] and len(r["float_nodes"]) == 2
+    produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert [n.name for n in layers if produced_by.get(n.input[1]) != "DequantizeLinear"] == r["float_nodes"]
+    assert [layers[0].name, layers[-1].name] == r["float_nodes"] and len(layers) > 10
+
+
+def test_x86_quantizes_every_layer(exported, tmp_path):
+    fp32, data = exported
+    r = quantize_int8(fp32, tmp_path / "q.onnx", data, calib_batches=1, target="x86", method="percentile",
+                      min_clear_agreement=None, max_drop=None)
+    assert r["float_nodes"] == [] and not r["float_ends"] and r["calibration"]["method"] == "Percentile"
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in proto.graph.node
+               if n.op_type in ("Conv", "Gemm"))
 
 
 def test_calibration_uses_training_images_only(exported):
@@ -77,8 +95,8 @@ def test_bad_calibration_and_target(exported, tmp_path):
         quantize_int8(fp32, tmp_path / "q.onnx", data, calib_batches=0)
     with pytest.raises(SdpruneError, match="int8 target"):
         quantize_int8(fp32, tmp_path / "q.onnx", data, target="gpu")
-    with pytest.raises(SdpruneError, match="unknown calibration method 'kl'"):
-        quantize_int8(fp32, tmp_path / "q.onnx", data, method="kl")
+    with pytest.raises(SdpruneError, match="unknown calibration method 'entropy'; choose from minmax, percentile"):
+        quantize_int8(fp32, tmp_path / "q.onnx", data, method="entropy")  # MinMax under another name here
     assert list(tmp_path.iterdir()) == []
 
 
