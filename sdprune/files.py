@@ -7,11 +7,13 @@ command that fails there has written nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sdprune import faults
 from sdprune.errors import SdpruneError
@@ -46,6 +48,35 @@ def check_output(path: str | Path, folder: bool, need_bytes: int = 0, what: str 
         raise SdpruneError(f"cannot write to {what} {path}: {_mib(free)} free on {existing}, "
                            f"about {_mib(need_bytes)} needed")
     return path
+
+
+def input_path(path: str | Path, what: str) -> Path:
+    """``path`` as a Path when something is there to read; else one clear error naming ``what``
+    (not found, or a symbolic link loop, which ``Path.resolve`` would turn into a traceback)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SdpruneError(f"{what} {path} is a symbolic link loop (it never reaches a file)") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SdpruneError(f"{what} {path} not found") from None
+        raise SdpruneError(f"cannot read {what} {path}: {err.strerror or type(err).__name__}") from None
+    return Path(path)
+
+
+def load_weights(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    no code ever unpickled. The one place sdprune reads a torch file.
+
+    torch's warnings while reading (e.g. "Detected pickle protocol 4" before it refuses a
+    plain pickle) are silenced: the caller turns a refusal into one line of its own, and a
+    warning printed above that line would break it. Raises whatever ``torch.load`` raises.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -110,7 +141,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         stem = path.name[:-len(TEMP_SUFFIX)]
         pid = stem.rsplit(".", 1)[-1].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -120,7 +151,10 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts): the holder a temporary file or a lock names."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

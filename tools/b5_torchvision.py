@@ -89,11 +89,11 @@ def fresh_state_dict(arch: str, num_classes: int, seed: int, path: Path) -> Path
 
 def have_state_dict(checkpoint: Path, arch: str, path: Path) -> Path:
     """(e) as torchvision's state dict (its keys, survivals folded in): the file a user brings."""
-    from sdprune.nets.convert import gated_to_torchvision
+    from sdprune.nets.convert import from_gated
 
     if not path.exists():
         state = load_checkpoint(checkpoint)["state_dict"]
-        atomic_write(path, lambda tmp: torch.save(gated_to_torchvision(state, arch), tmp))
+        atomic_write(path, lambda tmp: torch.save(from_gated(state, arch), tmp))
     return path
 
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from b2_report import markdown  # tools/, beside this script
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.select import CRITERIA, check_criterion, check_keep, target_count
+from sdprune.depth.select import CRITERIA, Budget, check_criterion, check_keep, target_count
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.prune.pipeline import Budget, cut_and_heal, prune_model, reference, score_blocks
+from sdprune.prune.pipeline import cut_and_heal, prune_model, reference, score_blocks
 from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
 from sdprune.train.config import TrainConfig
 from sdprune.train.loop import train

@@ -44,14 +44,14 @@ import b5_torchvision as tv  # tools/, beside us
 from bench_prune_quality import cached, ensure_registered, scratch_depth, write_subset
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.select import target_count
+from sdprune.depth.select import Budget, target_count
 from sdprune.depth.structure import remove_blocks
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx
 from sdprune.nets.registry import describe_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS
 from sdprune.prune.heal import BN_HEAL, HealSpec
-from sdprune.prune.pipeline import Budget, cut_and_heal, prune_checkpoint
+from sdprune.prune.pipeline import cut_and_heal, prune_checkpoint
 from sdprune.prune.retrofit import best_selection, rank_for_retrofit
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig, resolve_config

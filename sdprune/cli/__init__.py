@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from sdprune import __version__
 
-COMMANDS = ("models", "train", "stats", "prune", "eval", "export", "bench", "sweep")
+COMMANDS = ("models", "adopt", "train", "stats", "prune", "eval", "export", "bench", "sweep")
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,12 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args, reporter) or 0)
     except SdpruneError as err:
-        print(f"{name}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+        _say(f"{name}: error: {' '.join(str(err).split())}", other_rank)  # one line
         return 2
     except OSError as err:  # the machine's, not sdprune's: a disk that filled up, a folder that went away
         where = f": {err.filename}" if err.filename else ""
-        print(f"{name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        _say(f"{name}: error: {err.strerror or err}{where}", other_rank)
         return 2
     except KeyboardInterrupt as err:  # sdprune.errors.Interrupted says what to do next
-        print(f"{name}: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
+        _say(f"{name}: interrupted{'; ' + str(err) if str(err) else ''}", other_rank)
         return 130
+
+
+# Under torchrun, a rank other than 0 waits this long (seconds) before its error line: bad input
+# fails every rank alike, rank 0's line comes first, and torchrun stops this process meanwhile
+# (its own report follows); an error of this rank alone is still said, a moment later.
+OTHER_RANK_DELAY_S = 3.0
+
+
+def _say(line: str, other_rank: bool) -> None:
+    """The one line a failed command ends with, on stderr (after a pause on a rank other than 0)."""
+    if other_rank:
+        import time
+
+        time.sleep(OTHER_RANK_DELAY_S)
+    print(line, file=sys.stderr, flush=True)

@@ -14,6 +14,14 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def floats(text: str) -> tuple[float, ...]:
+    """'0.5,0.25' -> (0.5, 0.25)."""
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     """How blocks are chosen, scored and healed: the options every pruned network is made with."""
     from sdprune.prune.heal import HEAL_MODES

@@ -38,7 +38,8 @@ def _amount(text: str) -> float:
 
 def run(args, reporter) -> int:
     from sdprune.cli.common import heal_spec
-    from sdprune.prune.pipeline import Budget, prune_checkpoint
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_checkpoint
 
     budget = Budget(args.keep, args.keep_blocks, args.max_params, args.max_flops, args.keep_stages)
     heal = heal_spec(args)
@@ -59,13 +60,16 @@ def _rows(s: dict) -> list[list]:
     ref, bn = s["reference"], s["bn"]
     full = [s["blocks"]["before"], human(s["params"]["before"]), human(s["flops"]["before"])]
     small = [s["blocks"]["after"], human(s["params"]["after"]), human(s["flops"]["after"])]
-    steps = [("unpruned, as trained", full, ref["trained"]), ("unpruned, BN re-estimated", full, ref["recalibrated"]),
-             ("pruned, unhealed", small, s["unhealed"])]
+    no_bn = ref["statistics"] == "none"  # nothing was re-estimated: no row pretends it was
+    steps = [("unpruned, as trained", full, ref["trained"])]
+    if not no_bn:
+        steps.append(("unpruned, BN re-estimated", full, ref["recalibrated"]))
+    steps.append(("pruned, unhealed", small, s["unhealed"]))
     if s["finetune"]:
         steps.append(("pruned, fine-tuned", small, bn["before"] if bn else s["after"]))
-    if bn:
+    if bn and not no_bn:
         steps.append(("pruned, BN re-estimated", small, bn["after"]))
-    marked = {0 if ref["statistics"] == "trained" else 1,
+    marked = {0 if ref["statistics"] in ("trained", "none") else 1,
               len(steps) - (2 if bn and bn["statistics"] == "trained" else 1)}
     return [[name + (" *" if i in marked else ""), *size, f"{m['val']['acc']:.2f}", f"{m['test']['acc']:.2f}"]
             for i, (name, size, m) in enumerate(steps)]
@@ -73,6 +77,8 @@ def _rows(s: dict) -> list[list]:
 
 def _caption(s: dict) -> str:
     rule = "; re-estimated BN statistics kept only where they improve val" if s["bn"] else ""
+    if s["reference"]["statistics"] == "none" and s["bn"]:
+        rule = f"; {s['bn']['note']}"
     return (f"*: the reference (unpruned, healed as the pruned network is) and the result; change from pruning "
             f"(result - reference, negative: accuracy lost): {s['change']['test']:+.2f} test, "
             f"{s['change']['val']:+.2f} val points{rule}; removed: {', '.join(s['removed']) or 'nothing'}")

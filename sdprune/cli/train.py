@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    from sdprune.cli.common import ints
+    from sdprune.cli.common import floats, ints
     from sdprune.data.bundle import DATA_MODES, DATASETS, MEMORY_BUDGET
     from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
     from sdprune.train.distributed import GRAD_SYNCS
@@ -47,6 +47,9 @@ def add_parser(sub):
                                       f"(default {DEFAULT_DISTILL:g} with --init; 0: labels only)")
     a("--distill-temperature", type=float,
       help=f"softmax temperature of distillation (default {d.distill_temperature:g})")
+    a("--mean", type=floats, help="input normalisation mean per channel, e.g. 0.49,0.48,0.45 (default: the "
+                                  "training images' own; with --init, what its weights expect)")
+    a("--std", type=floats, help="input normalisation std per channel (with --mean; default: as --mean)")
     a("--seed", type=int, help=f"0 to 2**63 - 1 (default {d.seed})")
     a("--workers", type=int, help=f"image decoding processes, imagefolder only (default {d.workers})")
     a("--data-mode", choices=DATA_MODES,
@@ -79,7 +82,20 @@ def run(args, reporter) -> int:
     from sdprune.train.runs import resolve_resume
     from sdprune.train.schema import check_resumable
 
+    from sdprune.errors import SdpruneError
+
     overrides = {f.name: getattr(args, f.name, None) for f in config_fields()}
+    if args.epochs == 0:
+        raise SdpruneError("--epochs must be at least 1; to bind weights to a dataset without training, "
+                           "use `sdprune adopt WEIGHTS`")
+    if args.init is not None and args.dataset is None and args.resume is None and args.recipe is None:
+        from sdprune.train.adopt import data_settings  # a run's own data, unless another is named
+
+        inherited = {k: v for k, v in data_settings(args.init).items() if overrides.get(k) is None}
+        if inherited:
+            reporter.info(f"training on the data {args.init} was bound to: {inherited.get('dataset')} "
+                          f"{inherited.get('data_dir') or ''}".rstrip())
+        overrides.update(inherited)
     resume = None
     if args.resume is not None:
         resume = resolve_resume(None if args.resume == "latest" else args.resume, reporter)

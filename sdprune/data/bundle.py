@@ -8,7 +8,7 @@ files a batch at a time (``sdprune.data.folder``); both deliver the same uint8 b
 Images stay uint8 until the batch reaches the device, where ``normalize`` turns them into
 floats; augmentation works on whole uint8 batches (``augment``).
 
-Loading uses torchvision's dataset classes and decoders; nothing is downloaded unless asked.
+Loading uses torchvision's dataset classes and Pillow's decoders; nothing is downloaded unless asked.
 """
 
 from __future__ import annotations
@@ -173,7 +173,8 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
 
     Normalisation always comes from the checkpoint: the network was trained with it. A
     folder is read as the run read it (data mode and evaluation resize as recorded, the
-    run's unreadable-file policy), whatever its size is now.
+    run's unreadable-file policy), whatever its size is now. Its classes must be the
+    network's (``check_classes``): ``meta`` holds ``data.classes``, as every checkpoint does.
     """
     config, recorded = meta.get("config", {}), dict(meta["data"])
     if meta["data"]["dataset"] == "imagefolder" and "mode" not in recorded:
@@ -195,4 +196,34 @@ def data_for_checkpoint(meta: dict, dataset: str | None = None, data_dir: str | 
     if tuple(bundle.input_shape) != tuple(meta["data"]["input_shape"]):
         raise SdpruneError(f"dataset {name} has images of shape {list(bundle.input_shape)}, "
                            f"the model expects {meta['data']['input_shape']}")
+    check_classes(bundle, meta["data"])
     return bundle
+
+
+def check_classes(data: DataBundle, recorded: dict) -> None:
+    """Refuse data whose classes are not the ones a network predicts (``recorded``: a checkpoint's
+    ``meta.data``, or an ONNX file's metadata): the one check every command makes.
+
+    An image folder read for a network trained on one must hold the same class folders:
+    labels are positions in the sorted names, so a class added, removed or renamed since
+    training shifts them (and a label past the head crashes the loss). Other data must have
+    as many classes as the network predicts.
+    """
+    classes, trained = list(data.classes), list(recorded["classes"])
+    folders = data.name == recorded.get("dataset") == "imagefolder"
+    if classes == trained or (not folders and len(classes) == len(trained)):
+        return
+    detail = ""
+    if folders:
+        new, gone = [c for c in classes if c not in trained], [c for c in trained if c not in classes]
+        parts = [f"{label} {_names(names)}" for label, names in (("new since training:", new), ("missing:", gone))
+                 if names]
+        detail = f" ({'; '.join(parts)})" if parts else ""
+    raise SdpruneError(f"dataset {data.name} has {len(classes)} classes, the model predicts {len(trained)}{detail}"
+                       if len(classes) != len(trained) else
+                       f"dataset {data.name}'s classes are not the ones the model was trained on{detail}")
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

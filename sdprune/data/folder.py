@@ -3,7 +3,7 @@
 An ``ImageSet`` holds every image in memory; a ``FolderSet`` holds only paths and labels,
 so its memory is bounded whatever the folder's size (ImageNet at 224 px would need ~190 GB
 decoded). Batches are decoded by ``torch.utils.data.DataLoader`` worker processes with
-torchvision's decoders, pinned and prefetched, in the standard large-image recipe:
+Pillow, pinned and prefetched, in the standard large-image recipe:
 RandomResizedCrop for training, resize + centre crop for evaluation (the flip is done on
 the device by the training step, like the in-memory sets' augmentation).
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sdprune.data.images import ImageSet, seeded_index
+from sdprune.data.scan import scan_folder  # noqa: F401 - where callers have always found it
 from sdprune.errors import SdpruneError
 
 FOLDER_IMAGE_SIZE = 64             # pixels: an image folder's default --image-size
@@ -197,39 +198,26 @@ def _collate(items: list) -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
 
 
 def decode_file(path: str, channels: int = 3) -> Tensor:
-    """A file's pixels as uint8 (channels, H, W): torchvision's decoders (JPEG, PNG, GIF,
-    WebP), PIL for the formats they lack (BMP, TIFF ...)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """A file's pixels as uint8 (channels, H, W), decoded by Pillow: every format it reads (JPEG,
+    PNG, GIF, WebP, BMP, TIFF ...), the first frame of an animation, 16-bit gray scaled to 8 bits
+    (the top byte; Pillow's own conversion would clip at 255), a palette expanded to colour.
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    Colour comes back as a view of Pillow's (H, W, C) pixels: the crops read it as fast as
+    a contiguous copy (which would cost more than the decode on a large photo) and return
+    contiguous tensors.
+    """
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
     try:
-        return _as_uint8(decode_image(read_file(path), mode=mode), channels)
-    except RuntimeError:
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        try:
-            with Image.open(path) as img:
-                return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
-        except Image.DecompressionBombError as err:  # not an OSError: it would escape the bad-file check
-            raise ValueError(str(err)) from None
-
-
-def _as_uint8(image: Tensor, channels: int) -> Tensor:
-    """What torchvision's decoders return, as uint8 (channels, H, W): they give every frame of
-    an animated GIF (N, C, H, W; the first is kept, as PIL's is), 16-bit PNGs as uint16, and
-    ignore the grayscale mode for GIF and WebP."""
-    from torchvision.transforms.v2.functional import rgb_to_grayscale, to_dtype
-
-    if image.ndim == 4:
-        image = image[0]
-    if image.dtype != torch.uint8:
-        image = to_dtype(image, torch.uint8, scale=True)
-    if image.shape[0] == channels:
-        return image
-    if channels == 1:
-        return rgb_to_grayscale(image[:3])
-    return image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1).contiguous()
+        with Image.open(path) as img:
+            if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):  # older Pillow: "I"
+                img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+            pixels = np.array(img if img.mode == mode else img.convert(mode))
+    except Image.DecompressionBombError as err:  # not an OSError: it would escape the bad-file check
+        raise ValueError(str(err)) from None
+    image = torch.from_numpy(pixels)
+    return image[None] if image.ndim == 2 else image.permute(2, 0, 1)
 
 
 def random_resized_crop(image: Tensor, size: int, seed: int) -> Tensor:
@@ -242,14 +230,14 @@ def random_resized_crop(image: Tensor, size: int, seed: int) -> Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         top, left, h, w = RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
-    return resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    return resized_crop(image, top, left, h, w, [size, size], antialias=True).contiguous()
 
 
 def eval_view(image: Tensor, size: int, resize: int) -> Tensor:
     """Resize the short side to ``resize``, then the centre ``size`` x ``size`` crop."""
     from torchvision.transforms.v2.functional import center_crop, resize as resize_image
 
-    return center_crop(resize_image(image, [resize], antialias=True), [size, size])
+    return center_crop(resize_image(image, [resize], antialias=True), [size, size]).contiguous()
 
 
 def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail",
@@ -265,6 +253,9 @@ def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail
         raise SdpruneError(f"{root} must hold train/ and test/ (or val/), one subfolder per class")
     train_paths, train_labels, classes = scan_folder(str(root / "train"))
     test_paths, test_labels, test_classes = scan_folder(str(test_dir))
+    if len(classes) < 2:  # one class: every prediction would be right, and nothing learned
+        raise SdpruneError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}); "
+                           "a classifier needs at least 2 classes")
     if test_classes != classes:
         raise SdpruneError(f"{root}: train/ and {test_dir.name}/ have different class folders")
     channels = channels or probe_channels(train_paths)
@@ -273,24 +264,12 @@ def open_folder(root: Path, size: int, workers: int = 0, bad_images: str = "fail
             classes)
 
 
-def scan_folder(root: str) -> tuple[list[str], Tensor, list[str]]:
-    """Paths, labels and class names of ROOT/<class>/<image> (torchvision's ImageFolder rules)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        classes, index = find_classes(root)
-        samples = make_dataset(root, index, extensions=IMG_EXTENSIONS)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SdpruneError(f"cannot read image folder {root}: {str(err).splitlines()[0]}") from None
-    return [p for p, _ in samples], torch.tensor([y for _, y in samples], dtype=torch.long), classes
-
-
 def probe_channels(paths: Sequence[str], count: int = 16) -> int:
     """1 when the readable files of a seeded random ``count`` of a folder are all grayscale, else 3.
 
     Random, not the first files: a folder is sorted by class, and one class of grayscale
     scans must not make the others gray. PIL reads only the files' headers, and tells a
-    palette (colour, whose indices torchvision would return as one channel) from gray.
+    palette (one channel of indices into colours) from gray.
     """
     from PIL import Image
 

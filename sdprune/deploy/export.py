@@ -60,21 +60,11 @@ def check_export_args(opset: int, atol: float, samples: int) -> None:
         raise SdpruneError(f"--samples must be at least 1, got {samples}")
 
 
-def total_blocks(meta: dict[str, Any]) -> int:
-    """How many gated blocks the checkpoint's architecture has (pruned or not)."""
-    return len(meta["blocks"])
-
-
-def kept_blocks(meta: dict[str, Any]) -> list[str]:
-    """The gated blocks a checkpoint still has, in forward order (all but the removed ones)."""
-    removed = set(meta.get("removed") or [])
-    return [b for b in meta["blocks"] if b not in removed]
-
-
 def onnx_metadata(meta: dict[str, Any], source: str | None = None, params: int | None = None,
                   flops: int | None = None) -> dict[str, str]:
     """The key/value strings stored in the ONNX file's metadata_props (lists as JSON)."""
     from sdprune import __version__
+    from sdprune.train.checkpoint import kept_blocks
 
     removed = list(meta.get("removed", []))
     data = meta["data"]
@@ -167,22 +157,13 @@ def sample_test_images(data, samples: int) -> tuple[torch.Tensor, dict[str, Any]
                          "seed": SAMPLE_SEED, "classes": int(test.labels.unique().numel())}
 
 
-def non_finite_rows(logits: torch.Tensor) -> int:
-    """How many images (rows) have a NaN or infinite logit: such outputs never pass a check.
-
-    Comparisons must count them apart: NaN compares false with everything, so a
-    ``max(worst, nan)`` or ``diff <= atol`` test would silently pass a broken model.
-    """
-    import torch
-
-    return int((~torch.isfinite(logits)).any(dim=1).sum())
-
-
 def verify_parity(model: nn.Module, session, images: torch.Tensor, data, batch_sizes: Sequence[int],
                   atol: float) -> dict[str, Any]:
     """Max |logit difference|, top-1 agreement and non-finite outputs of ONNX Runtime vs PyTorch
     per batch size; ``ok`` only when every logit of both is finite and within ``atol``."""
     import torch
+
+    from sdprune.deploy.runtime import non_finite_rows
 
     name = session.get_inputs()[0].name
     rows = []

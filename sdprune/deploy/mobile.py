@@ -136,8 +136,7 @@ def check_ort(ort_path: str | Path, reference: str | Path, images, data, atol: f
     """
     import onnx
 
-    from sdprune.deploy.export import non_finite_rows
-    from sdprune.deploy.runtime import onnx_logits, open_session
+    from sdprune.deploy.runtime import non_finite_rows, onnx_logits, open_session
 
     ort_path, reference = Path(ort_path), Path(reference)
     try:

@@ -53,10 +53,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     """
     from sdprune.data.bundle import data_for_checkpoint
     from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
-        kept_blocks, prepare_dir, total_blocks)
+        prepare_dir)
     from sdprune.deploy.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_CLEAR_AGREEMENT, check_gate
     from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, DEFAULT_METHOD, METHODS, TARGETS, quantize_int8
-    from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+    from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
+    from sdprune.train.lock import locked_run
     from sdprune.files import TEMP_SUFFIX, remove_stale_temps
 
     reporter = reporter or Reporter(quiet=True)
@@ -80,42 +81,39 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir if out_dir is not None else default_out_dir(ckpt["path"]))
     # fp32, int8 and .ort files: about three times the weights
     check_output(out, folder=True, need_bytes=3 * file_bytes(ckpt["path"]), what="output folder")
-    model = build_model(ckpt)
-    data = data_for_checkpoint(meta)
-    created = not out.exists()
-    prepare_dir(out)
-    remove_stale_temps(out)  # staging folders of a killed export
-    reporter.info(f"exporting {ckpt['path']} ({meta['model']['name']}, "
-                  f"{len(kept_blocks(meta))}/{total_blocks(meta)} blocks) to {out}/")
-    stage = Path(tempfile.mkdtemp(prefix=f".export.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=out))
-    try:
-        onnx_rec = export_onnx(model, meta, stage, opset, atol, samples, reporter, data=data, source=ckpt["path"])
-        made = {"model.onnx": "fp32 ONNX"}
-        int8_rec = None
-        if int8:
-            int8_rec = quantize_int8(stage / "model.onnx", stage / "model.int8.onnx", data, calib_batches,
-                                     target, reporter, min_clear_agreement=min_clear, max_drop=max_drop,
-                                     method=calib_method, float_ends=int8_float_ends)
-            made["model.int8.onnx"] = "int8 ONNX (QDQ)"
-        ort_rec = None
-        if ort:
-            from sdprune.deploy.mobile import convert_to_ort
+    # one export writes a folder at a time (a second is refused at once); a failed first export leaves
+    # no trace (the lock removes the folder it created)
+    with locked_run(out, "sdprune command", keep_file=False):
+        model = build_model(ckpt)
+        data = data_for_checkpoint(meta)
+        prepare_dir(out)
+        remove_stale_temps(out)  # staging folders of a killed export
+        reporter.info(f"exporting {ckpt['path']} ({meta['model']['name']}, "
+                      f"{len(kept_blocks(meta))}/{total_blocks(meta)} blocks) to {out}/")
+        stage = Path(tempfile.mkdtemp(prefix=f".export.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=out))
+        try:
+            onnx_rec = export_onnx(model, meta, stage, opset, atol, samples, reporter, data=data, source=ckpt["path"])
+            made = {"model.onnx": "fp32 ONNX"}
+            int8_rec = None
+            if int8:
+                int8_rec = quantize_int8(stage / "model.onnx", stage / "model.int8.onnx", data, calib_batches,
+                                         target, reporter, min_clear_agreement=min_clear, max_drop=max_drop,
+                                         method=calib_method, float_ends=int8_float_ends)
+                made["model.int8.onnx"] = "int8 ONNX (QDQ)"
+            ort_rec = None
+            if ort:
+                from sdprune.deploy.mobile import convert_to_ort
 
-            ort_rec = convert_to_ort([stage / n for n in made], stage, data, samples, reporter,
-                                     target_platform={"arm": "arm", "x86": "amd64"}[target], atol=atol)
-            made.update({Path(f).name: "ORT format" for f in ort_rec["files"]})
-            made[Path(ort_rec["config"]).name] = "operator config for a reduced ONNX Runtime build"
-        record = _record(ckpt, out, stage, made, onnx_rec, int8_rec, ort_rec, target)
-        write_json(stage / RECORD, record)
-        _publish(stage, out, list(made) + [RECORD])
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # a failed first export leaves no trace
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    reporter.info(f"wrote {', '.join(made)} and {RECORD} to {out}/")
+                ort_rec = convert_to_ort([stage / n for n in made], stage, data, samples, reporter,
+                                         target_platform={"arm": "arm", "x86": "amd64"}[target], atol=atol)
+                made.update({Path(f).name: "ORT format" for f in ort_rec["files"]})
+                made[Path(ort_rec["config"]).name] = "operator config for a reduced ONNX Runtime build"
+            record = _record(ckpt, out, stage, made, onnx_rec, int8_rec, ort_rec, target)
+            write_json(stage / RECORD, record)
+            _publish(stage, out, list(made) + [RECORD])
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        reporter.info(f"wrote {', '.join(made)} and {RECORD} to {out}/")
     return record
 
 
@@ -136,7 +134,7 @@ def _record(ckpt: dict, out: Path, stage: Path, made: dict[str, str], onnx_rec: 
     import torch
 
     from sdprune import __version__
-    from sdprune.deploy.export import kept_blocks, total_blocks
+    from sdprune.train.checkpoint import kept_blocks, total_blocks
 
     meta = ckpt["meta"]
     removed = list(meta.get("removed", []))

@@ -224,8 +224,7 @@ def compare_int8(fp32, int8, data, reporter: Reporter | None = None, batch_size:
     """The gate's figures (``gate.compare_decisions``) of two sessions on the test split, and their
     largest |logit difference|; SdpruneError on a non-finite logit from either (NaN would just count
     as a disagreement, or not at all)."""
-    from sdprune.deploy.export import non_finite_rows
-    from sdprune.deploy.runtime import labelled_logits
+    from sdprune.deploy.runtime import labelled_logits, non_finite_rows
 
     test = data.test
     steps = 2 * -(-len(test) // batch_size)

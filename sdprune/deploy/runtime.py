@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdprune.errors import SdpruneError
+from sdprune.files import input_path
 from sdprune.report import Reporter
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def open_session(path: str | Path, threads: int | None = None, spinning: bool = 
     """
     import onnxruntime as ort
 
-    path = Path(path)
+    path = input_path(path, "model file")
     if not path.is_file():
         raise SdpruneError(f"model file {path} not found")
     options = ort.SessionOptions()
@@ -72,7 +73,7 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
 
     from sdprune.train.schema import check_data_meta
 
-    path = Path(path)
+    path = input_path(path, "model file")
     if not path.is_file():
         raise SdpruneError(f"model file {path} not found")
     try:
@@ -120,6 +121,17 @@ def onnx_logits(session, images: Tensor, mean: list[float], std: list[float], ba
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def non_finite_rows(logits: Tensor) -> int:
+    """How many images (rows) have a NaN or infinite logit: such outputs never pass a check.
+
+    Comparisons must count them apart: NaN compares false with everything, so a
+    ``max(worst, nan)`` or ``diff <= atol`` test would silently pass a broken model.
+    """
+    import torch
+
+    return int((~torch.isfinite(logits)).any(dim=1).sum())
+
+
 def labelled_logits(sessions: list, data, mean: list[float], std: list[float], batch_size: int = 256,
                     progress=None) -> tuple[list[Tensor], Tensor]:
     """Each session's float32 logits over every readable image of ``data`` (an ImageSet or a
@@ -162,22 +174,18 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     _, shape = check_classifier(session, path)
     if any(isinstance(d, int) and d != m for d, m in zip(shape[1:], meta["input_shape"])):
         raise SdpruneError(f"{path}: metadata input_shape {meta['input_shape']} but the graph takes {shape[1:]}")
-    # the file's metadata plays the checkpoint's part: its dataset, shape and normalisation
-    as_checkpoint = {"data": {k: meta[k] for k in ("dataset", "input_shape", "mean", "std", "mode", "resize")
-                              if k in meta}, "config": {}}
-    data = data_for_checkpoint(as_checkpoint, dataset, data_dir)
     if len(meta["classes"]) != _num_classes(session, len(meta["classes"])):
         raise SdpruneError(f"{path}: metadata lists {len(meta['classes'])} classes, the graph outputs "
                            f"{session.get_outputs()[0].shape[1]}")
+    # the file's metadata plays the checkpoint's part: its dataset, shape and normalisation, classes
+    as_checkpoint = {"data": {k: meta[k] for k in ("dataset", "classes", "input_shape", "mean", "std", "mode", "resize")
+                              if k in meta}, "config": {}}
+    data = data_for_checkpoint(as_checkpoint, dataset, data_dir)
     test = data.test
-    if int(test.labels.max()) >= len(meta["classes"]):
-        raise SdpruneError(f"dataset {data.name} has more classes than {path} predicts")
     steps = -(-len(test) // batch_size)
     with reporter.progress(f"eval {path.name} on {data.name}", steps) as bar:
         (logits,), labels = labelled_logits([session], test, meta["mean"], meta["std"], batch_size, bar)
     scores = score_logits(logits, labels)
-    from sdprune.deploy.export import non_finite_rows
-
     bad = non_finite_rows(logits)
     if bad:
         reporter.warn(f"{path}: non-finite logits on {bad} of {len(labels)} test images: its loss and accuracy "

@@ -1,8 +1,8 @@
 """Deciding which blocks to keep: pure functions of the statistics rows.
 
 A criterion turns rows (``sdprune.prune.stats``) into an importance per block; blocks are then
-removed least important first until every target is met (a kept count, a parameter
-budget, a FLOP budget), skipping a block whose removal would empty its stage unless
+removed least important first until every target of the ``Budget`` is met (a kept count, a
+parameter budget, a FLOP budget), skipping a block whose removal would empty its stage unless
 ``keep_stages=False``. Ties go to the deeper block (removed first), so every criterion is
 deterministic; ``random`` is seeded.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random as _random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sdprune.errors import SdpruneError
@@ -39,6 +40,33 @@ def check_budget(keep: float | None, keep_blocks: int | None, max_params: float 
             raise SdpruneError(f"{flag} must be positive and finite, got {value}")
     if keep is None and keep_blocks is None and max_params is None and max_flops is None:
         raise SdpruneError("say how much to keep: --keep, --keep-blocks, --max-params or --max-flops")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a network to keep; every target given must be met.
+
+    ``keep``: a fraction of the architecture's gated blocks (rounded up to whole blocks);
+    ``keep_blocks``: a count; ``max_params`` / ``max_flops``: budgets on the whole
+    network. ``keep_stages``: every stage keeps at least one block.
+    """
+
+    keep: float | None = None
+    keep_blocks: int | None = None
+    max_params: float | None = None
+    max_flops: float | None = None
+    keep_stages: bool = True
+
+    def __post_init__(self) -> None:
+        check_budget(self.keep, self.keep_blocks, self.max_params, self.max_flops)
+
+    def label(self) -> str:
+        """What is asked for, as a name: keep0.50, blocks7, params150k, flops20M (joined by -)."""
+        parts = [f"keep{self.keep:.2f}" if self.keep is not None else None,
+                 f"blocks{self.keep_blocks}" if self.keep_blocks is not None else None,
+                 f"params{human(self.max_params)}" if self.max_params is not None else None,
+                 f"flops{human(self.max_flops)}" if self.max_flops is not None else None]
+        return "-".join(p for p in parts if p)
 
 
 def needs_statistics(criteria: Sequence[str]) -> bool:

@@ -123,3 +123,39 @@ def _shape_hook(store: dict, name: str) -> Callable[[nn.Module, tuple, Tensor], 
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         store[name] = (tuple(args[0].shape[1:]), tuple(output.shape[1:]))
     return hook
+
+
+@torch.no_grad()
+def norm_values_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """The fewest values per channel a BatchNorm of ``model`` sees for one image (the area of
+    the smallest feature map it normalises, 1 after global pooling); None without BatchNorm.
+
+    One eval-mode forward at batch 1 (a zero input on the model's device); the mode is kept.
+    """
+    seen: list[int] = []
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].numel() // args[0].shape[1]))
+             for m in norms]
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return min(seen) if seen else None
+
+
+def check_norm_batch(model: nn.Module, input_shape: tuple[int, ...], images: int, batch: str) -> None:
+    """Refuse, before any work, training batches of ``images`` images that would leave a
+    BatchNorm one value per channel: it cannot normalise a single value and PyTorch stops
+    the run there ("Expected more than 1 value per channel"). ``batch`` names the batch
+    for the message ("--batch-size 1")."""
+    per_image = norm_values_per_image(model, input_shape)
+    if per_image is not None and images * per_image < 2:
+        side = "x".join(str(s) for s in input_shape[1:])
+        raise SdpruneError(f"{batch} leaves BatchNorm one value per channel ({side} images reach a 1x1 feature "
+                           f"map in this network), and BatchNorm needs at least 2: train on batches of at least "
+                           f"{-(-2 // per_image)} images")

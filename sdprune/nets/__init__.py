@@ -5,21 +5,16 @@ statistics, pruning and export never need to know which architecture they hold.
 
 The model modules register themselves when this package is imported: a deliberate
 exception to "no work at import time", as in timm and torchvision's model registries, so
-that a new architecture is one decorated builder and nothing else. Registration only
-records builders: no model is built at import.
+that a new architecture is one decorated builder and nothing else, and a new torchvision
+family one adapter module (``tv_<family>.py``: its block wrappers and its variants; see
+``sdprune.nets.torchvision_nets``) added to the import below. Registration only records
+builders: no model is built at import.
 """
 
-from sdprune.nets import cifar_resnet, torchvision_nets  # noqa: F401  (registration)
-from sdprune.nets.convert import (
-    adopt_torchvision,
-    detect_torchvision_arch,
-    gated_to_torchvision,
-    load_state_dict_file,
-    torchvision_to_gated,
-)
+from sdprune.nets import cifar_resnet, tv_convnext, tv_mobilenet, tv_resnet  # noqa: F401  (registration)
+from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
 from sdprune.nets.wrap import gate_residual_blocks
 
-__all__ = ["ModelInfo", "adopt_torchvision", "create_model", "describe_model", "detect_torchvision_arch",
-           "gate_residual_blocks", "gated_to_torchvision", "list_models", "load_state_dict_file", "model_info",
-           "torchvision_to_gated"]
+__all__ = ["ModelInfo", "adopt_weights", "adoptable", "create_model", "describe_model", "detect_arch", "from_gated",
+           "gate_residual_blocks", "list_models", "load_state_dict_file", "model_info", "to_gated"]

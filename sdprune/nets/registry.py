@@ -39,13 +39,17 @@ def register(name: str, default_input: tuple[int, int, int], description: str):
 
 
 def list_models() -> list[str]:
-    """Registered architecture names, families together and by depth (resnet20 before resnet110)."""
+    """Registered architecture names, families together and by size (resnet20 before resnet110,
+    tv_convnext_tiny before tv_convnext_large)."""
     return sorted(_REGISTRY, key=_sort_key)
 
 
-def _sort_key(name: str) -> tuple[str, int]:
+def _sort_key(name: str) -> tuple[str, int, int]:
+    stem, _, size = name.rpartition("_")
+    if stem and size.isalpha():  # a size word (tiny ... large; t, s, b): the order its family registered them
+        return (stem, 0, list(_REGISTRY).index(name))
     digits = "".join(c for c in name if c.isdigit())
-    return (name.rstrip("0123456789_v").rstrip("_"), int(digits) if digits else 0)
+    return (name.rstrip("0123456789_v").rstrip("_"), int(digits) if digits else 0, 0)
 
 
 def model_info(name: str) -> ModelInfo:

@@ -25,6 +25,7 @@ from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
 from sdprune.data.images import drops_last, iterate_batches, normalization, normalize, num_batches
 from sdprune.depth.gates import expected_gates, step_seed
+from sdprune.depth.structure import check_norm_batch, norm_values_per_image
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.distill import distillation_loss
@@ -98,6 +99,7 @@ def recalibrate_bn(model: nn.Module, data: DataBundle, device: torch.device | st
     if not norms or batches < 1:
         model.eval()
         return 0
+    per_image = norm_values_per_image(model, data.input_shape)
     momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
@@ -111,6 +113,8 @@ def recalibrate_bn(model: nn.Module, data: DataBundle, device: torch.device | st
         for step, (images, _) in enumerate(iterate_batches(data.train, batch_size, gen)):
             if step >= batches:
                 break
+            if len(images) * (per_image or 2) < 2:
+                continue  # the last, one-image batch: BatchNorm cannot take statistics of one value
             model(normalize(images.to(device, non_blocking=True), *mean_std))
             seen += len(images)
     finally:
@@ -137,7 +141,9 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     reporter = reporter or Reporter(quiet=True)
     if distill and teacher is None:
         raise ValueError("distillation needs a teacher")
-    drop_last = drops_last(len(data.train), batch_size)
+    drop_last = drops_last(len(data.train), batch_size)  # every batch is full, or the whole set
+    check_norm_batch(model, data.input_shape, min(batch_size, len(data.train)), f"fine-tuning on batches of "
+                     f"{min(batch_size, len(data.train))} images")
     per_epoch = max(1, num_batches(len(data.train), batch_size, drop_last))
     total = max(1, round(epochs * per_epoch))
     optimizer = build_sgd(model.parameters(), lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -198,6 +204,15 @@ def improves(new: dict[str, float], old: dict[str, float]) -> bool:
     return new["acc"] > old["acc"] or (new["acc"] == old["acc"] and new["loss"] < old["loss"])
 
 
+NO_BATCHNORM = ("BatchNorm healing does not apply: this network has no BatchNorm (LayerNorm networks keep no "
+                "running statistics to re-estimate)")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any BatchNorm of ``model`` keeps running statistics (what ``heal_bn`` re-estimates)."""
+    return any(isinstance(m, _BN) and m.track_running_stats for m in model.modules())
+
+
 def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cpu", batches: int = 20,
             seed: int = 0) -> dict:
     """Re-estimate BatchNorm statistics, keeping them only where they improve the validation slice.
@@ -205,7 +220,13 @@ def heal_bn(model: nn.Module, data: DataBundle, device: torch.device | str = "cp
     Returns {"before", "after", "statistics"}: val/test scores with the statistics the
     network had and with re-estimated ones, and which it keeps ("recalibrated" or
     "trained"; the test split is reported, never used to decide). The model ends with them.
+    A network without BatchNorm (ConvNeXt, transformers: LayerNorm) has nothing to
+    re-estimate: "statistics" is "none", "note" says why, and before and after are the
+    one measurement, so nobody reads a heal into it.
     """
+    if not has_batchnorm(model):
+        scores = assess(model, data, device)
+        return {"before": scores, "after": scores, "statistics": "none", "note": NO_BATCHNORM}
     saved = bn_statistics(model)
     before = assess(model, data, device)
     recalibrate_bn(model, data, device, batches, seed=seed)

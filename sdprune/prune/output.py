@@ -14,19 +14,17 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from sdprune.depth.schedule import get_survival
+from sdprune.depth.select import Budget
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
 from sdprune.train.checkpoint import load_checkpoint, save_checkpoint, write_json
 from sdprune.files import TEMP_SUFFIX, remove_stale_temps
 from sdprune.train.runs import CHECKPOINT, PRUNED_PREFIX, record_run
-
-if TYPE_CHECKING:
-    from sdprune.prune.pipeline import Budget
 
 SUMMARY_FILE = "summary.json"
 _MEASURED = ("checkpoint", "unpruned", "after", "unhealed", "reference", "bn")  # not copied into the metadata

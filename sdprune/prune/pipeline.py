@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.deploy.export import kept_blocks, total_blocks
 from sdprune.depth.gates import check_seed
 from sdprune.depth.select import (
-    check_budget,
+    Budget,
     check_criterion,
     needs_statistics,
     removed_blocks,
@@ -38,43 +37,17 @@ from sdprune.depth.select import (
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
 from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
-from sdprune.prune.heal import BN_HEAL, HealSpec, heal, heal_bn
+from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import check_stats_args, collect_stats
-from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.report import Reporter
+from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device
+from sdprune.train.lock import locked_run
 from sdprune.train.runs import resolve_checkpoint
 
 Scores = dict[str, dict[str, float]]  # {"val": {"loss", "acc"}, "test": {"loss", "acc"}}
 Rescore = Callable[[nn.Module], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much of a network to keep; every target given must be met.
-
-    ``keep``: a fraction of the architecture's gated blocks (rounded up to whole blocks);
-    ``keep_blocks``: a count; ``max_params`` / ``max_flops``: budgets on the whole
-    network. ``keep_stages``: every stage keeps at least one block.
-    """
-
-    keep: float | None = None
-    keep_blocks: int | None = None
-    max_params: float | None = None
-    max_flops: float | None = None
-    keep_stages: bool = True
-
-    def __post_init__(self) -> None:
-        check_budget(self.keep, self.keep_blocks, self.max_params, self.max_flops)
-
-    def label(self) -> str:
-        """What is asked for, as a name: keep0.50, blocks7, params150k, flops20M (joined by -)."""
-        parts = [f"keep{self.keep:.2f}" if self.keep is not None else None,
-                 f"blocks{self.keep_blocks}" if self.keep_blocks is not None else None,
-                 f"params{human(self.max_params)}" if self.max_params is not None else None,
-                 f"flops{human(self.max_flops)}" if self.max_flops is not None else None]
-        return "-".join(p for p in parts if p)
 
 
 @dataclass
@@ -108,7 +81,8 @@ class Reference:
 
     ``statistics`` says which BN statistics it has when healed the way pruned networks are
     (the validation rule of ``heal_bn``: "recalibrated" or "trained"; "trained" without BN
-    healing); ``healed`` is then the figure the change from pruning is measured against.
+    healing; "none" for a network without BatchNorm); ``healed`` is then the figure the
+    change from pruning is measured against.
     ``network``: that healed network, the point of a sweep that removes nothing.
     """
 
@@ -216,7 +190,8 @@ def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int
     (on a separate copy when ``heal_spec`` does not re-estimate)."""
     unpruned = cut_and_heal(model, [], data, heal_spec, seed, device)
     bn = unpruned.bn or heal_bn(copy.deepcopy(model), data, device, heal_spec.bn_batches, seed)
-    return Reference(bn["before"], bn["after"], bn["statistics"] if heal_spec.bn else "trained", unpruned)
+    statistics = bn["statistics"] if heal_spec.bn or bn["statistics"] == "none" else "trained"
+    return Reference(bn["before"], bn["after"], statistics, unpruned)
 
 
 def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str, budget: Budget,
@@ -264,28 +239,33 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
                                                                             iterative, seed)
     check_folder(out_dir, ckpt["path"], None if out else settings)
     check_output(out_dir, folder=True, need_bytes=file_bytes(ckpt["path"]), what="output folder")
-    dev = resolve_device(device)
-    model = build_model(ckpt).to(dev)
-    data = data_for_checkpoint(meta)
+    # one prune writes a folder at a time (a second is refused at once); the checks again, under the lock
+    with locked_run(out_dir, "sdprune command", keep_file=False):
+        check_folder(out_dir, ckpt["path"], None if out else settings)
+        dev = resolve_device(device)
+        model = build_model(ckpt).to(dev)
+        data = data_for_checkpoint(meta)
 
-    def score(network: nn.Module) -> list[dict[str, Any]]:
-        return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
+        def score(network: nn.Module) -> list[dict[str, Any]]:
+            return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
 
-    rows = score(model)
-    if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
-        reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
-    # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
-    # it can does not depend on the order of removal, so this holds for --iterative too).
-    keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
-    reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
-                  f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
-    ref = reference(model, data, heal_spec, seed, dev)
-    pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
-                         score if iterative else None, reporter)
-    summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"], **settings,
-               "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
-               "params": {"before": ref.params, "after": pruned.params},
-               "flops": {"before": ref.flops, "after": pruned.flops},
-               "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
-               "wall_s": time.perf_counter() - t_start}
-    return write_pruned(out_dir, pruned.model.cpu(), meta, summary)
+        rows = score(model)
+        if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
+            reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
+        # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
+        # it can does not depend on the order of removal, so this holds for --iterative too).
+        keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
+        reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
+                      f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
+        ref = reference(model, data, heal_spec, seed, dev)
+        if heal_spec.bn and ref.statistics == "none":  # asked for (the default), and it cannot be done
+            reporter.warn(NO_BATCHNORM)
+        pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
+                             score if iterative else None, reporter)
+        summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"],
+                   **settings, "blocks": {"total": total, "before": present, "after": len(pruned.kept)},
+                   "params": {"before": ref.params, "after": pruned.params},
+                   "flops": {"before": ref.flops, "after": pruned.flops},
+                   "unpruned": ref.trained, "reference": ref.record(), **pruned.record(ref),
+                   "wall_s": time.perf_counter() - t_start}
+        return write_pruned(out_dir, pruned.model.cpu(), meta, summary)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle
-from sdprune.depth.select import CRITERIA
+from sdprune.depth.select import CRITERIA, Budget
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
-from sdprune.prune.pipeline import Budget, Pruned, prune_model, score_blocks
+from sdprune.prune.pipeline import Pruned, prune_model, score_blocks
 
 # Criteria that read the trained network (survival is only meaningful once learned;
 # depth / every-other / random ignore the data).

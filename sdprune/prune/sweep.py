@@ -20,19 +20,19 @@ from typing import Any, Sequence
 from torch import nn
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.deploy.export import export_onnx, kept_blocks, total_blocks
+from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, check_bench
 from sdprune.depth.gates import check_seed
-from sdprune.depth.select import check_criterion, removed_blocks, target_count
+from sdprune.depth.select import Budget, check_criterion, removed_blocks, target_count
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
-from sdprune.prune.heal import BN_HEAL, HealSpec
+from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec
 from sdprune.prune.output import check_settings, check_source
-from sdprune.prune.pipeline import Budget, Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
+from sdprune.prune.pipeline import Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
 from sdprune.prune.stats import check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
-from sdprune.train.checkpoint import build_model, load_checkpoint, write_json
+from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
 from sdprune.files import atomic_write, remove_stale_temps
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.runs import resolve_checkpoint
@@ -107,6 +107,8 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
     reporter.info(f"sweeping {ckpt['path']}: {len(criteria)} criteria x {len(keeps)} keep values, "
                   f"heal {heal_spec.mode}")
     ref = reference(model, data, heal_spec, seed, dev)
+    if heal_spec.bn and ref.statistics == "none":  # asked for (the default), and it cannot be done
+        reporter.warn(NO_BATCHNORM)
     rows = score_blocks(model, data, criteria, dev, batch_size, stats_images, reporter)
     unpruned = tuple(ref.network.kept)
     measured = {unpruned: measure(ref.network, ref)}  # kept set -> what it scored (criteria often agree)
@@ -205,8 +207,10 @@ def write_outputs(result: dict, out_dir: Path, reporter: Reporter) -> dict[str, 
         reporter.info("no plot: matplotlib is not installed (pip install 'sdprune[plot]')")
     atomic_write(out_dir / "sweep.md", lambda tmp: Path(tmp).write_text(report_markdown(result, files)))
     u = result["unpruned"]
+    recalibrated = ("no BatchNorm to re-estimate" if u["statistics"] == "none"
+                    else f"{u['recalibrated']['test_acc']:.2f}% BN re-estimated")
     reporter.table(f"sweep of {result['model']} on {result['dataset']} (heal {result['heal']}); unpruned "
-                   f"{u['trained']['test_acc']:.2f}% as trained, {u['recalibrated']['test_acc']:.2f}% BN re-estimated",
+                   f"{u['trained']['test_acc']:.2f}% as trained, {recalibrated}",
                    ["criterion", "keep", "blocks", "val %", "test %", "change", "BN statistics", "params", "FLOPs",
                     "ONNX", "ms (b=1)", "ratio"],
                    [[p["criterion"], f"{p['keep']:g}", p["blocks"], f"{p['val_acc']:.2f}", f"{p['test_acc']:.2f}",

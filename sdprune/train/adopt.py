@@ -4,9 +4,10 @@ Two kinds of file are adopted, both loaded with ``weights_only`` (nothing is unp
 
 * an sdprune checkpoint (any run: plain, linear, learned, even pruned): the architecture,
   its removed blocks and its survivals come from the checkpoint's metadata;
-* a torchvision state dict (ResNet-18..152, MobileNetV2), as ``torch.save(model.state_dict())``
-  and torchvision's weights cache write it: converted to the gated layout
-  (``sdprune.nets.convert``).
+* a state dict in a layout sdprune adopts (``sdprune.nets.convert``): torchvision's
+  (ResNet-18..152, MobileNetV2, ConvNeXt-T/S/B/L), as ``torch.save(model.state_dict())``
+  and torchvision's weights cache write it, or the public CIFAR ResNets' (ResNet-20..1202, with their
+  ``{"best_prec1", "state_dict"}`` wrapper and DataParallel's ``module.`` prefix).
 
 When the data has another number of classes, the classifier is new and the backbone
 kept. The adopted network is also the teacher of retrofit training (distillation), so
@@ -25,12 +26,14 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.nets.convert import adopt_torchvision, state_dict_from
+from sdprune.files import load_weights
+from sdprune.nets.convert import adopt_weights, state_dict_from
 from sdprune.nets.registry import create_model
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
 from sdprune.train.schema import describe_non_finite, non_finite
 
-# What torchvision's ImageNet weights expect (1 channel: the mean of the three, as timm does).
+# What torchvision's ImageNet weights and the public CIFAR ResNets expect (1 channel: the mean
+# of the three, as timm does). A state dict cannot say it: assumed, recorded, overridable.
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -58,7 +61,7 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     if not file.is_file():
         raise SdpruneError(f"--init {path}: no such file")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        payload = load_weights(file)
     except Exception as err:  # a pickled module, a truncated file ...
         raise SdpruneError(f"--init {file} is not a weights file sdprune can read safely "
                            f"({type(err).__name__}); save a state_dict, not a model") from None
@@ -67,7 +70,24 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
         if is_checkpoint(payload):
             return _adopt_sdprune(file, checkpoint_from(payload, file, finite=True), model_name, num_classes,
                                   in_channels)  # NaN weights would 'diverge' at step 0: say what it is
-        return _adopt_torchvision(file, state_dict_from(payload, file), model_name, num_classes, in_channels)
+        return _adopt_state_dict(file, state_dict_from(payload, file), model_name, num_classes, in_channels)
+
+
+DATA_SETTINGS = ("dataset", "data_dir", "image_size", "data_mode", "bad_images", "eval_resize")
+
+
+def data_settings(path: str | Path) -> dict[str, Any]:
+    """The data settings (``DATA_SETTINGS``) of the sdprune run in ``path``, so that `train
+    --init RUN` goes on with the data RUN was bound to; {} for anything else (a state dict
+    says nothing about data, and an unreadable file is ``adopt``'s to refuse)."""
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    try:
+        payload = load_weights(file)
+    except Exception:  # noqa: BLE001 - refused, with its reason, when adopted
+        return {}
+    config = payload.get("meta", {}).get("config") if is_checkpoint(payload) else None
+    return {k: config[k] for k in DATA_SETTINGS if k in config} if isinstance(config, dict) else {}
 
 
 def file_digest(path: Path) -> str:
@@ -123,14 +143,36 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return {f"{last[-1]}.{k}" for k, _ in model.get_submodule(last[-1]).named_parameters()}
 
 
-def _adopt_torchvision(file: Path, state: dict[str, torch.Tensor], model_name: str | None, num_classes: int,
-                       in_channels: int) -> Adopted:
+def _adopt_state_dict(file: Path, state: dict[str, torch.Tensor], model_name: str | None, num_classes: int,
+                      in_channels: int) -> Adopted:
+    check_weight_types(file, state)
     bad = non_finite(state)
     if bad:
         raise SdpruneError(f"--init {file}: {describe_non_finite(bad)}")
-    model, info = adopt_torchvision(state, model_name, num_classes, in_channels)
+    try:
+        model, info = adopt_weights(state, model_name, num_classes, in_channels)
+    except RuntimeError as err:  # load_state_dict refused what the layout checks let through
+        raise SdpruneError(f"--init {file}: the weights do not fit the network ({_mismatch(err)})") from None
     # Assumed, not known: a state dict does not say how its images were normalised.
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
-    source = {"path": str(file), "sha256": file_digest(file), "kind": "torchvision", **info}
-    return Adopted(model.eval(), info["arch"], [], {}, mean, std, source)
+    kwargs = info.pop("kwargs")
+    source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), **info}
+    return Adopted(model.eval(), info["arch"], [], kwargs, mean, std, source)
+
+
+def check_weight_types(file: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a state dict holding a non-floating tensor (BatchNorm's integer batch counter
+    excepted): loading would cast it silently, integer weights to whole numbers (mostly 0),
+    and training would start from a dead network."""
+    for key, value in state.items():
+        if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise SdpruneError(f"--init {file}: {key} holds {str(value.dtype).replace('torch.', '')} values, "
+                               "not floating-point weights")
+
+
+def _mismatch(err: RuntimeError) -> str:
+    """The first problem ``load_state_dict`` lists (its message runs over many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:]), lines[0] if lines else type(err).__name__)
+    return detail.replace("torch.Size(", "").replace("])", "]")[:200]

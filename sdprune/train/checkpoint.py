@@ -16,7 +16,7 @@ from torch import nn
 
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.files import atomic_write
+from sdprune.files import atomic_write, load_weights
 from sdprune.nets.registry import create_model
 from sdprune.report import Reporter, json_text
 from sdprune.train.schema import check_checkpoint, describe_non_finite, non_finite
@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, reporter: Reporter | None = None, finite: 
     if not path.is_file():
         raise SdpruneError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights(path)
     except Exception as err:  # corrupt file, foreign pickle, truncated write ...
         raise SdpruneError(f"{path} is not a readable sdprune checkpoint ({type(err).__name__})") from None
     return checkpoint_from(ckpt, path, reporter, finite)
@@ -66,6 +66,17 @@ def load_checkpoint(path: str | Path, reporter: Reporter | None = None, finite: 
 def is_checkpoint(obj: Any) -> bool:
     """Whether a loaded object is an sdprune checkpoint (before it is checked)."""
     return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def total_blocks(meta: dict[str, Any]) -> int:
+    """How many gated blocks the checkpoint's architecture has (pruned or not)."""
+    return len(meta["blocks"])
+
+
+def kept_blocks(meta: dict[str, Any]) -> list[str]:
+    """The gated blocks a checkpoint still has, in forward order (all but the removed ones)."""
+    removed = set(meta.get("removed") or [])
+    return [b for b in meta["blocks"] if b not in removed]
 
 
 def checkpoint_from(ckpt: Any, path: str | Path, reporter: Reporter | None = None,

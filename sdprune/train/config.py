@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -60,6 +61,8 @@ class TrainConfig:
     init: str | None = None                # sdprune checkpoint/run folder or a torchvision state dict file
     distill: float | None = None           # weight of distillation from the initial network (None: 0.5 with --init)
     distill_temperature: float = 1.0       # softmax temperature of the distillation loss
+    mean: tuple[float, ...] | None = None  # input normalisation per channel (None: the data's own
+    std: tuple[float, ...] | None = None   # statistics, or what --init's weights were trained with)
     # run
     seed: int = 0
     workers: int = 0                       # image decoding processes (imagefolder)
@@ -83,7 +86,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones) if self.lr_milestones is not None else None
+        for key in ("lr_milestones", "mean", "std"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
     @classmethod
@@ -96,6 +100,9 @@ class TrainConfig:
         d = dict(d)
         if d.get("lr_milestones") is not None:
             d["lr_milestones"] = tuple(int(m) for m in d["lr_milestones"])
+        for key in ("mean", "std"):
+            if d.get(key) is not None:
+                d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
 
@@ -105,7 +112,7 @@ def validate(c: TrainConfig) -> None:
     def bad(msg: str) -> None:
         raise SdpruneError(msg)
 
-    if c.epochs < 1:
+    if c.epochs < (0 if c.init is not None else 1):  # 0: adopted as it is (`sdprune adopt`)
         bad(f"--epochs must be at least 1, got {c.epochs}")
     check_seed(c.seed)
     if not (c.warmup_epochs >= 0 and math.isfinite(c.warmup_epochs)):  # NaN fails too
@@ -168,6 +175,13 @@ def validate(c: TrainConfig) -> None:
             bad(f"--distill must be in [0, 1], got {c.distill}")
         if c.distill > 0 and c.init is None:
             bad("--distill needs --init: the teacher is the network training starts from")
+    if (c.mean is None) != (c.std is None):
+        bad("--mean and --std go together: give both, one value per image channel")
+    if c.mean is not None and c.std is not None:
+        if len(c.mean) != len(c.std) or not c.mean:
+            bad(f"--mean has {len(c.mean)} values and --std {len(c.std)}: one of each per image channel")
+        if not all(math.isfinite(v) for v in c.mean) or not all(v > 0 and math.isfinite(v) for v in c.std):
+            bad("--mean must be finite numbers and --std positive finite numbers")
     if not (c.distill_temperature > 0 and math.isfinite(c.distill_temperature)):
         bad(f"--distill-temperature must be a positive number, got {c.distill_temperature}")
     if c.distill_temperature != 1.0 and c.init is None:
@@ -246,8 +260,9 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig
     if values.get("init") is not None:
         if not str(values["init"]).strip():
             raise SdpruneError("--init needs a path")
-        # absolute: a resume from another folder must find the same teacher
-        values = {**FINETUNE_DEFAULTS, **values, "init": str(Path(values["init"]).expanduser().resolve())}
+        # absolute: a resume from another folder must find the same teacher (realpath, not
+        # Path.resolve: a symbolic link loop is reported by the run, in one line, not raised here)
+        values = {**FINETUNE_DEFAULTS, **values, "init": os.path.realpath(os.path.expanduser(values["init"]))}
     return TrainConfig.from_dict(values)
 
 

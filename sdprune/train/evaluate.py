@@ -12,7 +12,7 @@ from sdprune.depth.structure import block_names
 from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.report import Reporter
-from sdprune.train.checkpoint import build_model, load_checkpoint
+from sdprune.train.checkpoint import build_model, load_checkpoint, total_blocks
 from sdprune.train.distributed import Distributed, sum_across
 
 
@@ -100,15 +100,12 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None =
     meta = ckpt["meta"]
     dev = resolve_device(device)
     model = build_model(ckpt).to(dev)
-    data = data_for_checkpoint(meta, dataset, data_dir)
-    if len(data.classes) != meta["model"]["num_classes"]:
-        raise SdpruneError(f"dataset {data.name} has {len(data.classes)} classes, the model predicts "
-                           f"{meta['model']['num_classes']}")
+    data = data_for_checkpoint(meta, dataset, data_dir)  # which checks its classes against the model's
     (reporter or Reporter(quiet=True)).info(f"evaluating {ckpt['path']} on {data.name}")
     result = assess(model, data, dev, batch_size)
     blocks = block_names(model)
     return {"model": ckpt["path"], "kind": meta.get("kind"), "architecture": meta["model"]["name"],
             "dataset": data.name, "test": result["test"], "val": result["val"],
             "images": {"test": result["test"]["n"], "val": result["val"]["n"]},
-            "blocks": {"kept": len(blocks), "total": len(meta.get("blocks") or blocks)},
+            "blocks": {"kept": len(blocks), "total": total_blocks(meta)},
             **size_of(model, data.input_shape)}

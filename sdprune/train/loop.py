@@ -20,14 +20,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, load_data
+from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, check_classes, load_data
 from sdprune.data.folder import FolderSet
 from sdprune.data.images import ImageSet, drops_last, iterate_batches, shard_rows
 from sdprune.depth.gates import step_seed
 from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import Interrupted, SdpruneError
-from sdprune.files import check_output
+from sdprune.files import check_output, input_path
 from sdprune.nets.registry import model_info
 from sdprune.report import Reporter
 from sdprune import faults
@@ -91,8 +91,8 @@ def _train(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
         named = new_run_dir(config.model or "retrofit", config.dataset, config.survival) if world.main else None
         run_dir = Path(broadcast_text(str(named) if named else None, world, device) or "")
     run_dir = run_dir or (Path(ckpt["path"]).parent if ckpt else Path(config.out))
-    if config.init is not None and not Path(config.init).exists():  # before any data is read
-        raise SdpruneError(f"--init {config.init}: no such file or folder")
+    if config.init is not None:  # before any data is read
+        input_path(config.init, "--init")
     if world.main:
         check_output(run_dir, folder=True, what="run folder")  # a clear word before the lock tries to create it
     with locked_run(run_dir) if world.main else nullcontext():
@@ -112,16 +112,9 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
     if world.main:
         remove_stale_temps(run_dir)
     recorded = ckpt["meta"]["data"] if ckpt is not None else {}  # a resumed run reads its data as it did
-    # auto decodes into memory within MEMORY_BUDGET for the machine, where every process holds a
-    # copy; rank 0's machine sets it for all, so every rank makes the same choice
-    processes = int(broadcast_text(str(world.local_world_size), world, device) or 1)
-    with machine_first(world) if config.download else nullcontext():  # one download per machine
-        data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
-                         workers=config.workers, data_mode=recorded.get("mode", config.data_mode),
-                         bad_images=config.bad_images, eval_resize=recorded.get("resize", config.eval_resize),
-                         pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
-                         normalization=(recorded["mean"], recorded["std"]) if recorded else None,
-                         channels=recorded["input_shape"][0] if recorded else None)
+    data = open_data(config, device, recorded, world)
+    if ckpt is not None:
+        check_classes(data, recorded)  # a folder that gained a class since the run started cannot continue it
     if world.enabled and len(data.train) < config.batch_size:
         raise SdpruneError(f"{world.world_size} processes need at least one full batch of {config.batch_size} "
                            f"images; the training set has {len(data.train)}")
@@ -129,7 +122,8 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
     if config.init is not None:
         adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
         config = dataclasses.replace(config, model=adopted.model_name)
-        data = _adopted_normalization(data, adopted, reporter)
+        if config.mean is None and not recorded:  # --mean/--std, or a resume's recorded view, win
+            data = adopted_normalization(data, adopted, reporter)
         if adopted.source.get("new_head") and distill_weight(config) > 0:
             if config.distill is not None:
                 raise SdpruneError("--distill needs the initial network's classes; --init has another head")
@@ -156,9 +150,9 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         load_training_state(ckpt, model, optimizer, controller)
         start_epoch, step = ckpt["meta"]["epoch"], ckpt["meta"]["step"]
     sampler.refresh()  # survival came from the controller or the resumed weights
-    if world.main:
+    fresh = world.main and not (run_dir / CONFIG).exists()  # a new run: nothing of it on disk yet
+    if world.main:  # first, so that a run killed in its first epoch can start over from it
         write_json(run_dir / CONFIG, config.to_dict())
-        record_run(run_dir, "train")
     metrics_path = run_dir / "metrics.jsonl"
     # The checkpoint carries every epoch's metrics: a run killed between writing its
     # checkpoint and its metrics line gets the line back here.
@@ -170,6 +164,32 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
         return _epochs(config, reporter, trainer, data, run_dir, device, history, start_epoch, step, adopted)
     except KeyboardInterrupt:
         raise Interrupted(f"resume with `{resume_command(run_dir)}`") from None
+    except Exception:
+        if fresh and not (run_dir / CHECKPOINT).exists():  # a new run that failed (diverged ...) before
+            (run_dir / CONFIG).unlink(missing_ok=True)     # its first checkpoint leaves nothing to resume:
+        raise                                              # no trace (the lock takes its file and folder)
+
+
+def open_data(config: TrainConfig, device: torch.device, recorded: dict | None = None,
+              world: Distributed = Distributed()) -> DataBundle:
+    """The data a run trains on, as ``config`` names it; a resumed run's as its checkpoint
+    ``recorded`` it (the same view, normalisation and channels)."""
+    recorded = recorded or {}
+    # auto decodes into memory within MEMORY_BUDGET for the machine, where every process holds a
+    # copy; rank 0's machine sets it for all, so every rank makes the same choice
+    processes = int(broadcast_text(str(world.local_world_size), world, device) or 1)
+    normalization = (recorded["mean"], recorded["std"]) if recorded else \
+        (list(config.mean), list(config.std)) if config.mean is not None and config.std is not None else None
+    with machine_first(world) if config.download else nullcontext():  # one download per machine
+        data = load_data(config.dataset, config.data_dir, config.download, config.image_size,
+                         workers=config.workers, data_mode=recorded.get("mode", config.data_mode),
+                         bad_images=config.bad_images, eval_resize=recorded.get("resize", config.eval_resize),
+                         pin_memory=device.type == "cuda", memory_budget=MEMORY_BUDGET // processes,
+                         normalization=normalization, channels=recorded["input_shape"][0] if recorded else None)
+    if normalization is not None and len(normalization[0]) != data.input_shape[0]:
+        raise SdpruneError(f"--mean/--std give {len(normalization[0])} values; the images have "
+                           f"{data.input_shape[0]} channel(s)")
+    return data
 
 
 def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Path, device: torch.device,
@@ -238,6 +258,8 @@ def _epochs(config: TrainConfig, reporter: Reporter, trainer, data, run_dir: Pat
                             checkpoint_meta(config, data, model, adopted, epoch=epoch + 1, step=step,
                                             metrics=_public(row)),
                             optimizer=optimizer.state_dict(), history=history, **extra)
+            if epoch == start_epoch:  # listed once it holds a checkpoint: a run that failed first is no run
+                record_run(run_dir, "train")
             faults.reached("epoch-saved")
             write_metrics(metrics_path, history)
         reporter.info(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
@@ -270,7 +292,7 @@ def _resident(data: DataBundle, device: torch.device, reporter: Reporter) -> Dat
     return dataclasses.replace(data, train=data.train.to(device))
 
 
-def _adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
+def adopted_normalization(data: DataBundle, adopted: Adopted, reporter: Reporter) -> DataBundle:
     """The data normalised as the adopted weights were trained (their function is kept exactly)."""
     if adopted.mean is None or len(adopted.mean) != len(data.mean):
         return data

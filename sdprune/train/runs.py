@@ -8,6 +8,7 @@ runs written elsewhere with ``--out``. Newest means the most recently written ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
-from sdprune.files import atomic_write
+from sdprune.files import atomic_write, input_path
 from sdprune.report import Reporter, json_text
 from sdprune.train.config import TrainConfig
 
@@ -99,12 +100,8 @@ def resolve_checkpoint(path: str | None, prefer_pruned: bool = False, reporter: 
     When it picks the newest run, it says which one through ``reporter``.
     """
     if path:
-        p = Path(path)
-        if p.is_dir():
-            p = p / CHECKPOINT
-        if not p.exists():
-            raise SdpruneError(f"checkpoint {path} not found")
-        return p
+        p = input_path(path, "checkpoint")
+        return input_path(p / CHECKPOINT, "checkpoint") if p.is_dir() else p
     candidates = (find_checkpoints(pruned=True) if prefer_pruned else []) or find_checkpoints(pruned=False)
     if not candidates:
         raise SdpruneError(f"no checkpoint given and no run found under {runs_root()}/ or in its {INDEX} "
@@ -154,8 +151,11 @@ def resume_command(run_dir: Path) -> str:
     return f"sdprune train --resume {shlex.quote(str(run_dir))}"
 
 
+RESUME_MAY_SET = ("device", "workers")  # what a resume may change: how it runs, never what it trains
+
+
 def saved_config(path: Path, given: TrainConfig) -> TrainConfig:
-    """The config a run folder saved (only device and workers may change on resume)."""
+    """The config a run folder saved, complete (only device and workers may change on resume)."""
     if not path.is_file():
         raise SdpruneError(f"{path.parent} holds no run to resume (no {CHECKPOINT} and no {CONFIG})")
     try:
@@ -164,4 +164,10 @@ def saved_config(path: Path, given: TrainConfig) -> TrainConfig:
         raise SdpruneError(f"{path} is not readable ({type(err).__name__})") from None
     if not isinstance(saved, dict):
         raise SdpruneError(f"{path} is not a run's config")
+    # train writes every field: one missing would silently take its default (a run without
+    # its model would restart as a resnet32), so the config must be whole
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in saved and f.name not in RESUME_MAY_SET]
+    if missing:
+        raise SdpruneError(f"{path} lacks {', '.join(missing)}: not the config a run saved; start a new run "
+                           "or restore the file")
     return TrainConfig.from_dict({**saved, "device": given.device, "workers": given.workers})

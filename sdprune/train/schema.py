@@ -206,13 +206,16 @@ def _check_meta(meta: dict[str, Any], bad) -> None:
 
 def check_data_meta(data: dict[str, Any], bad, prefix: str = "") -> None:
     """What a network's data description must be (a checkpoint's ``meta.data``, an ONNX file's
-    metadata): a dataset name, class names, an input shape (C, H, W), one finite mean and one
+    metadata): a dataset name, distinct class names, an input shape (C, H, W), one finite mean and one
     positive finite std per channel. ``bad(message)`` raises; ``prefix`` names the fields."""
     if data.get("dataset") not in DATASETS:
         bad(f"{prefix}dataset must be one of {', '.join(DATASETS)}, got {_show(data.get('dataset'))}")
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         bad(f"{prefix}classes must be a list of class names (strings), got {_show(classes)}")
+    twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
+    if twice is not None:  # two outputs of one name: a prediction could not say which class it means
+        bad(f"{prefix}classes names {_show(twice)} twice; every class needs a name of its own")
     shape = data.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) and 1 <= s <= MAX_SIDE for s in shape)):
         bad(f"{prefix}input_shape must be [channels, height, width] (1 to {MAX_SIDE}), got {_show(shape)}")

@@ -24,7 +24,7 @@ from sdprune.data.images import drops_last, normalization, normalize, num_batche
 from sdprune.depth.gates import GateSampler, step_seed
 from sdprune.depth.learned import LearnedSurvival
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
-from sdprune.depth.structure import all_block_names, gated_blocks
+from sdprune.depth.structure import all_block_names, check_norm_batch, gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model
 from sdprune.train.adopt import Adopted
@@ -217,6 +217,7 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
         model = copy.deepcopy(adopted.model)
         if distill_weight(config) > 0:
             teacher = adopted.model.eval().requires_grad_(False).to(device)
+    _check_batch(config, data, model, world)  # before the run writes anything
     start = get_survival(model) if adopted is not None else None
     if config.survival != "learned":
         set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last))
@@ -241,3 +242,17 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
     return Trainer(config, data, device, model, optimizer, sampler, controller, steps_per_epoch,
                    teacher=teacher, distill=distill_weight(config) if teacher is not None else 0.0,
                    world=world, forward_model=forward_model, grad_sync=grad_sync)
+
+
+def _check_batch(config: TrainConfig, data: DataBundle, model: nn.Module, world: Distributed) -> None:
+    """Refuse training steps whose rows would leave a BatchNorm one value per channel: every
+    step is a full batch (drop_last) or the whole training set, cut into one part per rank
+    unless --sync-bn pools them."""
+    total = min(config.batch_size, len(data.train))
+    rows = total if config.sync_bn else total // world.world_size
+    if total < config.batch_size:
+        batch = f"a training set of {total} image{'s' if total != 1 else ''}"
+    else:
+        batch = f"--batch-size {config.batch_size}" + (f" over {world.world_size} processes"
+                                                       if world.enabled and not config.sync_bn else "")
+    check_norm_batch(model, data.input_shape, rows, batch)

@@ -80,6 +80,7 @@ CASES += [(f"{p} = {v!r}", put(p, v)) for p, v in [
     ("meta.model.kwargs", "x"), ("meta.model.kwargs", {"bogus": 1}), ("meta.model.kwargs", {"widths": "abc"}),
     ("meta.model.kwargs", {"shortcut": "conv"}), ("meta.model.kwargs", {"widths": [10**6, 10**6, 10**6]}),
     ("meta.data.dataset", 5), ("meta.data.classes", [str(i) for i in range(9)]), ("meta.data.classes", list(range(10))),
+    ("meta.data.classes", ["a"] * 10), ("meta.data.classes", [*"abcdefghi", "a"]),
     ("meta.data.input_shape", [1, 8]), ("meta.data.input_shape", [0, 8, 8]), ("meta.data.input_shape", [3, 8, 8]),
     ("meta.data.input_shape", [1, 8, 10**6]), ("meta.data.input_shape", ["1", 8, 8]),
     ("meta.data.mean", [0.1, 0.2, 0.3]), ("meta.data.mean", [math.nan]), ("meta.data.mean", ["0.1"]),
@@ -207,3 +208,59 @@ def test_non_finite_weights_elsewhere_are_reported_and_the_json_stays_strict(dam
     assert err.count("\n") == 1 and err.startswith("warning: ") and "NaN or infinite values in head.2.weight" in err
     result = json.loads(out, parse_constant=refuse)  # strict: a bare NaN would be refused
     assert result["test"]["loss"] is None and result["val"]["loss"] is None
+
+
+@pytest.mark.parametrize("command", ["eval", "init", "resume"])
+def test_a_refused_pickle_prints_no_warning_before_its_line(command, refused, tmp_path):
+    """torch warns ("Detected pickle protocol 4") before refusing a plain pickle: silenced, the line stands alone."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [1.0]}}, protocol=4))
+    argv = {"eval": ["eval", path, "--device", "cpu"], "resume": ["train", "--resume", path, "--device", "cpu"],
+            "init": ["train", "--init", path, "--device", "cpu", "--out", tmp_path / "out"]}[command]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(argv)
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights() -> dict:
+    """A torchvision ResNet-18 state dict for digits' 10 classes (what `train --init` adopts)."""
+    from torchvision.models import resnet18
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return resnet18(num_classes=10).state_dict()
+
+
+def _retyped(dtype):
+    return lambda state: {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+INIT_WEIGHTS = [
+    ("integer weights", _retyped(torch.int64), "conv1.weight holds int64 values"),  # cast: every weight became 0
+    ("bool weights", _retyped(torch.bool), "conv1.weight holds bool values"),  # "diverged at step 0"
+    ("one integer tensor", lambda s: {**s, "fc.bias": s["fc.bias"].int()}, "fc.bias holds int32 values"),
+    ("head bias of shape [0]", lambda s: {**s, "fc.bias": torch.zeros(0)}, "fc.bias 0 values"),
+]
+
+
+@pytest.mark.parametrize("case", INIT_WEIGHTS, ids=[c[0] for c in INIT_WEIGHTS])
+def test_torchvision_weights_init_cannot_use_are_refused(case, torchvision_weights, refused, tmp_path):
+    _, change, message = case
+    path = tmp_path / "weights.pth"
+    torch.save(change(dict(torchvision_weights)), path)
+    line = refused(["train", "--init", path, "--epochs", "1", "--out", tmp_path / "out", "--device", "cpu"])
+    assert message in line
+
+
+def test_integer_batch_counters_are_adopted(torchvision_weights):
+    """BatchNorm's num_batches_tracked is an integer in every torchvision file: not refused."""
+    from sdprune.train.adopt import check_weight_types
+
+    assert torchvision_weights["bn1.num_batches_tracked"].dtype == torch.int64
+    check_weight_types("weights.pth", torchvision_weights)

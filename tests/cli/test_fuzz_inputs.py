@@ -21,7 +21,7 @@ FLAGS: list[tuple[str, list[str], str]] = [
     ("models", ["resnet21"], "unknown model"),
     # train
     *[("train", ["--momentum", v], "--momentum must be in [0, 1)") for v in ("-1", "nan", "1", "inf")],
-    ("train", ["--init", "{file}/missing.pt"], "no such file or folder"),
+    ("train", ["--init", "{file}/missing.pt"], "not found"),
     ("train", ["--init", ""], "--init needs a path"),
     ("train", ["--init", "{file}", "--distill", "1.5"], "--distill must be in [0, 1]"),
     ("train", ["--init", "{file}", "--distill", "nan"], "--distill must be in [0, 1]"),
@@ -34,6 +34,7 @@ FLAGS: list[tuple[str, list[str], str]] = [
     *[("train", ["--epochs", v], "--epochs must be at least 1") for v in ("0", "-1")],
     ("train", ["--epochs", "1.5"], "invalid int value"),
     ("train", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("train", ["--model", "tv_resnet18", "--batch-size", "1"], "--batch-size 1 leaves BatchNorm one value per channel"),
     *[("train", ["--weight-decay", v], "--weight-decay must be") for v in ("-1", "nan", "inf")],
     *[("train", ["--warmup-epochs", v], "--warmup-epochs must be") for v in ("nan", "-1", "inf")],
     *[("train", ["--label-smoothing", v], "--label-smoothing must be") for v in ("1", "-0.1", "nan")],
@@ -202,6 +203,22 @@ def test_a_full_disk_is_found_before_the_work(command, argv, place, refused, mon
     assert "MiB free" in refused([command, *place(argv), *(RUN if command in WITH_DEVICE else [])])
 
 
+# Inputs that are symbolic link loops: one line in every command alike (Path.resolve raised a traceback for --init).
+LOOPS = [("train", ["--init", "{loop}", "--out", "{tmp}/out"]), ("train", ["--resume", "{loop}"]),
+         ("eval", ["{loop}"]), ("eval", ["{loop}.onnx"]), ("stats", ["{loop}"]), ("prune", ["{loop}", "--keep", "0.5"]),
+         ("export", ["{loop}"]), ("sweep", ["{loop}", "--keep", "0.5"]), ("bench", ["{loop}.onnx"])]
+
+
+@pytest.mark.parametrize("command,argv", LOOPS, ids=[f"{c} {' '.join(a)}" for c, a in LOOPS])
+def test_a_symbolic_link_loop_is_one_line_in_every_command(command, argv, tmp_path, refused):
+    for suffix in ("", ".onnx"):
+        os.symlink(tmp_path / f"loop-b{suffix}", tmp_path / f"loop-a{suffix}")
+        os.symlink(tmp_path / f"loop-a{suffix}", tmp_path / f"loop-b{suffix}")
+    filled = [a.format(loop=tmp_path / "loop-a", tmp=tmp_path) for a in argv]
+    line = refused([command, *filled, *(RUN if command in WITH_DEVICE else [])])
+    assert "is a symbolic link loop" in line
+
+
 ONNX_EVAL = [
     ("no sdprune metadata", {"metadata": {"sdprune_version": None}}, "has no sdprune metadata"),
     *[(f"no {k}", {"metadata": {k: None}}, f"lacks {k}") for k in ("classes", "input_shape", "mean", "std", "dataset")],
@@ -209,6 +226,8 @@ ONNX_EVAL = [
     ("9 classes", {"metadata": {"classes": '["a","b","c","d","e","f","g","h","i"]'}}, "the graph outputs 10"),
     ("classes as numbers", {"metadata": {"classes": "[0,1,2,3,4,5,6,7,8,9]"}}, "class names"),
     ("no classes", {"metadata": {"classes": "[]"}}, "class names"),
+    ("ten identical classes", {"metadata": {"classes": '["a","a","a","a","a","a","a","a","a","a"]'}},
+     "names 'a' twice"),
     ("classes as an object", {"metadata": {"classes": '{"a": 1}'}}, "class names"),
     ("input shape of another size", {"metadata": {"input_shape": "[1, 9, 9]"}}, "the graph takes"),
     ("input shape of 2 numbers", {"metadata": {"input_shape": "[1, 8]"}}, "input_shape must be"),
@@ -284,6 +303,7 @@ IMAGE_FOLDERS = [
     ("png of zeros", {"broken": {"test/b/zeros.png": b"\x00" * 64}}, [], "not a readable image"),
     ("no test split", {"splits": ("train",)}, [], "must hold train/ and test/"),
     ("no images", {"classes": ()}, [], "cannot read image folder"),
+    ("one class", {"classes": ("a",)}, [], "a classifier needs at least 2 classes"),
 ]
 
 
@@ -310,3 +330,133 @@ def test_the_valid_onnx_model_is_accepted(onnx_file, tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(onnx_file()), "--quiet"]) == 0
     assert main(["bench", str(onnx_file()), "--repeats", "1", "--warmup", "0", "--batch-sizes", "1", "--quiet"]) == 0
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run trained on an image folder of classes a and b, whose folder then gained a class c."""
+    from sdprune.train.config import TrainConfig
+    from sdprune.train.loop import train
+
+    root = tmp_path_factory.mktemp("grown")
+    (root / "images").mkdir()
+    (root / "c-only").mkdir()
+    folder = _image_folder(root / "images")
+    train(TrainConfig(model="resnet20", dataset="imagefolder", data_dir=str(folder), image_size=8, epochs=1,
+                      device="cpu", out=str(root / "run")))
+    _image_folder(root / "c-only", classes=("c",))
+    for split in ("train", "test"):
+        (root / "c-only" / split / "c").rename(folder / split / "c")
+    return root / "run" / "checkpoint.pt"
+
+
+GROWN = {"eval": ["eval", "{ckpt}"], "stats": ["stats", "{ckpt}"], "prune": ["prune", "{ckpt}", "--keep", "0.5"],
+         "sweep": ["sweep", "{ckpt}", "--keep", "0.5", "--criteria", "depth", "--no-onnx"],
+         "export": ["export", "{ckpt}"], "resume": ["train", "--resume", "{ckpt}"]}
+
+
+@pytest.mark.parametrize("command", list(GROWN))
+def test_a_folder_that_gained_a_class_since_training_is_refused_by_every_command(command, folder_run, tmp_path,
+                                                                                   refused):
+    ckpt = tmp_path / "run" / "checkpoint.pt"  # a copy: default outputs land in the checked folder
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(folder_run.read_bytes())
+    device = RUN if command in WITH_DEVICE + ("resume",) else []
+    line = refused([a.format(ckpt=ckpt) for a in GROWN[command]] + device)
+    assert "has 3 classes, the model predicts 2 (new since training: 'c')" in line
+
+
+LINKED_FOLDERS = [("a link cycle", "train/a/self", "."),  # torchvision's walk read it ~40 times: 6 images became 126
+                  ("a second link to a class folder", "train/a/more", "../b"),
+                  ("a link to an image of the folder", "train/b/copy.jpg", "../a/0.jpg")]
+
+
+@pytest.mark.parametrize("case", LINKED_FOLDERS, ids=[c[0] for c in LINKED_FOLDERS])
+def test_an_image_folder_reaching_an_image_twice_through_links_is_refused(case, tmp_path, refused):
+    _, link, target = case
+    root = tmp_path / "images"
+    root.mkdir()
+    folder = _image_folder(root)
+    os.symlink(target, folder / link)
+    line = refused(["train", "--dataset", "imagefolder", "--data-dir", folder, "--image-size", "8", "--epochs", "1",
+                    "--out", tmp_path / "out", *RUN])
+    assert str(folder / link) in line and "reached twice through a symbolic link" in line
+
+
+@pytest.mark.parametrize("dropped", [("model", "lr"), ("survival",), ("seed",)])
+def test_resuming_a_saved_config_with_keys_missing_is_refused_naming_them(dropped, tmp_path, refused):
+    """A run killed in its first epoch restarts from config.json; one missing a key restarted with its default
+    (no model: a resnet32) and a word of nothing."""
+    import json
+
+    from sdprune.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig(model="resnet20", epochs=1, lr=0.05, survival="uniform", seed=3).to_dict()
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in dropped}))
+    line = refused(["train", "--resume", run, *RUN])
+    assert f"lacks {', '.join(dropped)}" in line
+
+
+def test_a_training_set_of_one_image_leaving_batchnorm_one_value_is_refused(tmp_path, refused):
+    """2 streamed images, one to the validation slice: every step is the one image left; tv_resnet18's 1x1 maps
+    leave BatchNorm one value per channel."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (12, 12), (10, 80, 120)).save(root / split / c / "0.png")
+    line = refused(["train", "--dataset", "imagefolder", "--data-dir", root, "--image-size", "8", "--epochs", "1",
+                    "--model", "tv_resnet18", "--data-mode", "stream", "--out", tmp_path / "out", *RUN])
+    assert "a training set of 1 image leaves BatchNorm one value per channel" in line
+
+
+# NaN loss at step 1, before the first checkpoint
+DIVERGES = ["--model", "resnet20", "--lr", "1e30", "--epochs", "1", "--quiet", *RUN]
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, refused):
+    """No config.json, lock file, run folder or runs-index line: there is nothing to resume."""
+    assert "training diverged" in refused(["train", *DIVERGES])  # runs/<name> under tmp_path
+    (tmp_path / "mine").mkdir()
+    assert "training diverged" in refused(["train", *DIVERGES, "--out", tmp_path / "mine"])  # the folder stays
+
+
+def test_a_failed_restart_keeps_the_config_of_the_run_it_restarted(tmp_path):
+    """A folder holding a run killed in its first epoch (only config.json) is the user's: a restart that
+    fails leaves it as it was."""
+    from sdprune.errors import SdpruneError
+    from sdprune.train.config import TrainConfig
+    from sdprune.train.loop import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    with pytest.raises(SdpruneError, match="training diverged"):
+        train(TrainConfig(model="resnet20", lr=1e30, epochs=1, device="cpu", out=str(run)))
+    assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("command,argv", [("prune", ["{ckpt}", "--keep", "0.5"]), ("export", ["{ckpt}"])])
+def test_an_output_folder_another_command_is_writing_is_refused_at_once(command, argv, place, tmp_path, refused):
+    """Two prunes (or exports) into one --out: both exited 0 and the last won. The second is refused."""
+    from sdprune.train.lock import locked_run
+
+    out = tmp_path / "out"
+    with locked_run(out, "sdprune command", keep_file=False):  # held as another process holds it
+        line = refused([command, *place(argv), "--out", out, *(RUN if command in WITH_DEVICE else [])])
+    assert f"{out} is being written by another sdprune command (pid {os.getpid()})" in line
+    assert not out.exists()  # the holder's folder went with it: it wrote nothing
+
+
+def test_a_prune_leaves_no_lock_file_behind(place, tmp_path, monkeypatch, capsys):
+    """Its folder holds what it wrote (an export's: tests/deploy/test_export.py)."""
+    from sdprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = place(["{ckpt}"])[0]
+    assert main(["prune", ckpt, "--keep", "0.5", "--heal", "none", "--out", str(tmp_path / "p"), "-q", *RUN]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["checkpoint.pt", "summary.json"]

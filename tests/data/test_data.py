@@ -224,10 +224,13 @@ def test_imagefolder_needs_train_and_test(tmp_path):
 
 
 def test_data_for_checkpoint_keeps_the_checkpoints_normalisation():
-    meta = {"data": {"dataset": "digits", "input_shape": [1, 8, 8], "mean": [0.25], "std": [0.5]},
-            "config": {}}
+    meta = {"data": {"dataset": "digits", "classes": [str(i) for i in range(10)], "input_shape": [1, 8, 8],
+                     "mean": [0.25], "std": [0.5]}, "config": {}}
     bundle = data_for_checkpoint(meta)
     assert bundle.mean == [0.25] and bundle.std == [0.5] and len(bundle.test) == 359
     meta["data"]["input_shape"] = [1, 28, 28]
     with pytest.raises(SdpruneError, match="expects"):
+        data_for_checkpoint(meta)
+    meta["data"].update(input_shape=[1, 8, 8], classes=["a", "b"])
+    with pytest.raises(SdpruneError, match="dataset digits has 10 classes, the model predicts 2"):
         data_for_checkpoint(meta)

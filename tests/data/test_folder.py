@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -17,8 +18,6 @@ from sdprune.depth.gates import step_seed
 from sdprune.errors import SdpruneError
 
 SIZE = 16
-# torchvision 0.29 deprecates its decoders (for TorchCodec): a warning per file decoded
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 
 def make_folder(root, classes=("ant", "bee", "cat"), n_train=12, n_test=3, gray=False, seed=0):
@@ -109,7 +108,7 @@ def test_eval_view_is_deterministic_and_is_torchvisions_resize_and_centre_crop(f
         reference = v2.Compose([v2.Resize(resize or 18, antialias=True), v2.CenterCrop(SIZE)])
         for i in (0, 1, 20):  # a JPEG, a PNG
             assert torch.equal(view[i], reference(decode_file(data.paths[i]))), (resize, data.paths[i])
-    # PNG is lossless: the torchvision decoder and PIL see the same pixels.
+    # PNG is lossless: decode_file gives exactly the file's pixels, channels first.
     from PIL import Image
 
     png = next(p for p in data.paths if p.endswith(".png"))
@@ -309,8 +308,8 @@ def write_kinds(root) -> dict[str, str]:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_kind_of_file_decodes_to_uint8_with_the_folders_channels(tmp_path, channels):
-    """torchvision's decoders return a palette's indices, every frame of a GIF, 16-bit pixels,
-    and colour for a GIF or WebP asked for in gray: a batch mixing them must still stack."""
+    """A palette, alpha, CMYK, every frame of a GIF, 16-bit pixels, colour asked for in gray:
+    a batch mixing them must still stack."""
     paths = write_kinds(tmp_path)
     for kind, path in paths.items():
         image = decode_file(path, channels)
@@ -320,6 +319,25 @@ def test_every_kind_of_file_decodes_to_uint8_with_the_folders_channels(tmp_path,
     (crops, _), = iterate_batches(data, len(paths), crop_seed=0)
     assert crops.shape == (len(paths), channels, SIZE, SIZE) and crops.dtype == torch.uint8
     assert data.in_memory().images.shape == (len(paths), channels, SIZE, SIZE) and data.skipped == {}
+
+
+def test_decoding_raises_no_warning(tmp_path):
+    """Every kind of file, as training crops and as the evaluation view, and a folder through
+    load_data, with every warning an error. A library's deprecation names its own module, not
+    the caller (torchvision 0.29's decoders did, once per file), so the suite's filter on
+    sdprune's modules would let it through: this test would not."""
+    (tmp_path / "kinds").mkdir()
+    paths = write_kinds(tmp_path / "kinds")
+    root = make_folder(tmp_path / "folder", n_train=4, n_test=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for channels in (1, 3):
+            data = FolderSet(list(paths.values()), torch.zeros(len(paths), dtype=torch.long), SIZE, channels)
+            crops = sum(len(x) for x, _ in batches(data, crop_seed=0))
+            assert len(data.in_memory()) == len(paths) == crops
+        assert len(load_data("imagefolder", str(root), image_size=SIZE, data_mode="memory").train) > 0
+        streamed = load_data("imagefolder", str(root), image_size=SIZE, data_mode="stream")
+        assert len(batches(streamed.train, crop_seed=0)) > 0 and len(batches(streamed.test)) > 0
 
 
 def test_the_channel_probe_tells_gray_files_from_colour_ones(tmp_path):
@@ -349,8 +367,9 @@ def test_a_decompression_bomb_is_an_unreadable_file_not_a_crash(tmp_path, monkey
     from PIL import Image
 
     paths = write_kinds(tmp_path)
+    Image.new("RGB", (10, 10)).save(tmp_path / "small.gif")  # 100 pixels: at the limit, not over it
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 21 x 27 is over twice this: PIL refuses the BMP
-    data = FolderSet([paths["bmp"], paths["gif"]], torch.tensor([0, 1]), SIZE)
+    data = FolderSet([paths["bmp"], str(tmp_path / "small.gif")], torch.tensor([0, 1]), SIZE)
     with pytest.raises(SdpruneError, match="x.bmp is not a readable image .*decompression bomb"):
         data.in_memory().images
     skipping = dataclasses.replace(data, bad_images="skip", skipped={})
@@ -371,3 +390,21 @@ def test_file_names_in_any_encoding_are_read(tmp_path):
     decoded = data.in_memory()
     assert decoded.images.shape == (2, 3, SIZE, SIZE) and decoded.labels.tolist() == [0, 1]
     assert int(decoded.images[1].max()) == 7
+
+
+def test_a_folder_is_listed_as_torchvision_lists_it_links_included(tmp_path):
+    """Nested folders, names that sort around '/', a linked folder outside and a dangling link:
+    the same files, labels and order as torchvision's make_dataset (validation slices stay put)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root, outside = tmp_path / "train", tmp_path / "outside"
+    for name in ("a/1.png", "a/2.JPG", "a/notes.txt", "b/0.png", "b/x/1.png", "b/x-y/2.png", "b/x/z/3.png",
+                 "c/9.webp", "../outside/e1.png", "../outside/sub/e2.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    os.symlink(outside, root / "c" / "ext")
+    os.symlink(tmp_path / "nowhere.png", root / "a" / "dangling.png")
+    classes, index = find_classes(str(root))
+    paths, targets, names = scan_folder(str(root))
+    assert list(zip(paths, targets.tolist())) == make_dataset(str(root), index, extensions=IMG_EXTENSIONS)
+    assert names == classes and len(paths) == 10

@@ -138,3 +138,60 @@ def test_heal_ends_with_the_statistics_its_bn_step_chose(trained, monkeypatch, h
     for name in final:
         assert torch.allclose(final[name].float(), expected[name].float(), atol=1e-5), name
     assert any(not torch.equal(tuned[n], final[n]) for n in final if "running" in n) == helps
+
+
+def _tiny_images(n: int):
+    """``n`` blank 8x8 grey images of 2 classes: tv_resnet18 shrinks them to a 1x1 feature map."""
+    from sdprune.data.bundle import DataBundle
+    from sdprune.data.images import ImageSet
+
+    images = ImageSet(torch.zeros(n, 1, 8, 8, dtype=torch.uint8), torch.arange(n) % 2)
+    return DataBundle("imagefolder", images, images, images, ["a", "b"], [0.5], [0.25])
+
+
+def test_bn_recalibration_leaves_out_a_last_batch_of_one_image():
+    """129 images in batches of 128: the one-image remainder cannot give BatchNorm statistics (1x1 maps)."""
+    from sdprune.nets.registry import create_model
+
+    model = create_model("tv_resnet18", num_classes=2, in_channels=1)
+    assert recalibrate_bn(model, _tiny_images(129), "cpu", batches=20, batch_size=128) == 128
+    assert not model.training
+
+
+def test_a_finetune_whose_batches_leave_batchnorm_one_value_is_refused_up_front():
+    from sdprune.errors import SdpruneError
+    from sdprune.nets.registry import create_model
+
+    model = create_model("tv_resnet18", num_classes=2, in_channels=1)
+    with pytest.raises(SdpruneError, match="fine-tuning on batches of 1 images leaves BatchNorm one value"):
+        finetune(model, None, _tiny_images(1), distill=False)
+
+
+def test_a_network_without_batchnorm_says_bn_healing_does_not_apply():
+    """ConvNeXt (LayerNorm) has no statistics to re-estimate: the record and the table say so, nothing pretends."""
+    from sdprune.cli.prune import _caption, _rows
+    from sdprune.data.bundle import DataBundle, channel_stats
+    from sdprune.data.images import ImageSet
+    from sdprune.nets.registry import create_model
+    from sdprune.prune.heal import NO_BATCHNORM
+    from sdprune.prune.pipeline import cut_and_heal, reference
+
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    split = ImageSet(images, torch.arange(12) % 3)
+    data = DataBundle("random", split, split, split, ["a", "b", "c"], *channel_stats(images))
+    torch.manual_seed(0)
+    model = create_model("tv_convnext_tiny", 3, block_setting=[[8, 16, 2], [16, None, 2]]).eval()
+    before = copy.deepcopy(model.state_dict())
+    record = heal_bn(model, data)
+    assert record["statistics"] == "none" and record["note"] == NO_BATCHNORM
+    assert record["before"] == record["after"]  # one measurement, not a heal
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ref = reference(model, data, HealSpec())
+    assert ref.statistics == "none" and ref.healed == ref.trained
+    pruned = cut_and_heal(model, ["features.1.1"], data, HealSpec())
+    assert pruned.bn["statistics"] == "none" and pruned.after == pruned.unhealed
+    summary = {"blocks": {"before": 4, "after": 3}, "params": {"before": 1, "after": 1},
+               "flops": {"before": 1, "after": 1}, "reference": ref.record(), **pruned.record(ref)}
+    names = [row[0] for row in _rows(summary)]
+    assert names == ["unpruned, as trained *", "pruned, unhealed *"]  # no "BN re-estimated" row
+    assert NO_BATCHNORM in _caption(summary)

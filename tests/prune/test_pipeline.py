@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from sdprune.depth.block import GatedBlock
+from sdprune.depth.select import Budget
 from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.prune.pipeline import Budget, default_criterion, prune_checkpoint
+from sdprune.prune.pipeline import default_criterion, prune_checkpoint
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.evaluate import evaluate, evaluate_checkpoint, predict
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
+from sdprune.depth.select import Budget
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
-from sdprune.prune.pipeline import Budget, prune_checkpoint
+from sdprune.prune.pipeline import prune_checkpoint
 from sdprune.prune.sweep import check_sweep, sweep_checkpoint
 
 

@@ -175,6 +175,9 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, subproc
                     subprocess_env, timeout=120)
     assert done.returncode != 0
     assert "--batch-size 63 does not split evenly over 2 processes" in done.stderr
+    # rank 0's line first, before torchrun's report; rank 1, failing alike, was stopped before its own
+    assert done.stderr.splitlines()[0].startswith("sdprune train: error: --batch-size 63"), done.stderr
+    assert "(rank 1)" not in done.stderr
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
@@ -232,3 +235,22 @@ def test_a_streamed_folder_with_unreadable_files_trains_under_torchrun(tmp_path,
         assert lines == ([f"warning: skipped {counts[split]} unreadable {noun} images" + lines[0].split("images", 1)[1]]
                          if counts[split] else []), done.stderr[-2000:]
     assert json.loads(done.stdout)["world_size"] == 2
+
+
+def test_a_rank_other_than_0_says_its_error_after_rank_0(monkeypatch, capsys):
+    """Under torchrun bad input fails every rank: rank 0's line must be the first printed (torchrun stops the
+    others while they wait), and a rank's own error is still said."""
+    import time
+
+    import sdprune.cli as cli
+
+    said_at: list[float] = []
+    monkeypatch.setattr(time, "sleep", lambda seconds: said_at.append(seconds))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "--lr", "-1", "--device", "cpu"]) == 2
+    assert said_at == [cli.OTHER_RANK_DELAY_S] and cli.OTHER_RANK_DELAY_S >= 1
+    assert capsys.readouterr().err == "sdprune train (rank 1): error: --lr must be a positive number, got -1.0\n"
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", "--lr", "-1", "--device", "cpu"]) == 2
+    assert said_at == [cli.OTHER_RANK_DELAY_S]  # rank 0 speaks at once

@@ -71,3 +71,56 @@ def test_a_folder_that_cannot_be_made_is_one_clean_error(tmp_path):
     with pytest.raises(SdpruneError, match="cannot write to run folder"):
         with locked_run(tmp_path / "file" / "run"):
             pass
+
+
+# Holds RUN's lock, starts a forked DataLoader worker (as a streamed run does), says "ready" and waits.
+HOLD_WITH_WORKER = ("import sys, time, torch\n"
+                    "from pathlib import Path\n"
+                    "from sdprune.train.lock import locked_run\n"
+                    "with locked_run(Path(sys.argv[1])):\n"
+                    "    batches = iter(torch.utils.data.DataLoader(range(1000), batch_size=1, num_workers=1,\n"
+                    "                                               multiprocessing_context='fork'))\n"
+                    "    next(batches)\n"
+                    "    print('ready', flush=True)\n"
+                    "    time.sleep(60)\n")
+
+
+def test_a_killed_runs_decoding_workers_do_not_hold_its_lock(tmp_path, monkeypatch, subprocess_env):
+    """kill -9 of a streamed run: its forked workers outlive it for seconds; its resume must not be refused
+    for them ("being written by another training", naming the dead process)."""
+    import sdprune.train.lock as lock
+
+    monkeypatch.setattr(lock, "HOLDER_GONE_WAIT_S", 0.0)  # no waiting: the workers must not hold it at all
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER, str(run)], stdout=subprocess.PIPE, text=True,
+                              env=subprocess_env)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked_run(run):  # at once, the orphaned worker still alive
+        assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+# Holds RUN's lock and hands its descriptor to a process it does not control (alive 2 s more), then waits.
+HOLD_AND_SHARE = ("import subprocess, sys, time\n"
+                  "from pathlib import Path\n"
+                  "from sdprune.train import lock\n"
+                  "with lock.locked_run(Path(sys.argv[1])):\n"
+                  "    subprocess.Popen(['sleep', '2'], pass_fds=list(lock._held))\n"
+                  "    print('ready', flush=True)\n"
+                  "    time.sleep(60)\n")
+
+
+def test_a_lock_its_dead_holder_left_to_others_is_waited_for_then_taken(tmp_path, subprocess_env):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_SHARE, str(run)], stdout=subprocess.PIPE, text=True,
+                              env=subprocess_env)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked_run(run):  # the recorded holder is dead: waited for the sleep to let go
+        assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())

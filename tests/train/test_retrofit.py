@@ -149,7 +149,8 @@ def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path, inter
 def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_path):
     from torchvision.models import resnet18
 
-    from sdprune.prune.pipeline import Budget, prune_model, score_blocks
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_model, score_blocks
 
     torch.manual_seed(0)
     original = resnet18(num_classes=10)
@@ -178,7 +179,8 @@ def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_
 
 
 def test_a_pruned_checkpoint_is_retrofitted_with_keep_a_fraction_of_the_architecture(plain, tmp_path):
-    from sdprune.prune.pipeline import Budget, prune_checkpoint
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_checkpoint
 
     pruned = prune_checkpoint(plain, Budget(keep_blocks=7), criterion="depth", out=tmp_path / "p")
     cfg = resolve_config(None, dict(init=pruned["checkpoint"], survival="learned", target_keep=0.5, epochs=1,

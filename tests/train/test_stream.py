@@ -15,9 +15,6 @@ from sdprune.train.checkpoint import load_checkpoint
 from sdprune.train.config import TrainConfig
 from sdprune.train.loop import train
 
-# torchvision 0.29 deprecates its decoders (for TorchCodec): a warning per file decoded
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-
 CLASSES = ("ant", "bee", "cat")
 SETTINGS = dict(dataset="imagefolder", data_mode="stream", image_size=16, model="resnet20", epochs=2,
                 batch_size=16, seed=3, device="cpu")

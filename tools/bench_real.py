@@ -1,0 +1,261 @@
+"""B5 on real networks: compress the network someone else trained, or adapt the small one they trained?
+
+The networks are the public CIFAR-10 ResNets (``../shared/data/pretrained``: ResNet-56, -32
+and -20, trained 200 epochs by someone else); the data the CIFAR-10 JPEG folders (the
+validation slice carved from the training split as sdprune always does; the whole 10,000-
+image test split, never used for a choice). Every arm gets the same E epochs:
+
+  (e)  have56      ResNet-56 as published, fine-tuned E epochs (`sdprune train --init`, plain)
+  (d)  small       the published small network of the kept depth class (ResNet-32 for 14
+                   blocks, ResNet-20 for 9), fine-tuned E epochs the same way
+  (a0) prune-bn    ResNet-56 pruned to the kept blocks, BatchNorm healing only (no training)
+  (a)  prune       ResNet-56 pruned, then E epochs of distilled fine-tuning
+                   (`sdprune prune --heal finetune --finetune-epochs E`)
+  (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
+                   then the free prune (`sdprune prune`, survival ranking, BN heal)
+  (c)  scratch     the small architecture from scratch for E epochs (what E buys alone)
+
+Every arm is the sdprune command line a user runs (logged with its output under
+``--out/logs``), after ``sdprune adopt`` of each published file, so the figures measure
+the tool, not a re-implementation. Resumable task by task: a finished task leaves
+``--out/results/<task>.json`` and is never run again; ``--jobs N`` runs N tasks at once
+(each with ``--threads`` torch threads; on a GPU they share the device). Wall times of
+tasks that ran together measured each other: the table reports compute in block-epochs,
+and per-epoch wall time comes from a separate timing run on an idle machine.
+
+    python tools/bench_real.py --out ../b5real --data-dir /tmp/cifar10 --epochs 3 --jobs 2
+    python tools/bench_real.py --out ../b5real --report          # the tables, from results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BLOCKS = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
+ARMS = ("e", "d", "a0", "a", "b", "c")
+NAMES = {"e": "(e) ResNet-56, fine-tuned", "d": "(d) published small, fine-tuned", "a0": "(a0) pruned, BN heal",
+         "a": "(a) pruned + fine-tune", "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
+
+
+@dataclass
+class Task:
+    name: str
+    commands: list[list[str]]
+    needs: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def small_net(kept: int) -> str:
+    """The published network of the kept depth class: the smallest with at least ``kept`` blocks."""
+    return min((n for n, b in BLOCKS.items() if b >= kept), key=BLOCKS.get)
+
+
+def plan(args) -> list[Task]:
+    """Every task of the protocol, in an order that runs the shared ones first."""
+    sd = [sys.executable, "-m", "sdprune"]
+    runs = Path(args.out) / "runs"
+    data = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--image-size", str(args.image_size)]
+    dev = ["--device", args.device, "--json"]
+    train = [*sd, "train", "--epochs", str(args.epochs), "--batch-size", "128", "--workers", "0", *dev]
+    keeps = [float(k) for k in args.keeps.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    other = [int(s) for s in args.seeds_other.split(",")] if args.seeds_other else seeds[:1]
+    tasks = [Task(f"adopt-{net}", [[*sd, "adopt", str(weights_file(args.weights, net)), *data,
+                                    "--out", str(runs / f"have-{net}"), *dev]], info={"net": net})
+             for net in BLOCKS]
+    have56 = str(runs / "have-resnet56")
+    for s in other:
+        tasks.append(Task(f"e-s{s}", [[*train, "--init", have56, "--survival", "none", "--seed", str(s),
+                                       "--out", str(runs / f"e-s{s}")]], ["adopt-resnet56"],
+                          {"arm": "e", "seed": s, "net": "resnet56"}))
+    for i, keep in enumerate(keeps):
+        kept = math.ceil(keep * BLOCKS["resnet56"] - 1e-9)
+        small, k = small_net(kept), f"k{keep:.2f}"
+        arm_seeds = seeds if i == 0 else other
+        tasks.append(Task(f"a0-{k}", [[*sd, "prune", have56, "--keep-blocks", str(kept), "--heal", "bn",
+                                       "--out", str(runs / f"a0-{k}"), *dev]], ["adopt-resnet56"],
+                          {"arm": "a0", "keep": keep, "kept": kept, "seed": 0}))
+        for s in arm_seeds:
+            tasks.append(Task(f"d-{k}-s{s}", [[*train, "--init", str(runs / f"have-{small}"), "--survival", "none",
+                                               "--seed", str(s), "--out", str(runs / f"d-{k}-s{s}")]],
+                              [f"adopt-{small}"], {"arm": "d", "keep": keep, "seed": s, "net": small}))
+            tasks.append(Task(f"a-{k}-s{s}", [[*sd, "prune", have56, "--keep-blocks", str(kept), "--heal", "finetune",
+                                               "--finetune-epochs", str(args.epochs), "--seed", str(s),
+                                               "--out", str(runs / f"a-{k}-s{s}"), *dev]], ["adopt-resnet56"],
+                              {"arm": "a", "keep": keep, "kept": kept, "seed": s}))
+            retro = runs / f"b-{k}-s{s}"
+            tasks.append(Task(f"b-{k}-s{s}", [
+                [*train, "--init", have56, "--survival", "learned", "--target-keep", repr(kept / BLOCKS["resnet56"]),
+                 "--seed", str(s), "--out", str(retro)],
+                [*sd, "prune", str(retro), "--keep-blocks", str(kept), "--heal", "bn", "--out", str(retro / "pruned"),
+                 *dev]], ["adopt-resnet56"], {"arm": "b", "keep": keep, "kept": kept, "seed": s}))
+        for s in other:
+            tasks.append(Task(f"c-{k}-s{s}", [[*train, "--model", small, *data, "--survival", "none", "--lr", "0.1",
+                                               "--lr-schedule", "cosine", "--warmup-epochs", "1", "--seed", str(s),
+                                               "--out", str(runs / f"c-{k}-s{s}")]], [],
+                              {"arm": "c", "keep": keep, "seed": s, "net": small}))
+    wanted = set(args.arms.split(","))
+    return [t for t in tasks if t.name.startswith("adopt") or t.info.get("arm") in wanted]
+
+
+def weights_file(folder: str, net: str) -> Path:
+    found = sorted(Path(folder).glob(f"{net}-*.th"))
+    if not found:
+        raise SystemExit(f"no {net}-*.th in {folder}")
+    return found[0]
+
+
+def figures(task: Task, outputs: list[dict]) -> dict:
+    """What the table needs, from the commands' JSON results."""
+    from sdprune.nets.registry import describe_model
+
+    arm, last = task.info.get("arm"), outputs[-1]
+    trained = outputs[0].get("run") if arm in ("e", "d", "c", "b") else None
+    executed = None  # branches run per step, summed over the epochs (a retrofit's fall as it anneals)
+    if trained:
+        rows = [json.loads(line) for line in (Path(trained) / "metrics.jsonl").read_text().splitlines() if line]
+        executed = sum(r["executed_blocks"] for r in rows)
+    if arm in ("a0", "a", "b"):
+        return {"test_acc": last["after"]["test"]["acc"], "val_acc": last["after"]["val"]["acc"],
+                "unhealed_test": last["unhealed"]["test"]["acc"], "blocks": last["blocks"]["after"],
+                "params": last["params"]["after"], "flops": last["flops"]["after"], "removed": last["removed"],
+                "block_epochs": executed,
+                "phases": last.get("timing")}
+    if arm in ("e", "d", "c"):
+        described = describe_model(task.info["net"])
+        return {"test_acc": last["final"]["test_acc"], "val_acc": last["final"]["val_acc"],
+                "blocks": described["blocks"], "params": described["params"], "flops": described["flops"],
+                "block_epochs": executed}
+    return {"test_acc": last["test_acc"], "val_acc": last["val_acc"]}  # adopt
+
+
+def run_all(args) -> None:
+    out = Path(args.out)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    pending = [t for t in plan(args) if not (out / "results" / f"{t.name}.json").exists()]
+    running: dict[str, tuple[subprocess.Popen, Task, int, float, list]] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+
+    def start(task: Task, step: int, outputs: list) -> None:
+        log = open(out / "logs" / f"{task.name}.{step}.log", "w")
+        log.write(" ".join(task.commands[step]) + "\n")
+        log.flush()
+        proc = subprocess.Popen(task.commands[step], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+        running[task.name] = (proc, task, step, time.time(), outputs)
+
+    done = {t.name for t in plan(args)} - {t.name for t in pending}
+    failed: set[str] = set()
+    while pending or running:
+        for task in list(pending):
+            if len(running) >= args.jobs:
+                break
+            if any(n in failed for n in task.needs):
+                pending.remove(task)
+                failed.add(task.name)
+            elif all(n in done for n in task.needs):
+                pending.remove(task)
+                print(f"start {task.name}", flush=True)
+                start(task, 0, [])
+        time.sleep(1)
+        for name, (proc, task, step, t0, outputs) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            stdout = proc.stdout.read()
+            del running[name]
+            if proc.returncode != 0:
+                print(f"FAILED {name} (exit {proc.returncode}): see {out / 'logs'}/{name}.{step}.log", flush=True)
+                failed.add(name)
+                continue
+            outputs.append({**json.loads(stdout), "_wall_s": time.time() - t0})
+            if step + 1 < len(task.commands):
+                start(task, step + 1, outputs)
+                continue
+            result = {"task": name, **task.info, **figures(task, outputs),
+                      "wall_s": sum(o["_wall_s"] for o in outputs), "jobs": args.jobs, "device": args.device,
+                      "epochs": args.epochs, "commands": [" ".join(c) for c in task.commands]}
+            tmp = out / "results" / f".{name}.tmp"
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(out / "results" / f"{name}.json")
+            done.add(name)
+            print(f"done {name}: test {result['test_acc']:.2f}%  ({result['wall_s']:.0f}s)", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}")
+
+
+def report(out: Path) -> str:
+    """Markdown tables (one per keep) from the results: mean and range over seeds."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+    adopted = {r["net"]: r for r in rows if r["task"].startswith("adopt")}
+    lines = ["as published on these files (no training): " + ", ".join(
+        f"{n} {r['test_acc']:.2f}%" for n, r in sorted(adopted.items()))]
+    keeps = sorted({r["keep"] for r in rows if "keep" in r}, reverse=True)
+    for keep in keeps:
+        lines += ["", f"keep {keep:.2f}", "",
+                  "| arm | test acc % (mean, min-max) | seeds | blocks | params | MFLOPs | block-epochs |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for arm in ARMS:
+            group = [r for r in rows if r.get("arm") == arm and (arm in ("e",) or r.get("keep") == keep)]
+            if not group:
+                continue
+            accs = [r["test_acc"] for r in group]
+            spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
+            r0 = group[0]
+            epochs = r0["epochs"] if arm != "a0" else 0
+            lines.append(f"| {NAMES[arm]} | {statistics.mean(accs):.2f}{spread} | {len(group)} | {r0['blocks']} | "
+                         f"{r0['params']:,} | {r0['flops'] / 1e6:.1f} | {_block_epochs(r0, epochs)} |")
+    return "\n".join(lines)
+
+
+def _block_epochs(r: dict, epochs: int) -> str:
+    arm = r["arm"]
+    if arm == "a0":
+        return "0"
+    student = r.get("block_epochs")
+    if student is None:  # results written before block_epochs was recorded
+        student = (r.get("executed_blocks") or r["blocks"]) * epochs if arm != "b" else float("nan")
+    teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "b") else 0
+    teacher += BLOCKS.get(r.get("net", ""), 0) * epochs if arm in ("e", "d") else 0  # distilled from itself
+    return f"{student:.0f} ({teacher})"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--out", required=True, help="benchmark folder (keep it outside the repository)")
+    a("--data-dir", help="the CIFAR-10 JPEG folder (with train/ and test/)")
+    a("--weights", default=str(ROOT.parent / "shared" / "data" / "pretrained"), help="folder of resnet*-*.th")
+    a("--epochs", type=int, default=3, help="E, for every arm")
+    a("--image-size", type=int, default=32, help="pixels (32: CIFAR's own; smaller only for a dry run)")
+    a("--keeps", default="0.5,0.333", help="fractions of ResNet-56's 27 blocks (rounded up)")
+    a("--seeds", default="0,1,2", help="seeds of (a), (b), (d) at the first keep")
+    a("--seeds-other", help="seeds of (e), (c) and every arm at other keeps (default: the first of --seeds)")
+    a("--arms", default=",".join(ARMS))
+    a("--jobs", type=int, default=1, help="tasks at once")
+    a("--threads", type=int, default=1, help="torch threads per task")
+    a("--device", default="cpu")
+    a("--report", action="store_true", help="print the tables from --out/results and exit")
+    args = p.parse_args(argv)
+    if args.report:
+        print(report(Path(args.out)))
+        return
+    if not args.data_dir:
+        p.error("--data-dir is needed to run")
+    run_all(args)
+    print(report(Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()
