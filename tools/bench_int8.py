@@ -16,15 +16,11 @@ k best are left in float together (``--rank-images`` caps the validation images 
 Accuracy figures only: timings on a shared CPU are not figures (use tools/bench_export.py on
 an idle machine).
 
-``--pretrained-cifar FILE --data-dir DIR`` measures one of the public CIFAR-10 ResNets in
-../shared/data/pretrained on the CIFAR-10 JPEG folders instead, built here in plain PyTorch
-(``PretrainedCifarResNet``) until sdprune adopts those weights; then pass its checkpoint.
+A real network: adopt public weights with `sdprune adopt` (README), prune it, pass its checkpoint.
 
-    python tools/bench_int8.py                                  # B4's model (trains it, ~1 min)
-    python tools/bench_int8.py --pretrained-cifar ../shared/data/pretrained/resnet20-12fca82f.th \
-        --data-dir /tmp/cifar10 --rank-images 1000
-    python tools/bench_int8.py --ckpt runs/x/pruned-keep0.50-ablation/checkpoint.pt \\
-        --data-dir /tmp/cifar10 --calib-images 256,1024 --exclude 0,2 --ort --json out.json
+    python tools/bench_int8.py --work /tmp/int8-b4 --json b4.json     # B4's model (trains it, ~1 min)
+    python tools/bench_int8.py --ckpt /tmp/int8-r56p/checkpoint.pt --rank-images 1000 \
+        --calib-images 256,1024 --exclude 0,2,ends --work /tmp/int8-r56w --json r56.json
 """
 
 from __future__ import annotations
@@ -40,8 +36,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from sdprune.deploy.gate import compare_decisions
 from sdprune.deploy.quantize import (CALIB_BATCH_SIZE, METHODS, TARGETS, _quantize, calibration_batches, end_nodes,
@@ -87,8 +81,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="trained checkpoint (default: train resnet20 on digits for --epochs)")
     p.add_argument("--data-dir", help="where the checkpoint's image folder is now (imagefolder)")
-    p.add_argument("--pretrained-cifar", metavar="FILE", help="a public CIFAR-10 ResNet (shared/data/pretrained) "
-                   "instead of a checkpoint, on the CIFAR-10 JPEG folders of --data-dir")
     p.add_argument("--rank-images", type=int, help="rank nodes on a seeded subset of this many validation images")
     p.add_argument("--epochs", type=int, default=4, help="epochs of the default model (default 4, as B4)")
     p.add_argument("--methods", default="minmax,percentile")
@@ -124,15 +116,14 @@ def run(args, root: Path, methods, sizes, excludes, targets, reporter: Reporter)
     from sdprune.train.config import TrainConfig
     from sdprune.train.loop import train
 
-    if args.pretrained_cifar:
-        data, source, name = pretrained_cifar(args.pretrained_cifar, args.data_dir, root)
-    else:
-        source = args.ckpt or train(TrainConfig(model="resnet20", epochs=args.epochs, out=str(root / "trained")),
-                                    reporter)["checkpoint"]
-        ckpt = load_checkpoint(source)
-        data, name = data_for_checkpoint(ckpt["meta"], data_dir=args.data_dir), ckpt["meta"]["model"]["name"]
-        if not (root / "model.onnx").exists():
-            export_onnx(build_model(ckpt), ckpt["meta"], root, samples=64, data=data, source=str(source))
+    trained = root / "trained" / "checkpoint.pt"
+    source = args.ckpt or (trained if trained.exists() else
+                           train(TrainConfig(model="resnet20", epochs=args.epochs, out=str(root / "trained")),
+                                 reporter)["checkpoint"])
+    ckpt = load_checkpoint(source)
+    data, name = data_for_checkpoint(ckpt["meta"], data_dir=args.data_dir), ckpt["meta"]["model"]["name"]
+    if not (root / "model.onnx").exists():
+        export_onnx(build_model(ckpt), ckpt["meta"], root, samples=64, data=data, source=str(source))
     fp32 = root / "model.onnx"
     prepared = root / "prepared.onnx"
     prepare(fp32, prepared)
@@ -169,63 +160,11 @@ def run(args, root: Path, methods, sizes, excludes, targets, reporter: Reporter)
                         rows.append({**row, "file": "ort-arm", **judged(to_ort(path, data), fp32_test, data)})
                     reporter.info(line(rows[-1]))
                 reporter.info(f"{method} {size} {target}: {time.perf_counter() - t0:.0f} s")
-    return {"checkpoint": str(source) if args.ckpt or args.pretrained_cifar else
+    return {"checkpoint": str(source) if args.ckpt else
             f"resnet20 trained {args.epochs} epochs on digits", "model": name, "dataset": data.name,
             "val_images": len(val),
             "test_images": len(data.test), "candidates": len(names), "rows": rows, "rankings": rankings,
             "date": time.strftime("%Y-%m-%d")}
-
-
-class PretrainedCifarResNet(nn.Module):
-    """The CIFAR ResNet of the public weights in shared/data/pretrained (their own key layout; the
-    option-A shortcut zero-pads the new channels on both sides), in plain PyTorch."""
-
-    def __init__(self, blocks: int) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
-        widths, stages, width = (16, 32, 64), [], 16
-        for s, planes in enumerate(widths):
-            layer = nn.ModuleList()
-            for i in range(blocks):
-                stride = 2 if s and not i else 1
-                block = nn.Module()
-                block.conv1, block.bn1 = nn.Conv2d(width, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-                block.conv2, block.bn2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes)
-                block.pad = planes // 4 if stride != 1 or width != planes else 0
-                layer.append(block)
-                width = planes
-            stages.append(layer)
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for b in layer:
-                short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, b.pad, b.pad)) if b.pad else x
-                x = F.relu(b.bn2(b.conv2(F.relu(b.bn1(b.conv1(x))))) + short)
-        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def pretrained_cifar(path: str, data_dir: str, root: Path):
-    """The DataBundle of the CIFAR-10 JPEG folders normalised as the weights were trained, the
-    weights exported to ``root/model.onnx`` (verified as `sdprune export` verifies), and a name."""
-    from sdprune.data.bundle import load_data
-    from sdprune.deploy.export import export_onnx
-
-    data = load_data("imagefolder", data_dir, image_size=32,
-                     normalization=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
-    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in saved.items()}
-    blocks = max(int(k.split(".")[1]) for k in state if k.startswith("layer1.")) + 1
-    model = PretrainedCifarResNet(blocks).eval()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
-    name = f"resnet{6 * blocks + 2} (public CIFAR-10 weights)"
-    if not (root / "model.onnx").exists():
-        export_onnx(model, {"model": {"name": name}, "data": data.meta(), "blocks": [], "removed": []}, root,
-                    samples=64, data=data, source=str(path))
-    return data, path, name
 
 
 def to_ort(path: Path, data) -> Path:

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_CLEAR_AGREEMENT
-from sdprune.deploy.quantize import calibration_batches, compare_int8, quantize_int8
+from sdprune.deploy.quantize import METHODS, calibration_batches, compare_int8, quantize_int8
 from sdprune.errors import SdpruneError
 from sdprune.train.checkpoint import build_model, load_checkpoint
 from sdprune.train.config import TrainConfig
@@ -66,11 +66,12 @@ def test_int8_still_classifies_the_digits(exported):
     assert [layers[0].name, layers[-1].name] == r["float_nodes"] and len(layers) > 10
 
 
-def test_x86_quantizes_every_layer(exported, tmp_path):
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_x86_quantizes_every_layer(exported, tmp_path, method):
     fp32, data = exported
-    r = quantize_int8(fp32, tmp_path / "q.onnx", data, calib_batches=1, target="x86", method="percentile",
-                      min_clear_agreement=None, max_drop=None)
-    assert r["float_nodes"] == [] and not r["float_ends"] and r["calibration"]["method"] == "Percentile"
+    r = quantize_int8(fp32, tmp_path / "q.onnx", data, target="x86", method=method)  # the default gate
+    assert r["gate"]["passed"] and r["clear_agreement"] >= DEFAULT_MIN_CLEAR_AGREEMENT  # healthy on x86 too
+    assert r["float_nodes"] == [] and not r["float_ends"] and r["calibration"]["method"] == METHODS[method]
     proto = onnx.load(str(tmp_path / "q.onnx"))
     produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
     assert all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in proto.graph.node
@@ -115,20 +116,20 @@ def miscalibrated(broken: str, monkeypatch) -> None:
     monkeypatch.setattr(quantize, "calibration_batches", batches)
 
 
-@pytest.mark.parametrize("broken", ["constant", "unnormalised"])
-def test_a_broken_int8_model_fails_the_default_gate(exported, tmp_path, monkeypatch, broken):
+@pytest.mark.parametrize("broken, target", [("constant", "arm"), ("unnormalised", "arm"), ("constant", "x86")])
+def test_a_broken_int8_model_fails_the_default_gate(exported, tmp_path, monkeypatch, broken, target):
     fp32, data = exported
     miscalibrated(broken, monkeypatch)
     with pytest.raises(SdpruneError) as err:
-        quantize_int8(fp32, tmp_path / "model.int8.onnx", data, calib_batches=4)
+        quantize_int8(fp32, tmp_path / "model.int8.onnx", data, calib_batches=4, target=target)
     message = str(err.value)
     assert message.startswith(f"int8 check failed on {len(data.test)} test images: top-1 agreement ")
     assert f"% < {DEFAULT_MIN_CLEAR_AGREEMENT:g}% on the " in message and " clearly decided test images (" in message
     assert f"all below -{DEFAULT_MAX_DROP:g}; no int8 model written" in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []  # no int8 file, no temporary one
     # gated on nothing, the same model is written, and its figures show why it failed
-    r = quantize_int8(fp32, tmp_path / "model.int8.onnx", data, calib_batches=4, min_clear_agreement=None,
-                      max_drop=None)
+    r = quantize_int8(fp32, tmp_path / "model.int8.onnx", data, calib_batches=4, target=target,
+                      min_clear_agreement=None, max_drop=None)
     assert r["gate"]["passed"] and r["clear_agreement"] < 90.0 and r["acc_change_ci"][1] < -5.0
 
 
