@@ -104,7 +104,8 @@ def deploy(pruned_checkpoint: Path, out: Path, folder: Path) -> dict:
     from sdprune.deploy.package import export_checkpoint
     from sdprune.deploy.runtime import evaluate_onnx
 
-    record = export_checkpoint(pruned_checkpoint, out, int8=True, int8_min_agreement=0.0)  # reported, not gated
+    record = export_checkpoint(pruned_checkpoint, out, int8=True, int8_min_clear_agreement=0.0,
+                               int8_max_drop=100.0)  # reported, not gated
     files = {f["name"]: f for f in record["files"]}
     result = {"parity": record["parity"], "int8": record["int8"]}
     for name in ("model.onnx", "model.int8.onnx"):

@@ -63,7 +63,7 @@ def b3(args, root: Path, reporter: Reporter) -> dict:
                "parity": max(r["max_abs_diff"] for r in rec["parity"]["batches"]), "exporter": rec["exporter"]}
         for target in args.targets:
             q = quantize_int8(out / "model.onnx", out / f"model.int8-{target}.onnx", data, args.calib_batches, target,
-                              compare=False, min_agreement=None)  # random weights: agreement would mean nothing
+                              compare=False, min_clear_agreement=None, max_drop=None)  # random weights: nothing to judge
             row[f"int8-{target}"] = q["file"]
             row[f"int8-{target}_bytes"] = q["int8_bytes"]
         row["fp32_bytes"] = Path(row["fp32"]).stat().st_size
@@ -112,7 +112,7 @@ def b4(args, root: Path, reporter: Reporter) -> dict:
     rec = export_onnx(build_model(ckpt), ckpt["meta"], out, samples=len(data.test), atol=args.atol, data=data,
                       source=ckpt["path"])
     int8 = {t: quantize_int8(out / "model.onnx", out / f"model.int8-{t}.onnx", data, args.calib_batches, t,
-                             min_agreement=None)  # measured and reported, not gated
+                             min_clear_agreement=None, max_drop=None)  # measured and reported, not gated
             for t in args.targets}
     return {"checkpoint": str(ckpt_path) if args.ckpt else f"resnet20 trained {args.epochs} epochs on digits",
             "model": ckpt["meta"]["model"]["name"], "dataset": data.name, "parity": rec["parity"], "int8": int8}
@@ -185,8 +185,11 @@ def markdown(args, res3: dict, res4: dict, info: dict) -> str:
         lines.append(f"| fp32 ONNX Runtime vs PyTorch, batch {batch} | max abs logit diff {r['max_abs_diff']:.2e}, "
                      f"top-1 agreement {r['top1_agreement']:.2f}% |")
     for t, q in res4["int8"].items():
-        lines.append(f"| int8 ({t} target) vs fp32 | top-1 agreement {q['top1_agreement']:.2f}%, accuracy "
-                     f"{q['fp32_acc']:.2f}% -> {q['int8_acc']:.2f}% ({q['acc_change']:+.2f}), size x{q['size_ratio']:.3f} |")
+        lo, hi = q["acc_change_ci"]
+        lines.append(f"| int8 ({t} target) vs fp32 | accuracy {q['fp32_acc']:.2f}% -> {q['int8_acc']:.2f}% "
+                     f"({q['acc_change']:+.2f}, 95% interval {lo:+.2f} to {hi:+.2f}), top-1 agreement "
+                     f"{q['clear_agreement']:.2f}% on the {q['clear_images']} clearly decided images "
+                     f"({q['top1_agreement']:.2f}% on all), size x{q['size_ratio']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

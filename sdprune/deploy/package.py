@@ -37,20 +37,25 @@ def default_out_dir(checkpoint: str | Path) -> Path:
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None, opset: int | None = None,
                       atol: float | None = None, samples: int | None = None, int8: bool = False,
                       calib_batches: int | None = None, target: str = "arm", ort: bool = False,
-                      reporter: Reporter | None = None, int8_min_agreement: float | None = None) -> dict[str, Any]:
+                      reporter: Reporter | None = None, int8_min_clear_agreement: float | None = None,
+                      int8_max_drop: float | None = None, calib_method: str | None = None,
+                      int8_float_ends: bool | None = None) -> dict[str, Any]:
     """Export a checkpoint (full or pruned) to verified device files and describe them in export.json.
 
     ``target`` is the device's CPU family ("arm" for phones, "x86"): it picks the int8
     settings and the platform the ORT-format files are optimised for. Every file is
     checked before anything is published: fp32 against PyTorch (``atol``), int8 against
-    fp32 (top-1 agreement of at least ``int8_min_agreement`` %), .ort files against the
-    ONNX files they came from.
+    fp32 (``sdprune.deploy.gate``: top-1 agreement of at least ``int8_min_clear_agreement`` % on
+    the clearly decided test images, and not more than ``int8_max_drop`` points less accurate
+    beyond the test split's uncertainty; None: the defaults), .ort files against the ONNX
+    files they came from. ``calib_method`` and ``int8_float_ends`` choose the int8 recipe
+    (None: MinMax, and the target's choice of float layers; ``sdprune.deploy.quantize``).
     """
     from sdprune.data.bundle import data_for_checkpoint
     from sdprune.deploy.export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_SAMPLES, check_export_args, export_onnx,
         prepare_dir)
-    from sdprune.deploy.quantize import (DEFAULT_CALIB_BATCHES, DEFAULT_MIN_AGREEMENT, TARGETS, check_min_agreement,
-        quantize_int8)
+    from sdprune.deploy.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_CLEAR_AGREEMENT, check_gate
+    from sdprune.deploy.quantize import DEFAULT_CALIB_BATCHES, DEFAULT_METHOD, METHODS, TARGETS, quantize_int8
     from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
     from sdprune.train.lock import locked_run
     from sdprune.files import TEMP_SUFFIX, remove_stale_temps
@@ -60,13 +65,17 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
     atol = DEFAULT_ATOL if atol is None else atol
     samples = DEFAULT_SAMPLES if samples is None else samples
     calib_batches = DEFAULT_CALIB_BATCHES if calib_batches is None else calib_batches
-    int8_min_agreement = DEFAULT_MIN_AGREEMENT if int8_min_agreement is None else int8_min_agreement
+    min_clear = DEFAULT_MIN_CLEAR_AGREEMENT if int8_min_clear_agreement is None else int8_min_clear_agreement
+    max_drop = DEFAULT_MAX_DROP if int8_max_drop is None else int8_max_drop
     check_export_args(opset, atol, samples)  # before loading anything: bad flags fail fast
-    check_min_agreement(int8_min_agreement)
+    check_gate(min_clear, max_drop)
     if target not in TARGETS:
         raise SdpruneError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if int8 and calib_batches < 1:
         raise SdpruneError(f"--calib-batches must be at least 1, got {calib_batches}")
+    calib_method = DEFAULT_METHOD if calib_method is None else calib_method
+    if calib_method not in METHODS:
+        raise SdpruneError(f"--calib-method must be one of {', '.join(METHODS)}, got {calib_method!r}")
     ckpt = load_checkpoint(checkpoint, finite=True)  # NaN in, NaN out: no verification could pass it
     meta = ckpt["meta"]
     out = Path(out_dir if out_dir is not None else default_out_dir(ckpt["path"]))
@@ -88,7 +97,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
             int8_rec = None
             if int8:
                 int8_rec = quantize_int8(stage / "model.onnx", stage / "model.int8.onnx", data, calib_batches,
-                                         target, reporter, min_agreement=int8_min_agreement)
+                                         target, reporter, min_clear_agreement=min_clear, max_drop=max_drop,
+                                         method=calib_method, float_ends=int8_float_ends)
                 made["model.int8.onnx"] = "int8 ONNX (QDQ)"
             ort_rec = None
             if ort:

@@ -109,8 +109,9 @@ FLAGS: list[tuple[str, list[str], str]] = [
     *[("export", ["{ckpt}", "--atol", v], "--atol must be >= 0") for v in ("-1", "nan", "inf")],
     ("export", ["{ckpt}", "--samples", "0"], "--samples must be at least 1"),
     ("export", ["{ckpt}", "--int8", "--calib-batches", "0"], "--calib-batches must be at least 1"),
-    *[("export", ["{ckpt}", "--int8-min-agreement", v], "--int8-min-agreement must be between 0 and 100")
+    *[("export", ["{ckpt}", "--int8-min-clear-agreement", v], "--int8-min-clear-agreement must be between 0 and 100")
       for v in ("101", "nan", "-1")],
+    *[("export", ["{ckpt}", "--int8-max-drop", v], "--int8-max-drop must be between 0 and 100") for v in ("nan", "-1")],
     ("export", ["{ckpt}", "--target", "riscv"], "invalid choice"),
     ("export", ["{ckpt}", "--out", "{file}"], "is a file"),
     ("export", ["{ckpt}", "--out", "{file}/export"], "is a file, not a folder"),
