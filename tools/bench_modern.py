@@ -162,7 +162,8 @@ def plan(args) -> list[Task]:
     for model in args.models:
         for rate in args.drop_rates:
             drop = own_drop_rate(model) if rate == "own" else float(rate)
-            survival = (["--survival", "linear", "--p-last", repr(drop), "--drop-mode", args.drop_mode] if drop > 0
+            p_last = repr(round(1 - drop, 6))  # p_L is the last block's survival, 1 - its drop rate
+            survival = (["--survival", "linear", "--p-last", p_last, "--drop-mode", args.drop_mode] if drop > 0
                         else ["--survival", "none"])  # the plain twin
             for seed in args.seeds:
                 name, run = f"{model}-d{drop:g}-s{seed}", runs / f"{model}-d{drop:g}-s{seed}"

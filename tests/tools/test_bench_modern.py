@@ -87,7 +87,7 @@ def test_accuracy_arms_are_the_own_rate_and_the_plain_twin(bench, capsys):
                 "--dry-run"])
     plan = capsys.readouterr().out
     assert "tv_convnext_tiny-d0.1-s0:" in plan and "tv_convnext_tiny-d0-s0:" in plan
-    assert "--survival linear --p-last 0.1 --drop-mode row" in plan  # torchvision's own rate for ConvNeXt-T
+    assert "--survival linear --p-last 0.9 --drop-mode row" in plan  # p_L = 1 - torchvision's own rate for ConvNeXt-T
     assert "--survival none" in plan and "--dataset imagefolder --data-dir cifar10 --image-size 32" in plan
     assert plan.count(" sweep ") == 2 and "--keep 1,0.75,0.5,0.25" in plan
     with pytest.raises(SystemExit, match="without stochastic depth"):
