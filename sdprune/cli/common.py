@@ -22,9 +22,20 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def image_count(text: str) -> int | None:
+    """'1000' -> 1000; 'all' -> None (every validation image)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}") from None
+
+
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     """How blocks are chosen, scored and healed: the options every pruned network is made with."""
     from sdprune.prune.heal import HEAL_MODES
+    from sdprune.prune.stats import STATS_IMAGES
 
     a = parser.add_argument
     a("--allow-empty-stage", dest="keep_stages", action="store_false",
@@ -40,8 +51,8 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=0, help="seed of the random criterion, BN batches and fine-tuning (default 0)")
     a("--device", default="auto", help="auto | cpu | cuda (default auto)")
     a("--batch-size", type=int, default=128, help="batch size of the statistics (default 128)")
-    a("--stats-images", type=int,
-      help="score on a seeded random subset of N validation images (default: all of them)")
+    a("--stats-images", type=image_count, default=STATS_IMAGES, metavar="N",
+      help=f"score on a seeded random subset of N validation images, or all (default {STATS_IMAGES})")
 
 
 def heal_spec(args: argparse.Namespace):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 
 def add_parser(sub):
+    from sdprune.cli.common import image_count
+    from sdprune.prune.stats import STATS_IMAGES
+
     p = sub.add_parser("stats", help="per-block importance statistics of a checkpoint", description=__doc__)
     p.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest run)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch, bounds cached activations (default 128)")
-    p.add_argument("--images", type=int, help="use a seeded random subset of N validation images (default: all)")
+    p.add_argument("--images", type=image_count, default=STATS_IMAGES, metavar="N",
+                   help=f"use a seeded random subset of N validation images, or all (default {STATS_IMAGES}, "
+                        "as prune scores)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false",
                    help="skip drop-one ablation (influence and norms only: one pass)")
     p.add_argument("--out", help="where to write the statistics (default: stats.json next to checkpoint.pt, "

@@ -39,7 +39,7 @@ from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
 from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
-from sdprune.prune.stats import check_stats_args, collect_stats
+from sdprune.prune.stats import STATS_IMAGES, check_stats_args, collect_stats
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device
@@ -215,7 +215,8 @@ def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, 
 def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: str | None = None,
                      heal_spec: HealSpec = BN_HEAL, iterative: bool = False, seed: int = 0,
                      out: str | Path | None = None, device: str = "auto", batch_size: int = 128,
-                     stats_images: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+                     stats_images: int | None = STATS_IMAGES, reporter: Reporter | None = None
+                     ) -> dict[str, Any]:
     """Prune a checkpoint into ``<run>/pruned-<budget>-<criterion>[...]/{checkpoint.pt,summary.json}``.
 
     Refuses, before any work, a folder that holds the checkpoint being pruned or one that is

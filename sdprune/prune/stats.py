@@ -46,6 +46,12 @@ from sdprune.train.runs import CHECKPOINT
 STATS_FILE = "stats.json"
 STATS_ROOM = 1 << 20  # bytes a statistics file may take (a few kB per block)
 SUBSET_SEED = 0  # --stats-images picks the same images every time
+# Validation images the statistics score on by default (all of them when there are fewer).
+# Drop-one costs about L/2 + 1 evaluation passes, so a 5,000-image slice made `prune` of a
+# ResNet-56 spend most of an hour scoring on a CPU; on that network (the public CIFAR-10
+# weights, BENCHMARKS.md "Statistics cost") 1,000 seeded images chose the same blocks as all
+# 5,000 at keep 0.5 and at keep 1/3, and 500 differed by one block.
+STATS_IMAGES = 1000
 
 
 def check_stats_args(batch_size: int, images: int | None) -> None:
@@ -160,7 +166,7 @@ def _reduce(rec: _Record, part: dict, i: int):
 
 
 def score_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 128,
-                     max_images: int | None = None, ablation: bool = True, out: str | Path | None = None,
+                     max_images: int | None = STATS_IMAGES, ablation: bool = True, out: str | Path | None = None,
                      reporter: Reporter | None = None) -> dict[str, Any]:
     """Statistics of a checkpoint's blocks, written to ``stats.json`` next to it (``stats_path``).
 

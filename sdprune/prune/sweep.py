@@ -29,7 +29,7 @@ from sdprune.files import check_output
 from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec
 from sdprune.prune.output import check_settings, check_source
 from sdprune.prune.pipeline import Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
-from sdprune.prune.stats import check_stats_args
+from sdprune.prune.stats import STATS_IMAGES, check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
 from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
@@ -73,7 +73,7 @@ def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float]
                      criteria: Sequence[str] = DEFAULT_CRITERIA, heal_spec: HealSpec = BN_HEAL,
                      onnx: bool = True, bench_repeats: int = DEFAULT_REPEATS, threads: int | None = None,
                      device: str = "auto", seed: int = 0, out: str | Path | None = None, keep_stages: bool = True,
-                     batch_size: int = 128, stats_images: int | None = None,
+                     batch_size: int = 128, stats_images: int | None = STATS_IMAGES,
                      reporter: Reporter | None = None) -> dict[str, Any]:
     """Prune a checkpoint at every (criterion, keep), heal, score, export and time each point.
 

@@ -65,6 +65,29 @@ def test_prune_and_sweep_take_the_same_pruning_options():
         False, False, 32, 64, "none")
 
 
+def test_statistics_score_the_same_default_subset_in_stats_prune_and_sweep():
+    """One cap (1,000 seeded validation images, measured to choose what all 5,000 choose) for every
+    command that scores blocks, and the library's functions behind them; `all` lifts it."""
+    import inspect
+
+    from sdprune.prune.pipeline import prune_checkpoint
+    from sdprune.prune.stats import STATS_IMAGES, score_checkpoint
+    from sdprune.prune.sweep import sweep_checkpoint
+
+    parser = build_parser()
+    assert STATS_IMAGES == 1000
+    for command in (["prune", "--keep", "0.5"], ["sweep"]):
+        assert parser.parse_args(command).stats_images == STATS_IMAGES
+        assert parser.parse_args(command + ["--stats-images", "all"]).stats_images is None
+    assert parser.parse_args(["stats"]).images == STATS_IMAGES
+    assert parser.parse_args(["stats", "--images", "ALL"]).images is None
+    defaults = [inspect.signature(f).parameters[name].default for f, name in
+                ((prune_checkpoint, "stats_images"), (sweep_checkpoint, "stats_images"), (score_checkpoint, "max_images"))]
+    assert defaults == [STATS_IMAGES] * 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--keep", "0.5", "--stats-images", "many"])
+
+
 def test_comma_separated_integers_are_parsed_once():
     from sdprune.cli.common import ints
     from sdprune.deploy.latency import DEFAULT_BATCH_SIZES
@@ -87,8 +110,8 @@ def test_every_flag_says_what_it_does_and_its_real_default():
         text = command.format_help()
         assert "default: None" not in text and "(default: ())" not in text, name
         for action in command._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue  # help itself, and deprecated aliases kept out of the help
             label = f"{name} {'/'.join(action.option_strings) or action.dest}"
             assert action.help and len(action.help) > 8, label
             required = not action.option_strings and action.nargs not in ("?", "*")
