@@ -22,7 +22,7 @@
 # Data: only the repository travels to the device, so DEVELOPERS.md copies the CIFAR-10 JPEG
 # archive and the pretrained files into .gpu/ (ignored by git) and carries it. Knobs (env):
 # DATA_TAR (.gpu/cifar10-jpeg.tar.gz) or DATA_DIR (an unpacked cifar10 folder), WEIGHTS
-# (.gpu/pretrained), DEVICE (cuda), EPOCHS (10), KEEPS (0.5), SEEDS (0,1,2), JOBS (14),
+# (.gpu/pretrained), DEVICE (cuda), EPOCHS (10), KEEPS (0.333: keep 0.5 was taken on 2026-12-04), SEEDS (0,1,2), JOBS (14),
 # DEADLINE (seconds from the start after which no part starts: 540).
 set -uo pipefail
 out=${1:?usage: tools/gpu_runs.sh OUT}
@@ -83,7 +83,7 @@ b5_part() {
   fi
   local args=(--out "$work/b5" --data-dir "$data" --weights "${WEIGHTS:-.gpu/pretrained}" --device "$device"
               --image-size "${IMAGE_SIZE:-32}"
-              --epochs "${EPOCHS:-10}" --keeps "${KEEPS:-0.5}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-14}")
+              --epochs "${EPOCHS:-10}" --keeps "${KEEPS:-0.333}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-14}")
   # the results so far, packed every 20 s: a command stopped at its limit still returns them
   ( while sleep 20; do tar czf "$out/.b5.tgz" -C "$work/b5" results logs 2>/dev/null && mv "$out/.b5.tgz" "$out/b5.tgz"; done ) &
   local packer=$!

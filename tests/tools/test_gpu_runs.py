@@ -61,7 +61,7 @@ def test_the_gpu_script_runs_every_default_part_at_a_tiny_scale(tmp_path, subpro
     assert {a["arm"] for a in b1["arms"]} >= {"plain", "batch", "learned"}
     with tarfile.open(out / "b5.tgz") as tar:
         results = {Path(n).name for n in tar.getnames() if n.startswith("results/")}
-    arms = {"e-s0", "d-k0.50-s0", "a0-k0.50", "a-k0.50-s0", "b-k0.50-s0", "c-k0.50-s0"}
+    arms = {"e-s0", "d-k0.33-s0", "a0-k0.33", "a-k0.33-s0", "b-k0.33-s0", "c-k0.33-s0"}  # keep 1/3 by default
     assert {f"{a}.json" for a in arms} <= results
     table = (out / "b5-table.md").read_text()
     assert "(a) pruned + fine-tune" in table and "(b) retrofit + prune" in table
