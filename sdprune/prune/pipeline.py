@@ -250,6 +250,9 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         def score(network: nn.Module) -> list[dict[str, Any]]:
             return score_blocks(network, data, [criterion], dev, batch_size, stats_images, reporter)
 
+        if needs_statistics([criterion]):  # drop-one can take many minutes: say so before it starts
+            images = min(len(data.val), stats_images or len(data.val))
+            reporter.info(f"scoring {present} blocks by {criterion} on {images} validation images")
         clock = time.perf_counter()
         rows = score(model)
         timing = {"score_s": time.perf_counter() - clock}

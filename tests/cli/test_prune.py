@@ -44,6 +44,16 @@ def test_stats_of_the_newest_run(in_runs, capsys):
     assert json.loads((in_runs / "stats.json").read_text())["blocks"] == doc["blocks"]
 
 
+def test_prune_says_what_it_scores_before_scoring(in_runs, capsys, tmp_path):
+    """Drop-one on a real validation slice takes minutes: the first line comes before it, not after."""
+    rc, _, err = call(capsys, "prune", "--keep", "0.5", "--criterion", "ablation", "--stats-images", "16",
+                      "--no-heal", "--device", "cpu", "--out", str(tmp_path / "p"))
+    lines = err.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("scoring"))
+    assert rc == 0 and lines[first] == "scoring 9 blocks by ablation on 16 validation images"
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("pruning "))
+
+
 def test_prune_then_eval(in_runs, capsys, tmp_path):
     rc, s, _ = call(capsys, "prune", "--keep", "0.5", "--criterion", "depth", "--json", "--device", "cpu")
     assert rc == 0 and len(s["kept"]) == 5 and s["removed"][-1] == "stages.2.2"
