@@ -153,8 +153,9 @@ def gate_residual_blocks(model: nn.Module) -> nn.Module:
 
     Recognised: the block classes the adapters register (``register_block``): torchvision's
     ResNet ``BasicBlock`` and ``Bottleneck`` (so ResNets, ResNeXts and wide ResNets),
-    MobileNetV2/V3 inverted residuals with a skip connection, ConvNeXt's ``CNBlock``, the
-    transformers' blocks (one gated unit per residual branch). The
+    MobileNetV2/V3 inverted residuals and EfficientNet's ``MBConv``/``FusedMBConv`` with a
+    skip connection, RegNet's ``ResBottleneckBlock``, ConvNeXt's ``CNBlock``, and the
+    transformers' blocks (ViT, Swin, MaxViT: one gated unit per residual branch). The
     model keeps its layers and, in eval, its outputs. Blocks already gated are left as
     they are (calling this twice is harmless); a model with no residual block at all is
     an error. Returns the model.
