@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     a("--atol", type=float, default=1e-4, help="parity gate: max |logit diff| (default 1e-4)")
     a = acc.add_argument
     a("--models", default=ACCURACY_MODELS, help=f"registry names (default {ACCURACY_MODELS})")
-    a("--drop-rates", default="own,0", help="p_L of each arm; own: the model's own; 0: the plain twin")
+    a("--drop-rates", default="own,0",
+      help="the last block's drop rate of each arm (p_L = 1 - rate); own: the model's own; 0: the plain twin")
     a("--drop-mode", default="row", help="row (torchvision's) | batch (skips the branch's compute)")
     a("--seeds", default="0")
     a("--epochs", type=int, default=15, help="the budget of every arm")
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     a("--warmup-epochs", type=float, default=1.0)
     a("--keeps", default="1,0.75,0.5,0.25", help="sweep's kept fractions")
     a("--criteria", help="sweep's criteria (default: the sweep's own)")
-    a("--stats-images", type=int, help="sweep: score on N validation images (default all)")
+    a("--stats-images", help="sweep: score on N validation images, or all (default: sweep's own, 1000)")
     a("--jobs", type=int, default=1, help="arms at once")
     a("--device", default="cpu")
     a("--dry-run", action="store_true", help="print every arm's command lines and exit")

@@ -19,7 +19,7 @@ network, with no healing (LayerNorm: nothing to re-estimate):
     python tools/unit_choice.py --dataset imagefolder --data-dir /tmp/cifar10 --patch 8 --epochs 5
 
 Result (README's table, 2 shared CPU cores, 6 to 18 minutes a run): trained, the two units
-tie within a few of the 360 test images at 0.83 and 0.67 of the FLOPs (89.14 / 88.86%,
+tie within a few of the 359 test images at 0.83 and 0.67 of the FLOPs (89.14 / 88.86%,
 89.42 / 89.42% after per-block draws; 83.29 / 83.57%, 83.57 / 83.57% after per-branch
 draws); undertrained (lr 1e-3, 40 epochs, 59% full) the branch unit led by 1.4 to 2.5
 points. The branch is the unit for exactness and granularity, not for accuracy.
