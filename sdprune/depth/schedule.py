@@ -2,7 +2,9 @@
 
 ``linear`` is the paper's rule p_l = 1 - (l / L)(1 - p_L); ``uniform`` gives every block
 p_L; ``none`` is the plain baseline (p = 1 on the same code path); ``learned`` starts
-from the linear rule and adapts during training (``sdprune.depth.learned``).
+from the linear rule and adapts during training (``sdprune.depth.learned``). An adopted
+run (nothing trained) records ``prior`` (``PRIOR``) when its network keeps the survivals
+its source was trained with.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 
 SCHEDULES = ("linear", "uniform", "none", "learned")
+# Not a schedule to train with: what an adopted run records when its network came with the
+# survivals its source trained it with (torchvision's drop rates: ConvNeXt, Swin ...).
+PRIOR = "prior"
 
 
 def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdprune.depth.schedule import PRIOR, get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.files import load_weights
@@ -157,7 +158,9 @@ def _adopt_state_dict(file: Path, state: dict[str, torch.Tensor], model_name: st
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
     kwargs = info.pop("kwargs")
-    source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), **info}
+    # how the weights were trained: plainly, or with the source's stochastic depth (its priors)
+    trained = "none" if all(p == 1.0 for p in get_survival(model)) else PRIOR
+    source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), "survival": trained, **info}
     return Adopted(model.eval(), info["arch"], [], kwargs, mean, std, source)
 
 

@@ -53,7 +53,8 @@ def adopt_run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     device = resolve_device(config.device)
     data = open_data(config, device)
     adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
-    # survival: how the weights were trained (a state dict's: plainly, every survival 1.0)
+    # survival: how the weights were trained: an sdprune run's schedule; for a state dict "none"
+    # when every survival is 1.0, else "prior" (the survivals its source trained with)
     config = dataclasses.replace(config, model=adopted.model_name, survival=adopted.source.get("survival") or "none")
     if config.mean is None:
         data = adopted_normalization(data, adopted, reporter)
