@@ -30,6 +30,7 @@ from sdprune.errors import SdpruneError
 from sdprune.files import load_weights
 from sdprune.nets.convert import adopt_weights, state_dict_from
 from sdprune.nets.registry import create_model
+from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
 from sdprune.train.schema import describe_non_finite, non_finite
 
@@ -89,6 +90,20 @@ def data_settings(path: str | Path) -> dict[str, Any]:
         return {}
     config = payload.get("meta", {}).get("config") if is_checkpoint(payload) else None
     return {k: config[k] for k in DATA_SETTINGS if k in config} if isinstance(config, dict) else {}
+
+
+def with_init_data(overrides: dict[str, Any], recipe: str | None, reporter: Reporter) -> dict[str, Any]:
+    """``overrides`` (None: not given) completed with the data settings of the run ``init``
+    names, when neither ``dataset`` nor a recipe says which data to train on: `train --init RUN`
+    goes on with RUN's data. Says so through ``reporter`` when it inherits anything."""
+    init = overrides.get("init")
+    if init is None or overrides.get("dataset") is not None or recipe is not None:
+        return overrides
+    inherited = {k: v for k, v in data_settings(init).items() if overrides.get(k) is None}
+    if inherited:
+        reporter.info(f"training on the data {init} was bound to: {inherited.get('dataset')} "
+                      f"{inherited.get('data_dir') or ''}".rstrip())
+    return {**overrides, **inherited}
 
 
 def file_digest(path: Path) -> str:

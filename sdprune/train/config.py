@@ -250,6 +250,14 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 5, "lr": 0.01, "lr_schedule": "co
 DEFAULT_DISTILL = 0.5  # with --init: half distillation from the initial network, half labels
 
 
+def refuse_no_training(overrides: dict[str, Any]) -> None:
+    """`sdprune train` trains: ``--epochs 0`` (which ``validate`` lets an adoption have) is
+    refused, pointing at `sdprune adopt`, before any other check (a resume's too)."""
+    if overrides.get("epochs") == 0:
+        raise SdpruneError("--epochs must be at least 1; to bind weights to a dataset without training, "
+                           "use `sdprune adopt WEIGHTS`")
+
+
 def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < (fine-tune defaults, with ``init``) < recipe < command-line flags.
 
@@ -278,4 +286,4 @@ def config_fields() -> list[dataclasses.Field]:
 
 
 __all__ = ["DEFAULT_DISTILL", "FINETUNE_DEFAULTS", "TrainConfig", "config_fields", "distill_weight", "load_recipe",
-           "resolve_config", "validate"]
+           "refuse_no_training", "resolve_config", "validate"]
