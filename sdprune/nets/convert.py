@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sdprune.errors import SdpruneError
-from sdprune.files import load_weights
+from sdprune.files import input_path, load_weights
 from sdprune.nets.cifar_layout import DEPTHS as CIFAR_DEPTHS
 from sdprune.nets.cifar_layout import cifar_layouts
 from sdprune.nets.cifar_layout import guess as guess_cifar
@@ -217,9 +217,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     scripts save it); a "module." (DataParallel) or "_orig_mod." (torch.compile) prefix on
     every key is dropped. Anything else is a one-line SdpruneError.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SdpruneError(f"weights file {path} not found")
+    path = input_path(path, "weights file", file=True)
     try:
         obj = load_weights(path)
     except pickle.UnpicklingError as err:  # weights_only met something that is not a tensor

@@ -27,7 +27,7 @@ from torch import nn
 from sdprune.depth.schedule import PRIOR, get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.files import load_weights
+from sdprune.files import input_path, load_weights
 from sdprune.nets.convert import adopt_weights, state_dict_from
 from sdprune.nets.registry import create_model
 from sdprune.report import Reporter
@@ -58,10 +58,8 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     a silent rebuild). A new classifier is initialised from ``seed`` (the caller's global
     random state is left alone). Raises ``SdpruneError`` with one line for anything it cannot adopt.
     """
-    path = Path(path)
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise SdpruneError(f"--init {path}: no such file")
+    path = input_path(path, "--init")
+    file = input_path(path / "checkpoint.pt" if path.is_dir() else path, "--init", file=True)
     try:
         payload = load_weights(file)
     except Exception as err:  # a pickled module, a truncated file ...

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
-from sdprune.files import check_output
+from sdprune.files import check_output, input_path
 from sdprune.report import Reporter
 from sdprune.train.adopt import adopt
 from sdprune.train.checkpoint import save_checkpoint, write_json
@@ -42,8 +42,7 @@ def adopt_run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter(quiet=True)
     if config.init is None or config.epochs != 0:
         raise ValueError("adopt_run needs config.init and config.epochs == 0")
-    if not Path(config.init).exists():
-        raise SdpruneError(f"{config.init}: no such file or folder")
+    input_path(config.init, "weights")
     run_dir = Path(config.out) if config.out else None
     if run_dir is not None:
         check_output(run_dir, folder=True, what="run folder")
