@@ -28,8 +28,9 @@ from sdprune.depth.schedule import PRIOR, get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.files import input_path, load_weights
-from sdprune.nets.convert import adopt_weights, state_dict_from
+from sdprune.nets.convert import adopt_weights
 from sdprune.nets.registry import create_model
+from sdprune.nets.weights_file import state_dict_from
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
 from sdprune.train.schema import describe_non_finite, non_finite
