@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -50,17 +51,22 @@ def check_output(path: str | Path, folder: bool, need_bytes: int = 0, what: str 
     return path
 
 
-def input_path(path: str | Path, what: str) -> Path:
+def input_path(path: str | Path, what: str, file: bool = False) -> Path:
     """``path`` as a Path when something is there to read; else one clear error naming ``what``
-    (not found, or a symbolic link loop, which ``Path.resolve`` would turn into a traceback)."""
+    (not found, or a symbolic link loop, which ``Path.resolve`` would turn into a traceback).
+    ``file``: it must be a regular file (a folder there is refused as one, not reported
+    missing). The one way sdprune says an input is missing."""
     try:
-        os.stat(path)
+        st = os.stat(path)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise SdpruneError(f"{what} {path} is a symbolic link loop (it never reaches a file)") from None
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             raise SdpruneError(f"{what} {path} not found") from None
         raise SdpruneError(f"cannot read {what} {path}: {err.strerror or type(err).__name__}") from None
+    if file and not stat.S_ISREG(st.st_mode):  # a folder, a pipe, a device: nothing to load
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a special file"
+        raise SdpruneError(f"{what} {path} is {kind}, not a file")
     return Path(path)
 
 

@@ -63,3 +63,17 @@ def test_a_read_only_file_system_is_refused():
         pytest.skip("/sys takes files on this machine")
     with pytest.raises(SdpruneError, match="not writable"):
         check_output("/sys/sdprune-test/out", folder=True)
+
+
+def test_input_path_says_missing_looping_and_folder_in_one_line(tmp_path):
+    from sdprune.files import input_path
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dir").mkdir()
+    for name, file, message in (("absent", False, "weights file .*absent not found$"),
+                                ("loop", False, "weights file .*loop is a symbolic link loop"),
+                                ("dir", True, "weights file .*dir is a folder, not a file$")):
+        with pytest.raises(SdpruneError, match=f"^{message}") as err:
+            input_path(tmp_path / name, "weights file", file=file)
+        assert "\n" not in str(err.value)
+    assert input_path(tmp_path / "dir", "run folder") == tmp_path / "dir"  # a folder where one is allowed

@@ -1,8 +1,8 @@
-"""`sdprune models`: the registered architectures with gated units, parameters and FLOPs.
+"""`sdprune models`: the registered architectures with their blocks, parameters and FLOPs.
 
-A gated unit is what `prune --keep` counts: a residual block (ResNet, MobileNet, ConvNeXt,
-MaxViT's MBConv) or one residual branch of a transformer block (attention or MLP: a ViT or
-Swin block is two units, a MaxViT layer five).
+A block is what `prune --keep` counts: a residual block (ResNet, MobileNet, ConvNeXt,
+MaxViT's MBConv) or, in a transformer, each residual branch (attention or MLP: a ViT or
+Swin encoder layer is two blocks, a MaxViT layer five).
 
 Counted without building any weights and cached (sdprune.nets.catalog): instant after the first time.
 """
@@ -28,11 +28,11 @@ def run(args, reporter) -> int:
     if not 1 <= args.classes <= MAX_CLASSES:
         raise SdpruneError(f"--classes must be 1 to {MAX_CLASSES:,}, got {args.classes}")
     rows = describe_models(args.names or list_models(), args.classes)
-    reporter.table("sdprune models", ["model", "gated units", "params", "FLOPs", "input"],
+    reporter.table("sdprune models", ["model", "blocks", "params", "FLOPs", "input"],
                    [[r["name"], r["blocks"], human(r["params"]), human(r["flops"]),
                      "x".join(map(str, r["input"]))] for r in rows],
-                   caption="gated units: what prune --keep counts (a residual block; a transformer block's "
-                           "attention and MLP branches count one each); FLOPs: one image at the default "
+                   caption="blocks: what prune --keep counts (a residual block; in a transformer, each "
+                           "residual branch, attention or MLP, is a block); FLOPs: one image at the default "
                            "input, a multiply-add counted as 2")
     reporter.result({"models": rows})
     return 0

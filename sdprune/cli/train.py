@@ -76,26 +76,15 @@ def add_parser(sub):
 
 def run(args, reporter) -> int:
     from sdprune.prune.retrofit import rank_for_retrofit
+    from sdprune.train.adopt import with_init_data
     from sdprune.train.checkpoint import load_checkpoint
-    from sdprune.train.config import TrainConfig, config_fields, resolve_config
+    from sdprune.train.config import TrainConfig, config_fields, refuse_no_training, resolve_config
     from sdprune.train.loop import train
     from sdprune.train.runs import resolve_resume
     from sdprune.train.schema import check_resumable
 
-    from sdprune.errors import SdpruneError
-
     overrides = {f.name: getattr(args, f.name, None) for f in config_fields()}
-    if args.epochs == 0:
-        raise SdpruneError("--epochs must be at least 1; to bind weights to a dataset without training, "
-                           "use `sdprune adopt WEIGHTS`")
-    if args.init is not None and args.dataset is None and args.resume is None and args.recipe is None:
-        from sdprune.train.adopt import data_settings  # a run's own data, unless another is named
-
-        inherited = {k: v for k, v in data_settings(args.init).items() if overrides.get(k) is None}
-        if inherited:
-            reporter.info(f"training on the data {args.init} was bound to: {inherited.get('dataset')} "
-                          f"{inherited.get('data_dir') or ''}".rstrip())
-        overrides.update(inherited)
+    refuse_no_training(overrides)
     resume = None
     if args.resume is not None:
         resume = resolve_resume(None if args.resume == "latest" else args.resume, reporter)
@@ -107,7 +96,7 @@ def run(args, reporter) -> int:
             reporter.warn(f"--resume continues the run's saved config; ignoring {', '.join(ignored) or '--recipe'}")
         config = TrainConfig(device=args.device or "auto", workers=args.workers or 0)
     else:
-        config = resolve_config(args.recipe, overrides)
+        config = resolve_config(args.recipe, with_init_data(overrides, args.recipe, reporter))
     summary = train(config, reporter, resume=resume, rank_blocks=rank_for_retrofit)
     final = summary["final"]
     if final:

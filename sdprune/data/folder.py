@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from sdprune.data.images import ImageSet, seeded_index
-from sdprune.data.scan import scan_folder  # noqa: F401 - where callers have always found it
+from sdprune.data.scan import scan_folder
 from sdprune.errors import SdpruneError
 
 FOLDER_IMAGE_SIZE = 64             # pixels: an image folder's default --image-size

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS  # lower case: a name's extension is lowered to match
 
 from sdprune.errors import SdpruneError
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdprune.deploy.export import DEFAULT_ATOL
+from sdprune.deploy.gate import decided, int8_margin
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 
@@ -37,21 +38,11 @@ PLATFORMS = ("arm", "amd64")
 # (measured difference 0 for amd64 on x86). An int8 file optimised for another CPU (arm,
 # checked on x86) fuses and requantizes differently from the QDQ graph run here (measured
 # max |diff| 0.7% to 1.6% of the largest |logit|, mean 1e-4, top-1 identical on all 359
-# test images, over three int8 variants), so the int8 near-tie margin there (``int8_margin``),
+# test images, over three int8 variants), so the int8 near-tie margin there (``gate.int8_margin``),
 # as the margin of a top-1 check, not as a bound on every logit: on a barely trained resnet20
 # (largest |logit| 0.55) the arm file differed by 0.12 with the same top-1 class on every image
 # (2026-11-29, onnxruntime 1.32.0, AVX2 EPYC). Off its own CPU an int8 file is only shown to decide
 # as its QDQ graph does; its exact logits can only be checked on the device.
-#
-# Near-ties, the one definition (the .ort checks here and the int8 gate, deploy/gate.py): an
-# image is a near-tie when the reference's two best logits are within a margin of each other,
-# the margin being how far the compared model may move a logit; there a changed top-1 class is
-# rounding, not another decision. For int8 against float, the margin is NEAR_TIE_RTOL of the
-# reference's largest |logit| on the images compared: int8 QDQ moves a resnet20's logits by a
-# median 1% and a 99th percentile 4.6% of it on the digits test split (trained 3 epochs, arm
-# and x86 targets, 2026-12-04), and the off-CPU .ort files above by up to 1.6%.
-NEAR_TIE_RTOL = 0.05
-ORT_INT8_RTOL = NEAR_TIE_RTOL  # the name this margin had before the int8 gate shared it
 # platform.machine() -> the converter's target platform of that CPU family
 MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm", "arm64": "arm"}
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -164,26 +155,11 @@ def check_ort(ort_path: str | Path, reference: str | Path, images, data, atol: f
 
 
 def ort_tolerance(int8: bool, target_platform: str, want, atol: float) -> float:
-    """The largest |logit difference| an .ort file may show against its ONNX file (see ORT_INT8_RTOL):
-    ``atol``, or for an int8 file optimised for another CPU than this one, ``int8_margin(want)``."""
+    """The largest |logit difference| an .ort file may show against its ONNX file (the note above
+    ``MACHINES``): ``atol``, or for an int8 file optimised for another CPU than this one,
+    ``int8_margin(want)`` (the near-tie margin, ``sdprune.deploy.gate``)."""
     native = MACHINES.get(platform.machine().lower()) == target_platform
     return int8_margin(want) if int8 and not native else atol
-
-
-def int8_margin(want) -> float:
-    """The near-tie margin of int8 against a float reference: NEAR_TIE_RTOL of ``want``'s largest |logit|."""
-    return NEAR_TIE_RTOL * float(want.abs().max()) if want.numel() else 0.0
-
-
-def decided(want, margin: float):
-    """Which images (rows of the reference logits ``want``) are decided clearly: their two best
-    logits more than ``margin`` apart. The others are near-ties, where a flip is rounding."""
-    import torch
-
-    if want.shape[1] < 2:  # one class: nothing to tie with
-        return torch.ones(len(want), dtype=torch.bool)
-    top2 = want.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]) > margin
 
 
 def compare_logits(got, want, atol: float, bound: bool = True) -> dict[str, Any]:

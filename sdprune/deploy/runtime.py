@@ -41,9 +41,7 @@ def open_session(path: str | Path, threads: int | None = None, spinning: bool = 
     """
     import onnxruntime as ort
 
-    path = input_path(path, "model file")
-    if not path.is_file():
-        raise SdpruneError(f"model file {path} not found")
+    path = input_path(path, "model file", file=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # errors only: warnings would clutter the user's terminal
@@ -73,9 +71,7 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
 
     from sdprune.train.schema import check_data_meta
 
-    path = input_path(path, "model file")
-    if not path.is_file():
-        raise SdpruneError(f"model file {path} not found")
+    path = input_path(path, "model file", file=True)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:

@@ -2,7 +2,9 @@
 
 ``linear`` is the paper's rule p_l = 1 - (l / L)(1 - p_L); ``uniform`` gives every block
 p_L; ``none`` is the plain baseline (p = 1 on the same code path); ``learned`` starts
-from the linear rule and adapts during training (``sdprune.depth.learned``).
+from the linear rule and adapts during training (``sdprune.depth.learned``). An adopted
+run (nothing trained) records ``prior`` (``PRIOR``) when its network keeps the survivals
+its source was trained with.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
 
 SCHEDULES = ("linear", "uniform", "none", "learned")
+# Not a schedule to train with: what an adopted run records when its network came with the
+# survivals its source trained it with (torchvision's drop rates: ConvNeXt, Swin ...).
+PRIOR = "prior"
 
 
 def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:
@@ -47,20 +52,27 @@ def set_survival(model: nn.Module, survival: Sequence[float], keep_function: boo
     blocks = gated_blocks(model)
     if len(blocks) != len(survival):
         raise ValueError(f"{len(survival)} survival values for {len(blocks)} blocks")
+    if keep_function:  # refuse before any block moves: an error leaves the model as it was
+        for (name, block), p in zip(blocks, survival):
+            if _as_float32(p) == 0.0 and float(block.survival) != 0.0:
+                raise SdpruneError(f"survival 0 for {name} closes it: its function cannot be kept")
     for (name, block), p in zip(blocks, survival):
         if keep_function:
-            _refold(name, block, float(p))
+            _refold(block, float(p))
         block.survival.fill_(float(p))
 
 
+def _as_float32(p: float) -> float:
+    """``p`` as the float32 survival eval multiplies by."""
+    return float(torch.tensor(float(p), dtype=torch.float32))
+
+
 @torch.no_grad()
-def _refold(name: str, block: nn.Module, survival: float) -> None:
+def _refold(block: nn.Module, survival: float) -> None:
     old = float(block.survival)
-    new = float(torch.tensor(survival, dtype=torch.float32))  # the float32 survival eval multiplies by
+    new = _as_float32(survival)
     if new == old:  # nothing moves: the tensors stay exactly as they are
         return
-    if new == 0.0:
-        raise SdpruneError(f"survival 0 for {name} closes it: its function cannot be kept")
     tensors = dict(block.state_dict(keep_vars=True))
     for key in block.fold_keys():
         tensors[key].mul_(old / new)

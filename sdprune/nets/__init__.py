@@ -13,8 +13,9 @@ builders: no model is built at import.
 
 from sdprune.nets import (cifar_resnet, tv_convnext, tv_efficientnet, tv_maxvit, tv_mobilenet,  # noqa: F401
                           tv_regnet, tv_resnet, tv_swin, tv_vit)  # (registration)
-from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, load_state_dict_file, to_gated
+from sdprune.nets.convert import adopt_weights, adoptable, detect_arch, from_gated, to_gated
 from sdprune.nets.registry import ModelInfo, create_model, describe_model, list_models, model_info
+from sdprune.nets.weights_file import load_state_dict_file
 from sdprune.nets.wrap import gate_residual_blocks
 
 __all__ = ["ModelInfo", "adopt_weights", "adoptable", "create_model", "describe_model", "detect_arch", "from_gated",

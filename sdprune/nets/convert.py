@@ -1,5 +1,6 @@
-"""Adopt weights trained elsewhere: convert them to the gated layout and back, read them
-from the files people save, and load them into sdprune's network.
+"""Adopt weights trained elsewhere: convert them to the gated layout and back, and load
+them into sdprune's network (reading them from the files people save:
+``sdprune.nets.weights_file``).
 
 Each source of weights is a key layout (``sdprune.nets.layout``): torchvision's (read off
 its modules) and the public CIFAR ResNets' (``sdprune.nets.cifar_layout``). Everything here
@@ -13,17 +14,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pickle
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from sdprune.errors import SdpruneError
-from sdprune.files import load_weights
 from sdprune.nets.cifar_layout import DEPTHS as CIFAR_DEPTHS
 from sdprune.nets.cifar_layout import cifar_layouts
 from sdprune.nets.cifar_layout import guess as guess_cifar
@@ -31,9 +28,9 @@ from sdprune.nets.layout import (Layout, Reorder, StateDict, key_mismatch, looks
                                  torchvision_layout)
 from sdprune.nets.registry import create_model
 from sdprune.nets.torchvision_nets import TORCHVISION_ARCHS, guess_torchvision, torchvision_family
+from sdprune.nets.weights_file import describe_object, is_state_dict, load_state_dict_file
 
-__all__ = ["adapt_input_conv", "adopt_weights", "adoptable", "detect_arch", "from_gated", "load_state_dict_file",
-           "to_gated"]
+__all__ = ["adapt_input_conv", "adopt_weights", "adoptable", "detect_arch", "from_gated", "to_gated"]
 
 
 Layouts = Callable[[Mapping[str, Any]], tuple[Layout, ...]]  # builder kwargs -> the layouts they give
@@ -204,59 +201,6 @@ def from_gated(state_dict: StateDict, arch: str, **kwargs: Any) -> dict[str, Ten
     return {k: _reorder(v, lay.order.get(k, ()), inverse=True) for k, v in out.items()}
 
 
-def _is_state_dict(obj: object) -> bool:
-    return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()))
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict in a weights file, read without unpickling any code.
-
-    Accepts what ``torch.save(model.state_dict(), f)`` writes and what torchvision's
-    weights API caches, or a dict wrapping one under "state_dict" or "model" (as training
-    scripts save it); a "module." (DataParallel) or "_orig_mod." (torch.compile) prefix on
-    every key is dropped. Anything else is a one-line SdpruneError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SdpruneError(f"weights file {path} not found")
-    try:
-        obj = load_weights(path)
-    except pickle.UnpicklingError as err:  # weights_only met something that is not a tensor
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
-        if found:
-            raise SdpruneError(f"{path} holds pickled Python objects ({found.group(1)}: a whole saved model?), "
-                               "not a state dict; sdprune never unpickles code: save model.state_dict() "
-                               "instead") from None
-        raise SdpruneError(f"{path} is not a PyTorch weights file") from None
-    except Exception as err:  # noqa: BLE001  (not a torch file at all, truncated, ...: torch raises anything)
-        raise SdpruneError(f"{path} is not a PyTorch weights file ({type(err).__name__})") from None
-    return state_dict_from(obj, path)
-
-
-def state_dict_from(obj: object, path: str | os.PathLike) -> dict[str, Tensor]:
-    """``load_state_dict_file``'s unwrapping and checks on an object already read from ``path``."""
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
-        obj = next((obj[k] for k in ("state_dict", "model") if _is_state_dict(obj.get(k))), obj)
-    if not _is_state_dict(obj):
-        raise SdpruneError(f"{path} holds {_describe(obj)}, not a state dict (a dict of tensors, "
-                           "as model.state_dict() gives)")
-    state = dict(obj)
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _describe(obj: object) -> str:
-    if not isinstance(obj, Mapping):
-        return f"a {type(obj).__name__}"
-    if not obj:
-        return "an empty dict"
-    key, value = next((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor)))
-    return f"a dict with non-tensor entries (e.g. {key!r}: {type(value).__name__})"
-
-
 def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
     """A first-convolution weight (out, c, kh, kw) for ``in_channels`` inputs, as timm's
     ``adapt_input_conv`` makes it: summed over c for one channel (a grey image then gives
@@ -294,8 +238,8 @@ def adopt_weights(weights: StateDict | str | os.PathLike, arch: str | None,
     weights_in_channels, in_channels.
     """
     state = weights if isinstance(weights, Mapping) else load_state_dict_file(weights)
-    if not _is_state_dict(state):
-        raise SdpruneError(f"weights must be a state dict (names -> tensors), not {_describe(state)}")
+    if not is_state_dict(state):
+        raise SdpruneError(f"weights must be a state dict (names -> tensors), not {describe_object(state)}")
     if arch is None:
         lay = _detect(state)
         if lay is None:

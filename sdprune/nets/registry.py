@@ -41,16 +41,20 @@ def register(name: str, default_input: tuple[int, int, int], description: str):
 
 def list_models() -> list[str]:
     """Registered architecture names, families together and by size (resnet20 before resnet110,
-    tv_convnext_tiny before tv_convnext_large, tv_regnet_x_400mf before tv_regnet_x_1_6gf)."""
+    tv_convnext_tiny before tv_convnext_large, tv_vit_b_16 before tv_vit_l_16 before tv_vit_h_14)."""
     return sorted(_REGISTRY, key=_sort_key)
 
 
+_SIZES = {"t", "s", "m", "b", "l", "h", "tiny", "small", "base", "large", "huge"}
+
+
 def _sort_key(name: str) -> tuple[str, int]:
-    # a family: the name up to its first digit, a trailing size word (tiny ... large; s, m, l)
-    # left out; within it, the order the family registered its variants (smallest first)
-    stem, _, size = name.rpartition("_")
-    family = stem if stem and size.isalpha() else name
-    return (re.split(r"\d", family)[0].rstrip("_"), list(_REGISTRY).index(name))
+    # a family: the name up to its first digit, less a trailing size (tv_vit_b_16 -> tv_vit,
+    # tv_swin_t -> tv_swin, tv_efficientnet_v2_s -> tv_efficientnet_v); within it, the order the
+    # family registered its variants (smallest first)
+    stem = re.split(r"_?\d", name)[0]
+    head, _, last = stem.rpartition("_")
+    return (head if head and last in _SIZES else stem, list(_REGISTRY).index(name))
 
 
 def model_info(name: str) -> ModelInfo:

@@ -17,10 +17,12 @@ checkpoint can record) and any ``ConvNeXt`` argument, with ``ConvNeXt``'s defaul
 ``convnext_cifar``: the same class at CIFAR size (widths 32/64/128/256, depths 2/2/6/2, a
 patch-2 stem: feature maps 16/8/4/2 on 32-px images; ``patch_size=1`` keeps 32/16/8/4 at
 about four times the compute), its own stochastic depth torchvision's linear rule up to
-``stochastic_depth_prob`` 0.1 (recorded as the blocks' survivals; 0 builds the plain twin).
-``sdprune train`` draws from its ``--survival`` schedule instead: ``--survival linear
---p-last 0.9`` is the same rule to drop 0.1 (sdprune's counts the first block too), and
-``--survival none`` trains the plain twin.
+``stochastic_depth_prob`` 0.1 (recorded as the blocks' survivals, 1 / survival folded into
+the layer scales; 0 builds the plain twin for direct use, ``create_model``). ``sdprune
+train`` replaces those survivals with its ``--survival`` schedule (the fold stays, an
+initial layer scale up to 1 / 0.9 times torchvision's 1e-6): ``--survival linear --p-last
+0.9`` is the same rule to drop 0.1 (sdprune's counts the first block too), and only
+``--survival none`` trains the plain twin, whatever ``stochastic_depth_prob`` says.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ CIFAR_SETTING = ((32, 64, 2), (64, 128, 2), (128, 256, 6), (256, None, 2))
 def convnext_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob: float = 0.1, patch_size: int = 2,
                    block_setting: Sequence[Any] = CIFAR_SETTING, **kwargs: Any) -> nn.Module:
     """A narrow ConvNeXt for 32-px images: torchvision's class with ``block_setting``, its
-    4x4 stride-4 stem (56 px from 224) made ``patch_size`` square (16 px from 32)."""
+    4x4 stride-4 stem (56 px from 224) made ``patch_size`` square (16 px from 32).
+    ``stochastic_depth_prob`` sets the built-in survivals (0: the plain twin); ``sdprune
+    train`` replaces them with its ``--survival`` schedule (module doc)."""
     if not isinstance(patch_size, int) or patch_size < 1:
         raise SdpruneError(f"convnext_cifar's patch_size is a positive whole number of pixels, not {patch_size!r}")
     if not 0.0 <= stochastic_depth_prob < 1.0:

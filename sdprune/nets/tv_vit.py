@@ -23,8 +23,10 @@ A custom configuration goes through torchvision's own constructor: any
 ``vit_cifar`` (benchmark B7) is the same constructor at CIFAR's scale: 32 px, patch 4
 (64 tokens), 6 layers, width 192, 3 heads, MLP 384, with its own stochastic depth (which
 torchvision's ViT lacks): the linear rule over its 12 units up to a drop rate of 0.1, the
-rule ``sdprune train --survival linear --p-last 0.9`` trains with; ``--survival none`` (or
-``stochastic_depth_prob=0``) is its plain twin.
+rule ``sdprune train --survival linear --p-last 0.9`` trains with. ``sdprune train``
+replaces those built-in survivals with its ``--survival`` schedule, so there only
+``--survival none`` trains the plain twin; ``stochastic_depth_prob=0`` builds it for direct
+use (``create_model``, whose survivals a schedule does not overwrite).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def vit_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob: flo
               **kwargs: Any) -> nn.Module:
     """A small ViT for CIFAR through ``tv_vit``'s builder (any ``VisionTransformer`` argument
     overrides ``CIFAR_VIT``), each unit's prior survival the linear rule to
-    1 - ``stochastic_depth_prob`` (0: the plain twin, every prior 1)."""
+    1 - ``stochastic_depth_prob`` (0: the plain twin, every prior 1; ``sdprune train``
+    replaces these with its ``--survival`` schedule: there ``--survival none`` is the twin)."""
     if not 0.0 <= stochastic_depth_prob < 1.0:
         raise SdpruneError(f"stochastic_depth_prob must be in [0, 1), got {stochastic_depth_prob}")
     model = gate_residual_blocks(torchvision_model("vit_b_16", num_classes, in_channels, **{**CIFAR_VIT, **kwargs}))

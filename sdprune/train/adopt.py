@@ -24,11 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdprune.depth.schedule import PRIOR, get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
-from sdprune.files import load_weights
-from sdprune.nets.convert import adopt_weights, state_dict_from
+from sdprune.files import input_path, load_weights
+from sdprune.nets.convert import adopt_weights
 from sdprune.nets.registry import create_model
+from sdprune.nets.weights_file import state_dict_from
+from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, checkpoint_from, is_checkpoint
 from sdprune.train.schema import describe_non_finite, non_finite
 
@@ -56,10 +59,8 @@ def adopt(path: str | Path, model_name: str | None, num_classes: int, in_channel
     a silent rebuild). A new classifier is initialised from ``seed`` (the caller's global
     random state is left alone). Raises ``SdpruneError`` with one line for anything it cannot adopt.
     """
-    path = Path(path)
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise SdpruneError(f"--init {path}: no such file")
+    path = input_path(path, "--init")
+    file = input_path(path / "checkpoint.pt" if path.is_dir() else path, "--init", file=True)
     try:
         payload = load_weights(file)
     except Exception as err:  # a pickled module, a truncated file ...
@@ -88,6 +89,20 @@ def data_settings(path: str | Path) -> dict[str, Any]:
         return {}
     config = payload.get("meta", {}).get("config") if is_checkpoint(payload) else None
     return {k: config[k] for k in DATA_SETTINGS if k in config} if isinstance(config, dict) else {}
+
+
+def with_init_data(overrides: dict[str, Any], recipe: str | None, reporter: Reporter) -> dict[str, Any]:
+    """``overrides`` (None: not given) completed with the data settings of the run ``init``
+    names, when neither ``dataset`` nor a recipe says which data to train on: `train --init RUN`
+    goes on with RUN's data. Says so through ``reporter`` when it inherits anything."""
+    init = overrides.get("init")
+    if init is None or overrides.get("dataset") is not None or recipe is not None:
+        return overrides
+    inherited = {k: v for k, v in data_settings(init).items() if overrides.get(k) is None}
+    if inherited:
+        reporter.info(f"training on the data {init} was bound to: {inherited.get('dataset')} "
+                      f"{inherited.get('data_dir') or ''}".rstrip())
+    return {**overrides, **inherited}
 
 
 def file_digest(path: Path) -> str:
@@ -157,7 +172,9 @@ def _adopt_state_dict(file: Path, state: dict[str, torch.Tensor], model_name: st
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3] * in_channels
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3] * in_channels
     kwargs = info.pop("kwargs")
-    source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), **info}
+    # how the weights were trained: plainly, or with the source's stochastic depth (its priors)
+    trained = "none" if all(p == 1.0 for p in get_survival(model)) else PRIOR
+    source = {"path": str(file), "sha256": file_digest(file), "kind": info.pop("source"), "survival": trained, **info}
     return Adopted(model.eval(), info["arch"], [], kwargs, mean, std, source)
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdprune.errors import SdpruneError
-from sdprune.files import check_output
+from sdprune.files import check_output, input_path
 from sdprune.report import Reporter
 from sdprune.train.adopt import adopt
 from sdprune.train.checkpoint import save_checkpoint, write_json
@@ -42,8 +42,7 @@ def adopt_run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter(quiet=True)
     if config.init is None or config.epochs != 0:
         raise ValueError("adopt_run needs config.init and config.epochs == 0")
-    if not Path(config.init).exists():
-        raise SdpruneError(f"{config.init}: no such file or folder")
+    input_path(config.init, "weights")
     run_dir = Path(config.out) if config.out else None
     if run_dir is not None:
         check_output(run_dir, folder=True, what="run folder")
@@ -53,7 +52,8 @@ def adopt_run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     device = resolve_device(config.device)
     data = open_data(config, device)
     adopted = adopt(config.init, config.model, len(data.classes), data.input_shape[0], config.seed)
-    # survival: how the weights were trained (a state dict's: plainly, every survival 1.0)
+    # survival: how the weights were trained: an sdprune run's schedule; for a state dict "none"
+    # when every survival is 1.0, else "prior" (the survivals its source trained with)
     config = dataclasses.replace(config, model=adopted.model_name, survival=adopted.source.get("survival") or "none")
     if config.mean is None:
         data = adopted_normalization(data, adopted, reporter)

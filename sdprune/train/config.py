@@ -15,7 +15,7 @@ from typing import Any
 from sdprune.data.bundle import DATA_MODES
 from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
 from sdprune.depth.gates import DROP_MODES, check_seed
-from sdprune.depth.schedule import SCHEDULES
+from sdprune.depth.schedule import PRIOR, SCHEDULES
 from sdprune.errors import SdpruneError
 from sdprune.train.distributed import GRAD_SYNCS
 
@@ -51,7 +51,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0             # linear warm-up, epochs
     label_smoothing: float = 0.0
     # stochastic depth
-    survival: str = "linear"               # linear | uniform | none | learned
+    survival: str = "linear"               # linear | uniform | none | learned (prior: adopted, epochs 0)
     p_last: float = 0.5                    # p_L of the linear rule, p of uniform
     drop_mode: str = "batch"               # batch (skips compute) | row (per-sample mask)
     target_survival: float | None = None   # learned: mean survival budget (None: linear's mean)
@@ -131,7 +131,7 @@ def validate(c: TrainConfig) -> None:
         bad(f"--weight-decay must be a number >= 0, got {c.weight_decay}")
     if not 0.0 < c.p_last <= 1.0:
         bad(f"--p-last must be in (0, 1], got {c.p_last}")
-    if c.survival not in SCHEDULES:
+    if c.survival not in SCHEDULES and not (c.survival == PRIOR and c.epochs == 0):  # prior: an adopted run's record
         bad(f"--survival must be one of {', '.join(SCHEDULES)}, got {c.survival!r}")
     if c.drop_mode not in DROP_MODES:
         bad(f"--drop-mode must be one of {', '.join(DROP_MODES)}, got {c.drop_mode!r}")
@@ -250,6 +250,14 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 5, "lr": 0.01, "lr_schedule": "co
 DEFAULT_DISTILL = 0.5  # with --init: half distillation from the initial network, half labels
 
 
+def refuse_no_training(overrides: dict[str, Any]) -> None:
+    """`sdprune train` trains: ``--epochs 0`` (which ``validate`` lets an adoption have) is
+    refused, pointing at `sdprune adopt`, before any other check (a resume's too)."""
+    if overrides.get("epochs") == 0:
+        raise SdpruneError("--epochs must be at least 1; to bind weights to a dataset without training, "
+                           "use `sdprune adopt WEIGHTS`")
+
+
 def resolve_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < (fine-tune defaults, with ``init``) < recipe < command-line flags.
 
@@ -278,4 +286,4 @@ def config_fields() -> list[dataclasses.Field]:
 
 
 __all__ = ["DEFAULT_DISTILL", "FINETUNE_DEFAULTS", "TrainConfig", "config_fields", "distill_weight", "load_recipe",
-           "resolve_config", "validate"]
+           "refuse_no_training", "resolve_config", "validate"]

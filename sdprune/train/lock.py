@@ -34,7 +34,7 @@ except ImportError:  # not a POSIX system: no locking
     fcntl = None
 
 LOCK_FILE = ".lock"
-HOLDER_GONE_WAIT_S = 10.0  # how long a lock whose recorded holder has ended is waited for
+HOLDER_GONE_WAIT_S = 10.0  # how long a lock whose recorded holder is not running here is waited for
 _held: set[int] = set()  # descriptors of the locks this process holds
 
 
@@ -105,9 +105,10 @@ def _acquire(folder: Path, what: str) -> int:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             gone = holder.isdigit() and not process_alive(int(holder))
+            elsewhere = (", which is not running on this machine: a process it started, or one on another machine "
+                         "sharing this folder, holds the lock") if gone else ""
             raise SdpruneError(f"{folder} is being written by another {what} "
-                               f"({'pid ' + holder if holder.isdigit() else 'pid unknown'}"
-                               f"{', which has ended: processes it started still hold the lock' if gone else ''}); "
+                               f"({'pid ' + holder if holder.isdigit() else 'pid unknown'}{elsewhere}); "
                                "wait for it to end or use another --out") from None
         try:  # a holder that gave up may have removed the file before we locked it: lock the one there now
             current = os.stat(path).st_ino
@@ -121,8 +122,9 @@ def _acquire(folder: Path, what: str) -> int:
 
 
 def _lock(fd: int) -> None:
-    """Take the lock on ``fd`` at once, or raise BlockingIOError. A lock whose recorded holder has
-    ended (something it left behind still holds it) is waited for, ``HOLDER_GONE_WAIT_S`` at most."""
+    """Take the lock on ``fd`` at once, or raise BlockingIOError. A lock whose recorded holder is
+    not running on this machine (something it left behind, or another machine on a shared folder,
+    holds it) is waited for, ``HOLDER_GONE_WAIT_S`` at most."""
     deadline = time.monotonic() + HOLDER_GONE_WAIT_S
     while True:
         try:

@@ -200,7 +200,8 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
     """Model (with its initial survival), optimizer, gate sampler and survival controller.
 
     From scratch, the weights are initialised from ``config.seed`` without touching the
-    caller's global random state. A retrofit (``adopted``) trains a copy of the adopted
+    caller's global random state, and ``config.survival``'s schedule replaces any survival the
+    builder set (a built-in prior: ``--survival none`` trains a family's plain twin). A retrofit (``adopted``) trains a copy of the adopted
     network, which itself becomes the frozen distillation teacher; a schedule's survivals are
     folded into it so that at step 0 it computes what the adopted network does
     (``set_survival(keep_function=True)``); learned survival starts from its survivals, and
@@ -221,7 +222,12 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
             teacher = adopted.model.eval().requires_grad_(False).to(device)
     _check_batch(config, data, model, world)  # before the run writes anything
     start = get_survival(model) if adopted is not None else None
-    if config.survival != "learned":  # a retrofit keeps the adopted function: the schedule is folded in
+    # A retrofit keeps the adopted function: the schedule is folded in. A fresh model's builder
+    # already folded 1 / prior into each block's output scale (``sdprune.nets.wrap``: ConvNeXt's
+    # layer scale, Swin's, EfficientNet's last BatchNorm ...); the schedule replaces the prior
+    # without refolding, so training starts from that scale, at most 1 / (1 - drop rate) times
+    # torchvision's initial value (a learned parameter: an initialisation, not a function to keep).
+    if config.survival != "learned":
         set_survival(model, survival_schedule(config.survival, len(gated_blocks(model)), config.p_last),
                      keep_function=adopted is not None)
     controller = None

@@ -126,7 +126,7 @@ def test_a_refused_adoption_is_one_line_and_writes_nothing(case, cifar_like, tmp
             "mean-alone": adopt_args(cifar_like, "--mean", "0.5,0.5,0.5"),
             "mean-channels": adopt_args(cifar_like, "--mean", "0.5", "--std", "0.2")}[case]
     message = refused(argv)
-    expected = {"not-a-file": "no such file", "bad-weights": "not a weights file", "taken": "already holds a run",
+    expected = {"not-a-file": "missing.th not found", "bad-weights": "not a weights file", "taken": "already holds a run",
                 "wrong-model": "resnet20", "epochs-0": "sdprune adopt", "mean-alone": "go together",
                 "mean-channels": "channel"}[case]
     assert expected in message

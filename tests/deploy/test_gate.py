@@ -11,7 +11,8 @@ from sdprune.errors import SdpruneError
 
 
 def test_near_ties_are_set_apart_by_the_one_definition_the_ort_check_uses():
-    from sdprune.deploy.mobile import NEAR_TIE_RTOL, compare_logits, decided, int8_margin
+    from sdprune.deploy.gate import NEAR_TIE_RTOL, decided, int8_margin
+    from sdprune.deploy.mobile import compare_logits
 
     fp32 = torch.tensor([[10.0, 0.0, 0.0],   # clear: gap 10 > 0.5 (5% of the largest |logit|, 10)
                          [3.0, 2.8, 0.0],    # near-tie: gap 0.2

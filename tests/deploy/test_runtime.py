@@ -90,6 +90,9 @@ def test_files_that_are_not_sdprune_classifiers(exported, tmp_path):
         evaluate_onnx(tmp_path / "junk.onnx")
     with pytest.raises(SdpruneError, match="not found"):
         read_onnx_meta(tmp_path / "missing.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(SdpruneError, match="folder.onnx is a folder, not a file$"):  # there, but no model
+        read_onnx_meta(tmp_path / "folder.onnx")
 
 
 def test_eval_command_on_onnx(exported, tmp_path, capsys):

@@ -49,3 +49,16 @@ def test_huge_heads_are_counted_without_memory():
     """On the meta device a 10^6-class head costs nothing (a real one would take 8 GB for tv_resnet50)."""
     one, million = describe_model("tv_resnet50", 1), describe_model("tv_resnet50", 10**6)
     assert million["params"] == one["params"] + 2049 * (10**6 - 1)  # 2048 weights and a bias per class
+
+
+def test_the_models_table_counts_blocks(tmp_path, monkeypatch, capsys):
+    """`sdprune models` says "blocks", the word prune --keep and every other command use."""
+    from sdprune.cli import main
+
+    monkeypatch.setenv("SDPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["models", "resnet20", "vit_cifar"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks" in out and "units" not in out
+    cells = [[c for c in line.replace("│", " ").split()][:2] for line in out.splitlines()]
+    assert [c for c in cells if c[:1] in (["resnet20"], ["vit_cifar"])] == [["resnet20", "9"], ["vit_cifar", "12"]]

@@ -176,6 +176,18 @@ def test_names_are_unambiguous():
     assert "not torchvision" in model_info("cifar_resnet152").description
 
 
+def test_models_list_each_family_by_size():
+    names = list_models()
+    for family in (["tv_vit_b_16", "tv_vit_b_32", "tv_vit_l_16", "tv_vit_l_32", "tv_vit_h_14"],
+                   ["tv_swin_t", "tv_swin_s", "tv_swin_b", "tv_swin_v2_t", "tv_swin_v2_s", "tv_swin_v2_b"],
+                   [f"tv_efficientnet_b{i}" for i in range(8)] + ["tv_efficientnet_v2_s", "tv_efficientnet_v2_m",
+                                                                  "tv_efficientnet_v2_l"],
+                   ["tv_regnet_x_400mf", "tv_regnet_x_1_6gf", "tv_regnet_x_32gf", "tv_regnet_y_400mf",
+                    "tv_regnet_y_128gf"], ["resnet20", "resnet110", "resnet1202"]):
+        at = [names.index(n) for n in family]
+        assert at == sorted(at), family
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(SdpruneError, match="unknown model"):
         create_model("resnet21", num_classes=10)

@@ -138,3 +138,11 @@ def test_config_round_trips_through_a_dict():
     assert TrainConfig.from_dict(d) == c
     with pytest.raises(SdpruneError, match="unknown config key"):
         TrainConfig.from_dict({**d, "colour": "red"})
+
+
+def test_train_refuses_zero_epochs_pointing_at_adopt():
+    from sdprune.train.config import refuse_no_training
+
+    refuse_no_training({"epochs": None})  # not given: the default
+    with pytest.raises(SdpruneError, match=r"^--epochs must be at least 1; .* use `sdprune adopt WEIGHTS`$"):
+        refuse_no_training({"epochs": 0, "init": "run"})

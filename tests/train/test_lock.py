@@ -124,3 +124,25 @@ def test_a_lock_its_dead_holder_left_to_others_is_waited_for_then_taken(tmp_path
         holder.wait()
     with locked_run(run):  # the recorded holder is dead: waited for the sleep to let go
         assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_a_holder_not_running_here_is_named_so_not_called_ended(tmp_path, monkeypatch):
+    """On a shared folder the recorded pid may be another machine's: the refusal says only what is known."""
+    import fcntl
+
+    from sdprune.train import lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4194000")  # a pid this machine does not run
+        monkeypatch.setattr(lock, "HOLDER_GONE_WAIT_S", 0.0)
+        monkeypatch.setattr(lock, "process_alive", lambda pid: False)
+        with pytest.raises(SdpruneError, match=r"\(pid 4194000, which is not running on this machine: ") as err:
+            with locked_run(run):
+                pass
+        assert "ended" not in str(err.value) and "\n" not in str(err.value)
+    finally:
+        os.close(fd)

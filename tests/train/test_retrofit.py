@@ -87,8 +87,11 @@ def test_a_file_that_is_not_weights_is_refused(tmp_path):
     bad.write_bytes(b"not a torch file")
     with pytest.raises(SdpruneError, match="not a weights file"):
         adopt(bad, None, 10, 1)
-    with pytest.raises(SdpruneError, match="no such file"):
+    with pytest.raises(SdpruneError, match="^--init .*missing.pt not found$"):
         adopt(tmp_path / "missing.pt", None, 10, 1)
+    with pytest.raises(SdpruneError, match="^--init .*checkpoint.pt is a folder, not a file$"):
+        (tmp_path / "run" / "checkpoint.pt").mkdir(parents=True)
+        adopt(tmp_path / "run", None, 10, 1)
 
 
 def test_distillation_is_used_when_on_and_absent_when_off(plain):
