@@ -23,7 +23,8 @@ def add_parser(sub):
     a("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/export)")
     a("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     a("--atol", type=float, default=DEFAULT_ATOL,
-      help=f"largest |logit difference| ONNX Runtime may show against PyTorch (default {DEFAULT_ATOL:g})")
+      help=f"largest |logit difference| ONNX Runtime may show against PyTorch, times the largest "
+           f"|logit| when that is above 1 (default {DEFAULT_ATOL:g})")
     a("--samples", type=int, default=DEFAULT_SAMPLES,
       help=f"test images (a seeded random subset) for the parity and .ort checks (default {DEFAULT_SAMPLES})")
     a("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, per-channel weights)")

@@ -160,7 +160,10 @@ def sample_test_images(data, samples: int) -> tuple[torch.Tensor, dict[str, Any]
 def verify_parity(model: nn.Module, session, images: torch.Tensor, data, batch_sizes: Sequence[int],
                   atol: float) -> dict[str, Any]:
     """Max |logit difference|, top-1 agreement and non-finite outputs of ONNX Runtime vs PyTorch
-    per batch size; ``ok`` only when every logit of both is finite and within ``atol``."""
+    per batch size; ``ok`` only when every logit of both is finite and within the bound,
+    ``atol`` times the largest |logit| when that is above 1: fp32 rounding in a reordered
+    computation grows with the values, so a network with logits near 50 differs by ~1e-3
+    where one with logits near 1 differs by ~1e-5 (the README's main job, measured)."""
     import torch
 
     from sdprune.deploy.runtime import non_finite_rows
@@ -168,7 +171,7 @@ def verify_parity(model: nn.Module, session, images: torch.Tensor, data, batch_s
     name = session.get_inputs()[0].name
     rows = []
     for batch in batch_sizes:
-        worst, agree, bad_torch, bad_ort = 0.0, 0, 0, 0
+        worst, scale, agree, bad_torch, bad_ort = 0.0, 0.0, 0, 0, 0
         for start in range(0, len(images), batch):
             x = _normalize(images[start:start + batch], data)
             with torch.no_grad():
@@ -178,11 +181,13 @@ def verify_parity(model: nn.Module, session, images: torch.Tensor, data, batch_s
             finite = torch.isfinite(expected).all(1) & torch.isfinite(got).all(1)
             if finite.any():
                 worst = max(worst, float((got[finite] - expected[finite]).abs().max()))
+                scale = max(scale, float(expected[finite].abs().max()))
             agree += int((got.argmax(1) == expected.argmax(1))[finite].sum())
         row = {"batch": int(batch), "images": len(images), "max_abs_diff": worst,
                "top1_agreement": 100.0 * agree / max(1, len(images)),
-               "non_finite": {"pytorch": bad_torch, "onnxruntime": bad_ort}}
-        row["ok"] = bad_torch == bad_ort == 0 and worst <= atol
+               "non_finite": {"pytorch": bad_torch, "onnxruntime": bad_ort},
+               "max_abs_logit": scale, "bound": atol * max(1.0, scale)}
+        row["ok"] = bad_torch == bad_ort == 0 and worst <= row["bound"]
         rows.append(row)
     return {"ok": all(r["ok"] for r in rows), "atol": atol, "dataset": data.name, "split": "test", "batches": rows}
 
@@ -194,8 +199,9 @@ def _parity_failure(parity: dict[str, Any]) -> str:
         if bad["pytorch"] or bad["onnxruntime"]:
             return (f"non-finite logits from PyTorch on {bad['pytorch']} of {r['images']} test images and "
                     f"from ONNX Runtime on {bad['onnxruntime']} (batch {r['batch']})")
-    worst = max(parity["batches"], key=lambda r: r["max_abs_diff"])
-    return (f"max |logit diff| {worst['max_abs_diff']:.3g} > --atol {parity['atol']:g} at batch {worst['batch']} "
+    worst = max((r for r in parity["batches"] if not r["ok"]), key=lambda r: r["max_abs_diff"] - r["bound"])
+    return (f"max |logit diff| {worst['max_abs_diff']:.3g} > --atol {parity['atol']:g} x max(1, largest |logit| "
+            f"{worst['max_abs_logit']:.3g}) at batch {worst['batch']} "
             f"(top-1 agreement {worst['top1_agreement']:.2f}% on {worst['images']} images)")
 
 
@@ -261,9 +267,9 @@ def _line(err: BaseException) -> str:
 
 
 def _show_parity(reporter: Reporter, parity: dict[str, Any], name: str) -> None:
-    rows = [[str(r["batch"]), r["images"], f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.2f}%",
-             "pass" if r["ok"] else "FAIL"] for r in parity["batches"]]
+    rows = [[str(r["batch"]), r["images"], f"{r['max_abs_diff']:.2e}", f"{r['bound']:.2e}",
+             f"{r['top1_agreement']:.2f}%", "pass" if r["ok"] else "FAIL"] for r in parity["batches"]]
     reporter.table(f"Validating {name}: ONNX Runtime vs PyTorch", ["batch", "images", "max |Δ logit|",
-                   "top-1 agreement", f"≤ atol {parity['atol']:g}"], rows,
+                   f"bound (atol {parity['atol']:g} x max(1, |logit|))", "top-1 agreement", "parity"], rows,
                    caption=f"{parity['sample']['images']} real {parity['split']} images of {parity['dataset']} "
                            f"(seeded random subset, {parity['sample']['classes']} classes)")

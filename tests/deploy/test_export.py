@@ -310,3 +310,33 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, capsys, case):
             "drop": "--int8-max-drop must be between 0 and 100 points, got -1",
             "unwritable": "cannot write to output folder"}[case] in lines[0]
     assert not out.exists()
+
+
+def test_parity_bound_grows_with_the_logits():
+    """fp32 rounding grows with the values: the bound is atol x max(1, largest |logit|), so the same
+    absolute difference passes on logits near 50 and fails on logits near 1; atol 0 still fails."""
+    from types import SimpleNamespace
+
+    from sdprune.deploy.export import verify_parity
+
+    class Session:  # ONNX Runtime's interface, returning PyTorch's logits plus a fixed error
+        def __init__(self, model, error):
+            self.model, self.error = model, error
+
+        def get_inputs(self):
+            return [SimpleNamespace(name="input")]
+
+        def run(self, _, feeds):
+            with torch.no_grad():
+                return [(self.model(torch.from_numpy(feeds["input"])) + self.error).numpy()]
+
+    data = SimpleNamespace(mean=(0.0,), std=(1.0,), name="synthetic")
+    images = torch.full((4, 1, 2, 2), 128, dtype=torch.uint8)
+    for scale, atol, ok in ((50.0, 1e-4, True), (1.0, 1e-4, False), (50.0, 0.0, False)):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        with torch.no_grad():
+            model[1].weight.fill_(scale / 4 / images.float().div(255).max().item())
+            model[1].bias.zero_()
+        parity = verify_parity(model.eval(), Session(model, 1e-3), images, data, (1, 4), atol)
+        assert parity["ok"] is ok, (scale, atol, parity)
+        assert all(abs(r["max_abs_logit"] - scale) < 1e-3 for r in parity["batches"])
