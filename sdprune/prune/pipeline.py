@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from sdprune.depth.select import (
 from sdprune.depth.structure import block_layout, block_names, remove_blocks
 from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
-from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, heal, heal_bn
+from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, has_batchnorm, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
 from sdprune.prune.stats import STATS_IMAGES, check_stats_args, collect_stats
 from sdprune.report import Reporter
@@ -63,6 +63,9 @@ class Pruned:
     after: Scores  # the network as it is returned
     params: int
     flops: int
+    # seconds: cut_s (removal and the unhealed measurement: all that precedes a fine-tune in
+    # here), finetune_s, heal_s (what follows it: BN re-estimation and the measurements)
+    timing: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def mode(self) -> str:
@@ -168,20 +171,25 @@ def cut_and_heal(model: nn.Module, removed: Sequence[str], data: DataBundle, hea
     A fine-tune distils from ``model``. With nothing removed nothing is fine-tuned: the copy
     is the unpruned network healed as the reference is (BN statistics only).
     """
+    clock = time.perf_counter()
     pruned = remove_blocks(copy.deepcopy(model), removed)
     spec = heal_spec if removed else replace(heal_spec, finetune_epochs=0.0)
     # heal_bn measures the network it starts from: right after removal unless a fine-tune comes first
     unhealed = assess(pruned, data, device) if spec.finetune_epochs > 0 or not spec.bn else None
+    timing = {"cut_s": time.perf_counter() - clock}
+    clock = time.perf_counter()
     steps = heal(pruned, data, spec, device, teacher=model, seed=seed, reporter=reporter)
+    timing["finetune_s"] = steps["finetune"]["wall_s"] if steps["finetune"] else 0.0
     bn = steps["bn"]
     if bn is not None:  # heal_bn measured the network with the statistics it kept
         unhealed = unhealed or bn["before"]
         after = bn["after"] if bn["statistics"] == "recalibrated" else bn["before"]
     else:
         after = assess(pruned, data, device) if steps["finetune"] else unhealed
+    timing["heal_s"] = time.perf_counter() - clock - timing["finetune_s"]
     size = size_of(pruned, tuple(data.input_shape))
     return Pruned(pruned, block_names(pruned), list(removed), unhealed, bn, steps["finetune"], after,
-                  size["params"], size["flops"])
+                  size["params"], size["flops"], timing)
 
 
 def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int = 0,
@@ -253,9 +261,10 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         if needs_statistics([criterion]):  # drop-one can take many minutes: say so before it starts
             images = min(len(data.val), stats_images or len(data.val))
             reporter.info(f"scoring {present} blocks by {criterion} on {images} validation images")
+        timing = {"load_s": time.perf_counter() - t_start}  # the checkpoint and the images
         clock = time.perf_counter()
         rows = score(model)
-        timing = {"score_s": time.perf_counter() - clock}
+        timing["score_s"] = time.perf_counter() - clock
         if criterion == "survival" and len({r["survival"] for r in rows}) == 1:
             reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
         # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
@@ -263,18 +272,20 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
         reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
                       f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
-        clock = time.perf_counter()
-        ref = reference(model, data, heal_spec, seed, dev)
-        timing["reference_s"] = time.perf_counter() - clock
-        if heal_spec.bn and ref.statistics == "none":  # asked for (the default), and it cannot be done
+        if heal_spec.bn and not has_batchnorm(model):  # asked for (the default), and it cannot be done
             reporter.warn(NO_BATCHNORM)
         clock = time.perf_counter()
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
                              score if iterative else None, reporter)
-        timing["cut_heal_s"] = time.perf_counter() - clock
         # where the time went: a user waiting on a fine-tune wants to know what came before it
-        timing["finetune_s"] = pruned.finetune["wall_s"] if pruned.finetune else 0.0
-        timing["before_finetune_s"] = time.perf_counter() - t_start - timing["finetune_s"]
+        timing["choose_s"] = time.perf_counter() - clock - sum(pruned.timing.values())  # --iterative's rescoring
+        timing.update(pruned.timing)
+        # The reference does not depend on the pruning: measured last, it keeps no fine-tune waiting.
+        clock = time.perf_counter()
+        ref = reference(model, data, heal_spec, seed, dev)
+        timing["reference_s"] = time.perf_counter() - clock
+        if pruned.finetune:
+            timing["before_finetune_s"] = sum(timing[k] for k in ("load_s", "score_s", "choose_s", "cut_s"))
         reporter.info("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f}s" for k, v in timing.items()))
         summary = {"parent": ckpt["path"], "model": meta["model"]["name"], "dataset": meta["data"]["dataset"],
                    **settings, "blocks": {"total": total, "before": present, "after": len(pruned.kept)},

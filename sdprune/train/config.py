@@ -76,7 +76,7 @@ class TrainConfig:
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True             # on CUDA
-    eval_batch_size: int = 512
+    eval_batch_size: int = 256  # sdprune.train.evaluate.EVAL_BATCH_SIZE: why 256
     out: str | None = None                 # run folder; None = runs/<model>-<dataset>-<survival>-<time>
 
     def __post_init__(self) -> None:

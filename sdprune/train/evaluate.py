@@ -15,6 +15,11 @@ from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, total_blocks
 from sdprune.train.distributed import Distributed, sum_across
 
+# Images per evaluation batch. On a 2-core CPU 512 ran 30% slower than 256 or 128 (ResNet-56
+# at 32 px, whole and pruned to 14 blocks: its activations stop fitting in cache), and 256 keeps
+# a GPU's batches large (BENCHMARKS.md "Statistics cost", "What a prune spends its time on").
+EVAL_BATCH_SIZE = 256
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu."""
@@ -31,14 +36,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def predict(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
-            device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
+            device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE) -> Tensor:
     """Logits (float32, CPU) for every image of ``data``, in order (the model's mode is kept)."""
     return predict_labelled(model, data, mean, std, device, batch_size)[0]
 
 
 @torch.no_grad()
 def predict_labelled(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
-                     device: torch.device | str = "cpu", batch_size: int = 512,
+                     device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
                      shard: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """``predict`` for every image of ``data`` (or of this rank's ``shard`` of it), with the
     labels of the images scored (a streamed set may skip unreadable ones)."""
@@ -67,7 +72,7 @@ def score_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[float],
-             device: torch.device | str = "cpu", batch_size: int = 512,
+             device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
              world: Distributed | None = None) -> dict[str, float]:
     """Loss, top-1 accuracy (%) and the number ``n`` of images scored (a folder's unreadable
     files are left out) of ``model`` on ``data``; under torchrun (``world``) each rank scores
@@ -84,14 +89,14 @@ def evaluate(model: nn.Module, data: ImageSet, mean: list[float], std: list[floa
     return {"loss": loss_sum / n, "acc": 100.0 * correct / n, "n": int(n)}
 
 
-def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = 512) -> dict:
+def assess(model: nn.Module, data, device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Loss and accuracy on the validation slice and the test split of a DataBundle."""
     return {split: evaluate(model, getattr(data, split), data.mean, data.std, device, batch_size)
             for split in ("val", "test")}
 
 
 def evaluate_checkpoint(path, dataset: str | None = None, data_dir: str | None = None,
-                        device: str = "auto", batch_size: int = 512,
+                        device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                         reporter=None) -> dict:
     """Accuracy and loss of a full or pruned checkpoint on a dataset's test split and
     validation slice, with parameters and FLOPs."""
