@@ -35,11 +35,11 @@ EVAL_CROP_FRACTION = 0.875          # resize to size / 0.875, centre-crop size (
 BAD_IMAGES = ("fail", "skip")
 PREFETCH_BATCHES = 2                # per worker
 SUBSTITUTE_TRIES = 64               # skip mode: files tried after an unreadable training image
-# ``in_memory`` decodes in batches of this many bytes of pixels (64 to 1,024 images), spread
-# over the workers: each batch crosses from a worker in one shared-memory handle, and at 64
-# images a batch of 32-px CIFAR the handles, not the decoding, took a third of the time
+# ``in_memory`` decodes in chunks of about this many bytes of pixels, spread over the workers.
+# Each chunk crosses from a worker in one shared-memory handle: with chunks of 64 32-px CIFAR
+# images, passing the handles, not decoding, took a third of the time.
 DECODE_BYTES = 4 << 20
-DECODE_IMAGES = (64, 1024)
+DECODE_MIN_IMAGES, DECODE_MAX_IMAGES = 64, 1024
 # PIL modes of grayscale files (with or without alpha, 8 to 32 bits); a palette ("P") is colour
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -89,7 +89,7 @@ class FolderSet:
         images = torch.empty(len(self), *self.input_shape, dtype=torch.uint8)
         labels = torch.empty(len(self), dtype=torch.long)
         filled = 0
-        chunk = min(max(DECODE_BYTES // math.prod(self.input_shape), DECODE_IMAGES[0]), DECODE_IMAGES[1])
+        chunk = min(max(DECODE_BYTES // math.prod(self.input_shape), DECODE_MIN_IMAGES), DECODE_MAX_IMAGES)
         for batch, batch_labels in self.load_batches(torch.arange(len(self)).split(chunk)):
             images[filled:filled + len(batch)] = batch
             labels[filled:filled + len(batch)] = batch_labels

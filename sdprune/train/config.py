@@ -31,6 +31,12 @@ else:  # pragma: no cover
 DEFAULT_MODEL = "resnet32"
 
 
+# Images per evaluation batch (every evaluation's default). On a 2-core CPU 512 ran 30% slower
+# than 256 or 128 (ResNet-56 at 32 px, whole and pruned to 14 blocks; BENCHMARKS.md "What a
+# prune spends its time on"); 256 was not measured against larger batches on a GPU.
+EVAL_BATCH_SIZE = 256
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
@@ -76,7 +82,7 @@ class TrainConfig:
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True             # on CUDA
-    eval_batch_size: int = 256  # sdprune.train.evaluate.EVAL_BATCH_SIZE: why 256
+    eval_batch_size: int = EVAL_BATCH_SIZE
     out: str | None = None                 # run folder; None = runs/<model>-<dataset>-<survival>-<time>
 
     def __post_init__(self) -> None:

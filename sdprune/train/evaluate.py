@@ -13,12 +13,8 @@ from sdprune.errors import SdpruneError
 from sdprune.nets.measure import size_of
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, load_checkpoint, total_blocks
+from sdprune.train.config import EVAL_BATCH_SIZE
 from sdprune.train.distributed import Distributed, sum_across
-
-# Images per evaluation batch. On a 2-core CPU 512 ran 30% slower than 256 or 128 (ResNet-56
-# at 32 px, whole and pruned to 14 blocks: its activations stop fitting in cache), and 256 keeps
-# a GPU's batches large (BENCHMARKS.md "Statistics cost", "What a prune spends its time on").
-EVAL_BATCH_SIZE = 256
 
 
 def resolve_device(name: str = "auto") -> torch.device:
