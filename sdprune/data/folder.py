@@ -90,6 +90,8 @@ class FolderSet:
         labels = torch.empty(len(self), dtype=torch.long)
         filled = 0
         chunk = min(max(DECODE_BYTES // math.prod(self.input_shape), DECODE_MIN_IMAGES), DECODE_MAX_IMAGES)
+        # a set smaller than one chunk per worker still keeps every worker busy
+        chunk = max(1, min(chunk, math.ceil(len(self) / max(1, self.workers))))
         for batch, batch_labels in self.load_batches(torch.arange(len(self)).split(chunk)):
             images[filled:filled + len(batch)] = batch
             labels[filled:filled + len(batch)] = batch_labels

@@ -269,12 +269,12 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
             reporter.warn("every block has the same survival; the survival criterion falls back to depth order")
         # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
         # it can does not depend on the order of removal, so this holds for --iterative too).
+        clock = time.perf_counter()
         keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
         reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
                       f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
         if heal_spec.bn and not has_batchnorm(model):  # asked for (the default), and it cannot be done
             reporter.warn(NO_BATCHNORM)
-        clock = time.perf_counter()
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
                              score if iterative else None, reporter)
         # where the time went: a user waiting on a fine-tune wants to know what came before it

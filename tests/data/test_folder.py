@@ -93,6 +93,20 @@ def test_training_crops_depend_on_the_seed_alone_not_on_the_workers(folder, monk
     assert not torch.equal(images, torch.cat([x for x, _ in batches(data)]))  # crops, not the eval view
 
 
+def test_in_memory_spreads_a_small_set_over_every_worker(folder, monkeypatch):
+    data = dataclasses.replace(folder_set(folder), workers=2)
+    seen = []
+    real = FolderSet.load_batches
+
+    def spy(self, chunks, *args, **kwargs):
+        seen.extend(len(c) for c in chunks)
+        return real(self, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(FolderSet, "load_batches", spy)
+    assert len(data.in_memory()) == len(data)
+    assert len(seen) == 2 and sum(seen) == len(data)  # one chunk would leave a worker idle
+
+
 def test_eval_view_is_deterministic_and_is_torchvisions_resize_and_centre_crop(folder):
     from torchvision.transforms import v2
 
