@@ -17,7 +17,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sdprune"
 # Lower number = lower layer. A module may import its own subpackage, and any layer below.
-LAYERS = {"errors": 0, "report": 0, "files": 1, "faults": 0, "__init__": 0, "__main__": 7, "depth": 1, "nets": 2, "data": 2,
+# choices (the options' values) sits on errors and under every layer that acts on a choice.
+LAYERS = {"errors": 0, "report": 0, "choices": 0.5, "files": 1, "faults": 0, "__init__": 0, "__main__": 7, "depth": 1, "nets": 2, "data": 2,
           "train": 3, "deploy": 4, "prune": 5, "cli": 6}
 
 

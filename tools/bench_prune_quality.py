@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from b2_report import markdown  # tools/, beside this script
 
 from sdprune.data.bundle import data_for_checkpoint
-from sdprune.depth.select import CRITERIA, Budget, check_criterion, check_keep, target_count
+from sdprune.choices import CRITERIA
+from sdprune.depth.select import Budget, check_criterion, check_keep, target_count
 from sdprune.errors import SdpruneError
 from sdprune.prune.heal import HealSpec
 from sdprune.prune.pipeline import cut_and_heal, prune_model, reference, score_blocks

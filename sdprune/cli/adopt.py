@@ -11,8 +11,7 @@ from __future__ import annotations
 
 def add_parser(sub):
     from sdprune.cli.common import floats
-    from sdprune.data.bundle import DATA_MODES, DATASETS
-    from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
+    from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE
     from sdprune.train.config import TrainConfig
 
     d = TrainConfig()

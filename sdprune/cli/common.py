@@ -34,8 +34,7 @@ def image_count(text: str) -> int | None:
 
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     """How blocks are chosen, scored and healed: the options every pruned network is made with."""
-    from sdprune.prune.heal import HEAL_MODES
-    from sdprune.prune.stats import STATS_IMAGES
+    from sdprune.choices import HEAL_MODES, STATS_IMAGES
 
     a = parser.add_argument
     a("--allow-empty-stage", dest="keep_stages", action="store_false",

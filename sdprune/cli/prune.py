@@ -7,7 +7,7 @@ import argparse
 
 def add_parser(sub):
     from sdprune.cli.common import add_pruning_args
-    from sdprune.depth.select import CRITERIA
+    from sdprune.choices import CRITERIA
 
     p = sub.add_parser("prune", help="remove residual blocks and heal the smaller network", description=__doc__)
     a = p.add_argument

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub):
     from sdprune.cli.common import image_count
-    from sdprune.prune.stats import STATS_IMAGES
+    from sdprune.choices import STATS_IMAGES
 
     p = sub.add_parser("stats", help="per-block importance statistics of a checkpoint", description=__doc__)
     p.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest run)")

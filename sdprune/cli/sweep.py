@@ -23,19 +23,19 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_parser(sub):
     from sdprune.cli.common import add_pruning_args
-    from sdprune.prune.sweep import DEFAULT_CRITERIA, DEFAULT_KEEPS, DEFAULT_REPEATS
+    from sdprune.choices import SWEEP_CRITERIA, SWEEP_KEEPS, SWEEP_REPEATS
 
     p = sub.add_parser("sweep", help="the footprint curve: accuracy vs size and latency", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("checkpoint", nargs="?", help="checkpoint or run folder (default: the newest unpruned run)")
-    a("--keep", type=_floats, default=DEFAULT_KEEPS,
-      help=f"comma-separated kept fractions (default {','.join(f'{k:g}' for k in DEFAULT_KEEPS)})")
-    a("--criteria", type=_names, default=DEFAULT_CRITERIA,
-      help=f"comma-separated criteria (default {','.join(DEFAULT_CRITERIA)})")
+    a("--keep", type=_floats, default=SWEEP_KEEPS,
+      help=f"comma-separated kept fractions (default {','.join(f'{k:g}' for k in SWEEP_KEEPS)})")
+    a("--criteria", type=_names, default=SWEEP_CRITERIA,
+      help=f"comma-separated criteria (default {','.join(SWEEP_CRITERIA)})")
     add_pruning_args(p)
     a("--no-onnx", dest="onnx", action="store_false", help="skip ONNX export and latency (faster)")
-    a("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per model at batch 1 (default {DEFAULT_REPEATS})")
+    a("--repeats", type=int, default=SWEEP_REPEATS, help=f"timed runs per model at batch 1 (default {SWEEP_REPEATS})")
     a("--threads", type=int, help="ONNX Runtime threads (default: all CPUs)")
     a("--out", help="output folder (default: the checkpoint's folder, where a sweep made with other settings "
                     "is refused)")

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub):
     from sdprune.cli.common import floats, ints
-    from sdprune.data.bundle import DATA_MODES, DATASETS, MEMORY_BUDGET
-    from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
-    from sdprune.train.distributed import GRAD_SYNCS
-    from sdprune.depth.schedule import SCHEDULES
+    from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET, SCHEDULES
     from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default

@@ -20,16 +20,12 @@ import torch
 from torch import Tensor
 
 from sdprune.data.augment import Augment
-from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE, FolderSet, eval_resize_for, open_folder
+from sdprune.data.folder import FolderSet, eval_resize_for, open_folder
 from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.readers import load_splits
+from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, MEMORY_BUDGET
 from sdprune.errors import SdpruneError
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
-DATA_MODES = ("auto", "memory", "stream")
-# --data-mode auto streams a folder whose decoded images would take more than this (bytes)
-# of memory; below it, decoding once into memory is faster for every epoch after the first.
-MEMORY_BUDGET = 2 * 2**30
 STREAM_STATS_IMAGES = 1000  # a streamed folder's normalisation is measured on this many images
 STATS_CHUNK = 256           # channel_stats histograms this many images at a time
 VAL_FRACTION, VAL_MAX = 0.1, 5000

@@ -28,11 +28,9 @@ from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.scan import scan_folder
 from sdprune.errors import SdpruneError
 
-FOLDER_IMAGE_SIZE = 64             # pixels: an image folder's default --image-size
 CROP_SCALE = (0.08, 1.0)            # RandomResizedCrop's area fraction (torchvision's default)
 CROP_RATIO = (3 / 4, 4 / 3)         # and aspect ratio
 EVAL_CROP_FRACTION = 0.875          # resize to size / 0.875, centre-crop size (224 <- 256)
-BAD_IMAGES = ("fail", "skip")
 PREFETCH_BATCHES = 2                # per worker
 SUBSTITUTE_TRIES = 64               # skip mode: files tried after an unreadable training image
 # ``in_memory`` decodes in chunks of about this many bytes of pixels, spread over the workers.

@@ -24,18 +24,8 @@ from torch import Tensor, nn
 
 from sdprune.depth.block import Gate, GatedBlock
 from sdprune.depth.structure import gated_blocks
+from sdprune.choices import DROP_MODES
 from sdprune.errors import SdpruneError
-
-DROP_MODES = ("batch", "row")
-
-
-MAX_SEED = 2**63 - 1  # what every generator seeded from a --seed accepts
-
-
-def check_seed(seed: int, flag: str = "--seed") -> None:
-    """Reject a seed no generator takes (torch's are 64-bit), before any work."""
-    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-        raise SdpruneError(f"{flag} must be a whole number from 0 to 2**63 - 1, got {seed}")
 
 
 def step_seed(seed: int, step: int) -> int:

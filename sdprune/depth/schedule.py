@@ -3,7 +3,7 @@
 ``linear`` is the paper's rule p_l = 1 - (l / L)(1 - p_L); ``uniform`` gives every block
 p_L; ``none`` is the plain baseline (p = 1 on the same code path); ``learned`` starts
 from the linear rule and adapts during training (``sdprune.depth.learned``). An adopted
-run (nothing trained) records ``prior`` (``PRIOR``) when its network keeps the survivals
+run (nothing trained) records ``prior`` (``sdprune.choices.PRIOR``) when its network keeps the survivals
 its source was trained with.
 """
 
@@ -15,12 +15,9 @@ import torch
 from torch import nn
 
 from sdprune.depth.structure import gated_blocks
+from sdprune.choices import SCHEDULES
 from sdprune.errors import SdpruneError
 
-SCHEDULES = ("linear", "uniform", "none", "learned")
-# Not a schedule to train with: what an adopted run records when its network came with the
-# survivals its source trained it with (torchvision's drop rates: ConvNeXt, Swin ...).
-PRIOR = "prior"
 
 
 def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:

@@ -14,10 +14,10 @@ import random as _random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from sdprune.choices import CRITERIA
 from sdprune.errors import SdpruneError
 from sdprune.report import human
 
-CRITERIA = ("survival", "ablation", "influence", "norm", "depth", "every-other", "random")
 _NEEDS = {"survival": "survival", "ablation": "delta_loss", "influence": "influence", "norm": "residual_ratio"}
 _LAYOUT = ("survival",)  # in every layout row (sdprune.depth.structure); the other fields are measured
 

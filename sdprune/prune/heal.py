@@ -27,13 +27,13 @@ from sdprune.data.bundle import DataBundle
 from sdprune.data.images import drops_last, iterate_batches, normalization, normalize, num_batches
 from sdprune.depth.gates import expected_gates, step_seed
 from sdprune.depth.structure import check_norm_batch, norm_values_per_image
+from sdprune.choices import HEAL_MODES
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.distill import distillation_loss
 from sdprune.train.evaluate import assess
 from sdprune.train.trainer import build_sgd
 
-HEAL_MODES = ("none", "bn", "finetune")  # `sdprune prune --heal` and `sdprune sweep --heal`
 DEFAULT_FINETUNE_EPOCHS = 1.0
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

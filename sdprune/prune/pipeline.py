@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdprune.choices import STATS_IMAGES, check_seed
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
-from sdprune.depth.gates import check_seed
 from sdprune.depth.select import (
     Budget,
     check_criterion,
@@ -39,7 +39,7 @@ from sdprune.files import check_output, file_bytes
 from sdprune.nets.measure import size_of
 from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec, has_batchnorm, heal, heal_bn
 from sdprune.prune.output import check_folder, folder_name, prune_settings, write_pruned
-from sdprune.prune.stats import STATS_IMAGES, check_stats_args, collect_stats
+from sdprune.prune.stats import check_stats_args, collect_stats
 from sdprune.report import Reporter
 from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks
 from sdprune.train.evaluate import assess, resolve_device

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from sdprune.data.bundle import DataBundle
-from sdprune.depth.select import CRITERIA, Budget
+from sdprune.choices import CRITERIA
+from sdprune.depth.select import Budget
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
 from sdprune.prune.pipeline import Pruned, prune_model, score_blocks

@@ -35,6 +35,7 @@ from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
+from sdprune.choices import STATS_IMAGES
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.report import Reporter
@@ -47,11 +48,6 @@ STATS_FILE = "stats.json"
 STATS_ROOM = 1 << 20  # bytes a statistics file may take (a few kB per block)
 SUBSET_SEED = 0  # --stats-images picks the same images every time
 # Validation images the statistics score on by default (all of them when there are fewer).
-# Drop-one costs about L/2 + 1 evaluation passes, so a 5,000-image slice made `prune` of a
-# ResNet-56 spend most of an hour scoring on a CPU; on that network (the public CIFAR-10
-# weights, BENCHMARKS.md "Statistics cost") 1,000 seeded images chose the same blocks as all
-# 5,000 at keep 0.5 and at keep 1/3, and 500 differed by one block.
-STATS_IMAGES = 1000
 
 
 def check_stats_args(batch_size: int, images: int | None) -> None:

@@ -22,14 +22,14 @@ from torch import nn
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, check_bench
-from sdprune.depth.gates import check_seed
 from sdprune.depth.select import Budget, check_criterion, removed_blocks, target_count
+from sdprune.choices import STATS_IMAGES, SWEEP_CRITERIA, SWEEP_KEEPS, SWEEP_REPEATS, check_seed
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec
 from sdprune.prune.output import check_settings, check_source
 from sdprune.prune.pipeline import Pruned, Reference, choose_blocks, cut_and_heal, reference, score_blocks
-from sdprune.prune.stats import STATS_IMAGES, check_stats_args
+from sdprune.prune.stats import check_stats_args
 from sdprune.prune.sweep_plot import plot_sweep, report_markdown
 from sdprune.report import Reporter, human
 from sdprune.train.checkpoint import build_model, kept_blocks, load_checkpoint, total_blocks, write_json
@@ -37,16 +37,13 @@ from sdprune.files import atomic_write, remove_stale_temps
 from sdprune.train.evaluate import resolve_device
 from sdprune.train.runs import resolve_checkpoint
 
-DEFAULT_KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
-DEFAULT_CRITERIA = ("survival", "ablation", "influence", "depth", "every-other", "random")
-DEFAULT_REPEATS = 30  # timed rounds per model at batch 1
 SWEEP_FILE = "sweep.json"
 SWEEP_ROOM = 4 << 20  # bytes: sweep.json, .csv, .md and the plot
 FIELDS = ("criterion", "keep", "blocks", "val_acc", "test_acc", "test_loss", "change", "params", "flops",
           "onnx_bytes", "latency_ms", "latency_ratio", "heal", "statistics")
 
 
-def check_sweep(keeps: Sequence[float], criteria: Sequence[str], repeats: int = DEFAULT_REPEATS,
+def check_sweep(keeps: Sequence[float], criteria: Sequence[str], repeats: int = SWEEP_REPEATS,
                 threads: int | None = None, batch_size: int = 128, stats_images: int | None = None) -> None:
     """Reject a sweep no run can do, before anything is loaded."""
     if not keeps:
@@ -69,9 +66,9 @@ def sweep_settings(keeps: Sequence[float], criteria: Sequence[str], heal_spec: H
             "seed": seed, "stats_images": stats_images, "onnx": onnx}
 
 
-def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float] = DEFAULT_KEEPS,
-                     criteria: Sequence[str] = DEFAULT_CRITERIA, heal_spec: HealSpec = BN_HEAL,
-                     onnx: bool = True, bench_repeats: int = DEFAULT_REPEATS, threads: int | None = None,
+def sweep_checkpoint(ckpt_path: str | Path | None = None, keeps: Sequence[float] = SWEEP_KEEPS,
+                     criteria: Sequence[str] = SWEEP_CRITERIA, heal_spec: HealSpec = BN_HEAL,
+                     onnx: bool = True, bench_repeats: int = SWEEP_REPEATS, threads: int | None = None,
                      device: str = "auto", seed: int = 0, out: str | Path | None = None, keep_stages: bool = True,
                      batch_size: int = 128, stats_images: int | None = STATS_IMAGES,
                      reporter: Reporter | None = None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdprune.depth.schedule import PRIOR, get_survival
+from sdprune.choices import PRIOR
+from sdprune.depth.schedule import get_survival
 from sdprune.depth.structure import remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.files import input_path, load_weights

@@ -12,12 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdprune.data.bundle import DATA_MODES
-from sdprune.data.folder import BAD_IMAGES, FOLDER_IMAGE_SIZE
-from sdprune.depth.gates import DROP_MODES, check_seed
-from sdprune.depth.schedule import PRIOR, SCHEDULES
+from sdprune.choices import (BAD_IMAGES, DATA_MODES, DROP_MODES, FOLDER_IMAGE_SIZE, GRAD_SYNCS, PRIOR, SCHEDULES,
+                             check_seed)
 from sdprune.errors import SdpruneError
-from sdprune.train.distributed import GRAD_SYNCS
 
 MAX_IMAGE_SIZE = 4096  # pixels
 MAX_WORKERS = 256  # image decoding processes

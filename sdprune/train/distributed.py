@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sdprune.choices import GRAD_SYNCS
 from sdprune.errors import SdpruneError
 from sdprune.train.sync_norm import convert_cross_rank_bn
 
-GRAD_SYNCS = ("auto", "ddp", "ddp-skip-unused", "allreduce")
 
 
 def resolve_grad_sync(grad_sync: str, device: torch.device) -> str:

@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from sdprune.data.bundle import MEMORY_BUDGET, DataBundle, check_classes, load_data
+from sdprune.choices import MEMORY_BUDGET
+from sdprune.data.bundle import DataBundle, check_classes, load_data
 from sdprune.data.folder import FolderSet
 from sdprune.data.images import ImageSet, drops_last, iterate_batches, shard_rows
 from sdprune.depth.gates import step_seed

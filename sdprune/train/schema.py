@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdprune.data.bundle import DATASETS
+from sdprune.choices import DATASETS
 from sdprune.depth.structure import block_names, remove_blocks
 from sdprune.errors import SdpruneError
 from sdprune.nets.registry import create_model

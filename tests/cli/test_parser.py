@@ -71,7 +71,8 @@ def test_statistics_score_the_same_default_subset_in_stats_prune_and_sweep():
     import inspect
 
     from sdprune.prune.pipeline import prune_checkpoint
-    from sdprune.prune.stats import STATS_IMAGES, score_checkpoint
+    from sdprune.choices import STATS_IMAGES
+    from sdprune.prune.stats import score_checkpoint
     from sdprune.prune.sweep import sweep_checkpoint
 
     parser = build_parser()
@@ -140,3 +141,18 @@ def test_usage_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sdprune prune: error: argument --keep: invalid float value")
+
+
+def test_the_command_line_parses_without_loading_torch():
+    """`sdprune --help` and a mistyped flag answer at once: building the parser loads no
+    torch, torchvision or onnx (sdprune.choices holds what the options need)."""
+    import subprocess
+
+    probe = ("import sys\nfrom sdprune.cli import main\n"
+             "for argv in (['--help'], ['prune', '--help'], ['train', '--epochs', 'x'], ['sweep', '--keep', 'y']):\n"
+             "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code in (0, 2), e.code\n"
+             "print(sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "invalid int value: 'x'" in done.stderr  # the usage errors were really reached

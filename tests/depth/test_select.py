@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from sdprune.choices import CRITERIA
 from sdprune.depth.select import (
-    CRITERIA,
     check_budget,
     importance,
     needs_statistics,
