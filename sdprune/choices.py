@@ -1,10 +1,11 @@
 """What a user chooses among: every option's allowed values and its defaults, in one place.
 
-The command line is built from these (choices, defaults, help text), so this module
-imports neither torch nor anything that does: `sdprune --help` and a mistyped flag answer
-in a fraction of a second instead of the seconds torch and torchvision take to load. The
-modules that act on a choice import it from here (``sdprune.data.bundle.DATASETS`` is
-this ``DATASETS``), so a value is defined once.
+The command line builds its options from these (choices and the defaults its help states),
+so this module imports neither torch nor anything that does: `sdprune --help` and a
+mistyped flag answer in a fraction of a second instead of the seconds torch and torchvision
+take to load. The modules that act on a choice import it from here, so a value is defined
+once. (Defaults that belong to one object stay with it and are read by the command line
+from torch-free modules: ``sdprune.train.config.TrainConfig``, ``sdprune.deploy``'s.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ GRAD_SYNCS = ("auto", "ddp", "ddp-skip-unused", "allreduce")
 
 # -- pruning (sdprune.prune) ------------------------------------------------------------
 HEAL_MODES = ("none", "bn", "finetune")  # `sdprune prune --heal` and `sdprune sweep --heal`
+# Validation images the statistics score on by default (all of them when there are fewer).
 # Drop-one costs about L/2 + 1 evaluation passes, so a 5,000-image slice made `prune` of a
 # ResNet-56 spend most of an hour scoring on a CPU; on that network (the public CIFAR-10
 # weights, BENCHMARKS.md "Statistics cost") 1,000 seeded images chose the same blocks as all
@@ -46,5 +48,5 @@ SWEEP_REPEATS = 30  # timed rounds per model at batch 1
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
     """Reject a seed no generator takes (torch's are 64-bit), before any work."""
-    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+    if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise SdpruneError(f"{flag} must be a whole number from 0 to 2**63 - 1, got {seed}")

@@ -28,7 +28,7 @@ def test_the_modules_that_act_on_a_choice_hold_the_same_values():
     assert set(choices.SWEEP_CRITERIA) <= set(choices.CRITERIA)
 
 
-@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, "3"])
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, "3", True])
 def test_a_seed_no_generator_takes_is_refused(seed):
     with pytest.raises(SdpruneError, match="--seed must be a whole number"):
         choices.check_seed(seed)

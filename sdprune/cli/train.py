@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def add_parser(sub):
     from sdprune.cli.common import floats, ints
-    from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET, SCHEDULES
+    from sdprune.choices import (BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET,
+                                 SCHEDULES)
     from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, MEMORY_BUDGET
 from sdprune.data.augment import Augment
 from sdprune.data.folder import FolderSet, eval_resize_for, open_folder
 from sdprune.data.images import ImageSet, seeded_index
 from sdprune.data.readers import load_splits
-from sdprune.choices import BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, MEMORY_BUDGET
 from sdprune.errors import SdpruneError
 
 STREAM_STATS_IMAGES = 1000  # a streamed folder's normalisation is measured on this many images

@@ -35,7 +35,8 @@ PREFETCH_BATCHES = 2                # per worker
 SUBSTITUTE_TRIES = 64               # skip mode: files tried after an unreadable training image
 # ``in_memory`` decodes in chunks of about this many bytes of pixels, spread over the workers.
 # Each chunk crosses from a worker in one shared-memory handle: with chunks of 64 32-px CIFAR
-# images, passing the handles, not decoding, took a third of the time.
+# images, passing the handles, not decoding, took a third of the time. A set too small to give
+# every worker a chunk of DECODE_MIN_IMAGES is split evenly over the workers instead.
 DECODE_BYTES = 4 << 20
 DECODE_MIN_IMAGES, DECODE_MAX_IMAGES = 64, 1024
 # PIL modes of grayscale files (with or without alpha, 8 to 32 bits); a palette ("P") is colour
@@ -88,9 +89,10 @@ class FolderSet:
         labels = torch.empty(len(self), dtype=torch.long)
         filled = 0
         chunk = min(max(DECODE_BYTES // math.prod(self.input_shape), DECODE_MIN_IMAGES), DECODE_MAX_IMAGES)
-        # a set smaller than one chunk per worker still keeps every worker busy
-        chunk = max(1, min(chunk, math.ceil(len(self) / max(1, self.workers))))
-        for batch, batch_labels in self.load_batches(torch.arange(len(self)).split(chunk)):
+        # at least one chunk per worker, balanced: a small set still reaches every worker
+        count = max(math.ceil(len(self) / chunk), min(len(self), self.workers))
+        chunks = torch.arange(len(self)).tensor_split(count) if len(self) else ()
+        for batch, batch_labels in self.load_batches(chunks):
             images[filled:filled + len(batch)] = batch
             labels[filled:filled + len(batch)] = batch_labels
             filled += len(batch)

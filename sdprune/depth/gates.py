@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from sdprune.choices import DROP_MODES
 from sdprune.depth.block import Gate, GatedBlock
 from sdprune.depth.structure import gated_blocks
-from sdprune.choices import DROP_MODES
 from sdprune.errors import SdpruneError
 
 

@@ -14,10 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sdprune.depth.structure import gated_blocks
 from sdprune.choices import SCHEDULES
+from sdprune.depth.structure import gated_blocks
 from sdprune.errors import SdpruneError
-
 
 
 def survival_schedule(name: str, num_blocks: int, p_last: float = 0.5) -> list[float]:

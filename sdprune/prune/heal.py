@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sdprune.choices import HEAL_MODES
 from sdprune.data.augment import augment
 from sdprune.data.bundle import DataBundle
 from sdprune.data.images import drops_last, iterate_batches, normalization, normalize, num_batches
 from sdprune.depth.gates import expected_gates, step_seed
 from sdprune.depth.structure import check_norm_batch, norm_values_per_image
-from sdprune.choices import HEAL_MODES
 from sdprune.errors import SdpruneError
 from sdprune.report import Reporter
 from sdprune.train.distill import distillation_loss

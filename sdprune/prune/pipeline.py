@@ -205,14 +205,16 @@ def reference(model: nn.Module, data: DataBundle, heal_spec: HealSpec, seed: int
 def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, criterion: str, budget: Budget,
                 heal_spec: HealSpec = BN_HEAL, total_blocks: int | None = None, seed: int = 0,
                 device: torch.device | str = "cpu", rescore: Rescore | None = None,
-                reporter: Reporter | None = None) -> Pruned:
+                reporter: Reporter | None = None, kept: Sequence[str] | None = None) -> Pruned:
     """The network ``budget`` keeps of ``model`` under ``criterion``, removed for real, healed, measured.
 
     ``rows``: ``model``'s statistics (``score_blocks``). With ``rescore`` (a network's rows)
-    blocks go one at a time, re-scoring what is left (``choose_iteratively``).
+    blocks go one at a time, re-scoring what is left (``choose_iteratively``). ``kept``: the
+    one-shot choice when the caller already made it (``choose_blocks`` measures sizes: not twice).
     """
     if rescore is None:
-        kept = choose_blocks(model, rows, criterion, budget, data.input_shape, total_blocks, seed)
+        if kept is None:
+            kept = choose_blocks(model, rows, criterion, budget, data.input_shape, total_blocks, seed)
         removed = removed_blocks(rows, kept)
     else:
         removed = choose_iteratively(model, rows, data, criterion, budget, rescore, heal_spec, total_blocks,
@@ -270,13 +272,13 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         # The one-shot choice, before any healing: a budget that cannot be met fails here (whether
         # it can does not depend on the order of removal, so this holds for --iterative too).
         clock = time.perf_counter()
-        keeping = len(choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed))
+        kept = choose_blocks(model, rows, criterion, budget, data.input_shape, total, seed)
         reporter.info(f"pruning {ckpt['path']}: {present} of {total} blocks, criterion {criterion}"
-                      f"{' (iterative)' if iterative else ''}, keeping {keeping}, heal {heal_spec.mode}")
+                      f"{' (iterative)' if iterative else ''}, keeping {len(kept)}, heal {heal_spec.mode}")
         if heal_spec.bn and not has_batchnorm(model):  # asked for (the default), and it cannot be done
             reporter.warn(NO_BATCHNORM)
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
-                             score if iterative else None, reporter)
+                             score if iterative else None, reporter, None if iterative else kept)
         # where the time went: a user waiting on a fine-tune wants to know what came before it
         timing["choose_s"] = time.perf_counter() - clock - sum(pruned.timing.values())  # --iterative rescores here
         timing.update(pruned.timing)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdprune.data.bundle import DataBundle
 from sdprune.choices import CRITERIA
+from sdprune.data.bundle import DataBundle
 from sdprune.depth.select import Budget
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdprune import __version__
+from sdprune.choices import STATS_IMAGES
 from sdprune.data.bundle import DataBundle, data_for_checkpoint
 from sdprune.data.images import iterate_batches, normalize
 from sdprune.depth.block import GatedBlock
 from sdprune.depth.gates import gating
 from sdprune.depth.structure import block_layout, gated_blocks
-from sdprune.choices import STATS_IMAGES
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.report import Reporter
@@ -47,7 +47,6 @@ from sdprune.train.runs import CHECKPOINT
 STATS_FILE = "stats.json"
 STATS_ROOM = 1 << 20  # bytes a statistics file may take (a few kB per block)
 SUBSET_SEED = 0  # --stats-images picks the same images every time
-# Validation images the statistics score on by default (all of them when there are fewer).
 
 
 def check_stats_args(batch_size: int, images: int | None) -> None:

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from sdprune.choices import STATS_IMAGES, SWEEP_CRITERIA, SWEEP_KEEPS, SWEEP_REPEATS, check_seed
 from sdprune.data.bundle import data_for_checkpoint
 from sdprune.deploy.export import export_onnx
 from sdprune.deploy.latency import bench_onnx, check_bench
 from sdprune.depth.select import Budget, check_criterion, removed_blocks, target_count
-from sdprune.choices import STATS_IMAGES, SWEEP_CRITERIA, SWEEP_KEEPS, SWEEP_REPEATS, check_seed
 from sdprune.errors import SdpruneError
 from sdprune.files import check_output
 from sdprune.prune.heal import BN_HEAL, NO_BATCHNORM, HealSpec

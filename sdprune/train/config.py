@@ -69,7 +69,7 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 0                       # image decoding processes (imagefolder)
-    data_mode: str = "auto"                # imagefolder: memory | stream | auto (bundle.MEMORY_BUDGET)
+    data_mode: str = "auto"                # imagefolder: memory | stream | auto (choices.MEMORY_BUDGET)
     bad_images: str = "fail"               # imagefolder: an unreadable file fails the run, or is skipped
     eval_resize: int | None = None         # pixels; imagefolder evaluation resize before the centre crop
                                            # (None: image_size in memory, image_size / 0.875 streamed)

@@ -35,7 +35,6 @@ from sdprune.errors import SdpruneError
 from sdprune.train.sync_norm import convert_cross_rank_bn
 
 
-
 def resolve_grad_sync(grad_sync: str, device: torch.device) -> str:
     """``auto``: ``allreduce`` on the CPU, where the three tie (BENCHMARKS.md, "Distributed
     gradient averaging") and DDP's unused-parameter search warns falsely whenever a step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -19,6 +20,21 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     train(TrainConfig(model="resnet20", epochs=3, out=str(out)))
     return out
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    """The trained run, by the name the pruning tests use."""
+    return trained_run
+
+
+@pytest.fixture
+def own_run(trained_run, tmp_path):
+    """A copy of the trained run that a test may write into (or break, were the code wrong)."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy2(trained_run / "checkpoint.pt", copy / "checkpoint.pt")
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,6 @@ from sdprune.prune.pipeline import prune_checkpoint
 from sdprune.train.checkpoint import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def run(trained_run) -> Path:
-    return trained_run
-
-
-@pytest.fixture
-def own_run(run, tmp_path) -> Path:
-    """A copy of the trained run that a test may write into (or break, were the code wrong)."""
-    copy = tmp_path / "run"
-    copy.mkdir()
-    shutil.copy2(run / "checkpoint.pt", copy / "checkpoint.pt")
-    return copy
-
-
 def pruned_dirs(run: Path) -> list[Path]:
     return sorted(p for p in run.iterdir() if p.name.startswith("pruned"))
 

@@ -19,11 +19,6 @@ from sdprune.train.evaluate import evaluate, evaluate_checkpoint, predict
 
 
 @pytest.fixture(scope="module")
-def run(trained_run) -> Path:
-    return trained_run
-
-
-@pytest.fixture(scope="module")
 def original(trained):
     return trained
 
@@ -156,6 +151,24 @@ def test_the_time_before_a_finetune_leaves_out_the_reference(run, tmp_path, monk
     assert order == ["heal", "reference", "heal"]
     assert "before_finetune_s" not in prune_checkpoint(run, Budget(keep_blocks=5), "depth", out=tmp_path / "bn",
                                                        device="cpu")["timing"]  # no fine-tune, no such phase
+
+
+def test_the_one_shot_choice_is_made_once_and_timed(run, tmp_path, monkeypatch):
+    import time
+
+    import sdprune.prune.pipeline as pipeline
+
+    calls, choose = [], pipeline.choose_blocks
+
+    def slow_choice(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "choose_blocks", slow_choice)
+    s = prune_checkpoint(run, Budget(keep_blocks=5), "norm", HealSpec.of("none"), out=tmp_path / "p", device="cpu")
+    assert len(calls) == 1 and len(s["kept"]) == 5  # it measures the network's size: not twice
+    assert s["timing"]["choose_s"] >= 0.3
 
 
 def test_a_keep_above_what_a_pruned_checkpoint_holds_is_refused_before_scoring(run, tmp_path, monkeypatch):
