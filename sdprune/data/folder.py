@@ -89,7 +89,6 @@ class FolderSet:
         labels = torch.empty(len(self), dtype=torch.long)
         filled = 0
         chunk = min(max(DECODE_BYTES // math.prod(self.input_shape), DECODE_MIN_IMAGES), DECODE_MAX_IMAGES)
-        # at least one chunk per worker, balanced: a small set still reaches every worker
         count = max(math.ceil(len(self) / chunk), min(len(self), self.workers))
         chunks = torch.arange(len(self)).tensor_split(count) if len(self) else ()
         for batch, batch_labels in self.load_batches(chunks):

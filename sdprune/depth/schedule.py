@@ -3,8 +3,8 @@
 ``linear`` is the paper's rule p_l = 1 - (l / L)(1 - p_L); ``uniform`` gives every block
 p_L; ``none`` is the plain baseline (p = 1 on the same code path); ``learned`` starts
 from the linear rule and adapts during training (``sdprune.depth.learned``). An adopted
-run (nothing trained) records ``prior`` (``sdprune.choices.PRIOR``) when its network keeps the survivals
-its source was trained with.
+run (nothing trained) records ``prior`` (``sdprune.choices.PRIOR``) when its network keeps
+the survivals its source was trained with.
 """
 
 from __future__ import annotations

@@ -210,7 +210,8 @@ def prune_model(model: nn.Module, rows: list[dict[str, Any]], data: DataBundle, 
 
     ``rows``: ``model``'s statistics (``score_blocks``). With ``rescore`` (a network's rows)
     blocks go one at a time, re-scoring what is left (``choose_iteratively``). ``kept``: the
-    one-shot choice when the caller already made it (``choose_blocks`` measures sizes: not twice).
+    one-shot choice when the caller already made it (``choose_blocks`` measures sizes: not
+    twice); unused with ``rescore``.
     """
     if rescore is None:
         if kept is None:
@@ -278,7 +279,7 @@ def prune_checkpoint(ckpt_path: str | Path | None, budget: Budget, criterion: st
         if heal_spec.bn and not has_batchnorm(model):  # asked for (the default), and it cannot be done
             reporter.warn(NO_BATCHNORM)
         pruned = prune_model(model, rows, data, criterion, budget, heal_spec, total, seed, dev,
-                             score if iterative else None, reporter, None if iterative else kept)
+                             score if iterative else None, reporter, kept)
         # where the time went: a user waiting on a fine-tune wants to know what came before it
         timing["choose_s"] = time.perf_counter() - clock - sum(pruned.timing.values())  # --iterative rescores here
         timing.update(pruned.timing)
