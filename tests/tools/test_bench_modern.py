@@ -51,6 +51,7 @@ def test_latency_part_records_ratios_per_keep(bench, tmp_path, capsys):
     assert (full["keep"], half["keep"]) == (1.0, 0.5)  # the full model first, whatever the order asked
     assert full["kept"] == full["blocks"] == 9 and half["kept"] == 5 and half["params"] < full["params"]
     assert 0 < half["flops"] < full["flops"] and half["parity"] <= 1e-4
+    assert min(full["logit_scale"], half["logit_scale"]) >= bench.MIN_LOGIT_SCALE  # parity is not vacuous
     assert all(Path(v["file"]).is_file() for v in record["variants"])
     for batch in ("1", "32"):
         lat = record["latency"]["1"][batch]
@@ -60,6 +61,24 @@ def test_latency_part_records_ratios_per_keep(bench, tmp_path, capsys):
     assert "| resnet20 | 0.5 | 5/9 |" in table and "latency ratio b32" in table
     bench.main(args)  # resumed: the model is not exported or timed again
     assert "done before" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["vit_cifar", "mobilenet_v2"])
+def test_random_weights_are_given_logits_worth_comparing(bench, name):
+    """ViT's head is zero-initialised; a BatchNorm network's untouched statistics shrink its outputs."""
+    import torch
+
+    from sdprune.data.bundle import load_data
+    from sdprune.nets.registry import create_model
+
+    data = load_data("synthetic", image_size=32)
+    torch.manual_seed(0)
+    model = create_model(name, 10, 3).eval()
+    images = torch.randn(8, 3, 32, 32)
+    before = model(images).abs().max().item()
+    bench.give_outputs(model, data)
+    after = model(images).abs().max().item()
+    assert not model.training and after >= bench.MIN_LOGIT_SCALE and after > 10 * before
 
 
 def test_accuracy_part_trains_and_sweeps_an_arm(bench, tmp_path, capsys):
