@@ -11,8 +11,8 @@ import torch
 
 from sdprune.data.bundle import load_data
 from sdprune.data.folder import FolderSet, decode_file, eval_resize_for, random_resized_crop
-from sdprune.data.scan import scan_folder
 from sdprune.data.images import ImageSet, iterate_batches
+from sdprune.data.scan import scan_folder
 from sdprune.depth.gates import step_seed
 from sdprune.errors import SdpruneError
 from tests.data.folders import SIZE, batches, folder_set, make_folder, same, spoil
