@@ -112,14 +112,23 @@ FAMILY = register_family(Family(
 
 
 CIFAR_SETTING = ((32, 64, 2), (64, 128, 2), (128, 256, 6), (256, None, 2))
+# torchvision's layer scale starts at 1e-6, tuned for AdamW, whose steps do not shrink with
+# the gradient. Under SGD (every sdprune run) it barely moves: trained 1 epoch on CIFAR-10
+# from 1e-6, every block's branch was 1e-4 of its input, a network of stem, downsamplers and
+# head with 12 silent blocks. CaiT's rule for the initial layer scale (Touvron et al. 2021,
+# 0.1 up to depth 18) fits a 12-block network that SGD trains.
+CIFAR_LAYER_SCALE = 0.1
 
 
 @register("convnext_cifar", (3, 32, 32),
-          "torchvision's ConvNeXt at CIFAR size (32-256 wide, 2/2/6/2 blocks, patch-2 stem), drop rate up to 0.1")
+          "torchvision's ConvNeXt at CIFAR size (32-256 wide, 2/2/6/2 blocks, patch-2 stem, layer scale 0.1), "
+          "drop rate up to 0.1")
 def convnext_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob: float = 0.1, patch_size: int = 2,
-                   block_setting: Sequence[Any] = CIFAR_SETTING, **kwargs: Any) -> nn.Module:
+                   block_setting: Sequence[Any] = CIFAR_SETTING, layer_scale: float = CIFAR_LAYER_SCALE,
+                   **kwargs: Any) -> nn.Module:
     """A narrow ConvNeXt for 32-px images: torchvision's class with ``block_setting``, its
-    4x4 stride-4 stem (56 px from 224) made ``patch_size`` square (16 px from 32).
+    4x4 stride-4 stem (56 px from 224) made ``patch_size`` square (16 px from 32), and its
+    layer scale starting at ``layer_scale`` (0.1, not 1e-6: see CIFAR_LAYER_SCALE).
     ``stochastic_depth_prob`` sets the built-in survivals (0: the plain twin); ``sdprune
     train`` replaces them with its ``--survival`` schedule (module doc)."""
     if not isinstance(patch_size, int) or patch_size < 1:
@@ -128,7 +137,7 @@ def convnext_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob
         raise SdpruneError(f"convnext_cifar's stochastic_depth_prob is a drop rate in [0, 1), "
                            f"not {stochastic_depth_prob!r}")
     model = build("convnext_cifar", num_classes, block_setting=block_setting,
-                  stochastic_depth_prob=stochastic_depth_prob, **kwargs)
+                  stochastic_depth_prob=stochastic_depth_prob, layer_scale=layer_scale, **kwargs)
     norm = kwargs.get("norm_layer") or partial(LayerNorm2d, eps=1e-6)  # ConvNeXt's own default
     stem = Conv2dNormActivation(in_channels, model.features[0][0].out_channels, kernel_size=patch_size,
                                 stride=patch_size, padding=0, norm_layer=norm, activation_layer=None, bias=True)
