@@ -7,6 +7,7 @@ rest check the pieces that make the ranks agree without starting any process.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,8 +176,11 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, subproc
                     subprocess_env, timeout=120)
     assert done.returncode != 0
     assert "--batch-size 63 does not split evenly over 2 processes" in done.stderr
-    # rank 0's line first, before torchrun's report; rank 1, failing alike, was stopped before its own
-    assert done.stderr.splitlines()[0].startswith("sdprune train: error: --batch-size 63"), done.stderr
+    # rank 0's line first, before torchrun's report; rank 1, failing alike, was stopped before its own.
+    # c10's log lines ("[E1205 11:13:42...] Gloo connectFullMesh failed", rank 1 losing rank 0 on a
+    # loaded machine) race rank 0's across processes: they are not ours to order.
+    ours = [line for line in done.stderr.splitlines() if not re.match(r"\[[EWI]\d{4} ", line)]
+    assert ours[0].startswith("sdprune train: error: --batch-size 63"), done.stderr
     assert "(rank 1)" not in done.stderr
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
