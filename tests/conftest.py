@@ -16,6 +16,14 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(int(os.environ.get("SDPRUNE_TEST_THREADS", "1")))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` (10-90 s each, from ``--durations``) go first. The two workers
+    take the collection in contiguous halves and steal from the tail of each other's queue,
+    so a long test left near the end runs alone while the other worker idles; first, the
+    light tests fill in around it. The order is the same on every worker, as xdist needs."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: otherwise as collected
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_runs_folder(tmp_path_factory):
     """Runs the tests make are listed in a runs index of their own, not in ./runs of the checkout

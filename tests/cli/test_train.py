@@ -20,6 +20,7 @@ def sdprune(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.long
 def test_train_end_to_end_with_json(tmp_path, subprocess_env, monkeypatch):
     env = {**subprocess_env, "SDPRUNE_RUNS": str(tmp_path / "runs")}
     proc = sdprune(["train", "--recipe", str(MODELS / "quickstart.toml"), *FAST, "--json"], env, tmp_path)

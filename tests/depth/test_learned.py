@@ -238,6 +238,7 @@ def test_row_mode_gates_need_per_sample_losses():
         controller.observe(0, torch.ones(9, 4), torch.ones(3), 10)
 
 
+@pytest.mark.long
 def test_a_useless_block_learns_low_survival_in_real_training():
     """Zero and freeze one block's branch: real training must rank it below useful blocks."""
     from sdprune.data.augment import augment

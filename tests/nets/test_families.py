@@ -175,6 +175,7 @@ def test_a_retrofit_starts_from_the_adopted_function(row, survival):
 EXPORTED = [r for r in ROWS if r.family in {"ViT", "Swin", "SwinV2", "MaxViT", "EfficientNet", "EfficientNetV2"}]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("row", EXPORTED, ids=[r.family for r in EXPORTED])
 def test_export_keeps_parity(row, tmp_path):
     data = random_bundle()

@@ -21,6 +21,7 @@ def run_dir(trained_run):
     return trained_run
 
 
+@pytest.mark.long
 def test_sweep_writes_everything_and_keep_one_is_exact(run_dir, tmp_path):
     result = sweep_checkpoint(run_dir, keeps=(1.0, 0.5), criteria=("depth", "ablation"), onnx=True,
                               bench_repeats=3, out=tmp_path / "s1")
@@ -130,6 +131,7 @@ def test_without_matplotlib_everything_but_the_plot_is_written(run_dir, monkeypa
         assert (out / name).stat().st_size > 0, name
 
 
+@pytest.mark.long
 def test_latency_is_relative_to_the_unpruned_network_without_keep_one(run_dir, tmp_path, monkeypatch):
     """No point keeps every block: the unpruned network is still exported and timed, first."""
     import sdprune.prune.sweep as sweep_mod

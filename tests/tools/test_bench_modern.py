@@ -81,6 +81,7 @@ def test_random_weights_are_given_logits_worth_comparing(bench, name):
     assert not model.training and after >= bench.MIN_LOGIT_SCALE and after > 10 * before
 
 
+@pytest.mark.long
 def test_accuracy_part_trains_and_sweeps_an_arm(bench, tmp_path, capsys):
     out = tmp_path / "acc"
     args = ["accuracy", "--out", str(out), "--models", "resnet20", "--dataset", "digits", "--drop-rates", "0.5",

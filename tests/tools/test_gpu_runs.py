@@ -19,6 +19,8 @@ import torch
 from sdprune.nets import create_model
 from sdprune.nets.convert import from_gated
 
+pytestmark = pytest.mark.long  # started first: tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

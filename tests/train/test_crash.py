@@ -26,6 +26,8 @@ from sdprune.train.config import TrainConfig
 from sdprune.train.lock import LOCK_FILE
 from sdprune.train.loop import train
 
+pytestmark = pytest.mark.long  # started first: tests/conftest.py
+
 EPOCHS = 5
 CONFIG = dict(model="resnet20", dataset="digits", epochs=EPOCHS, batch_size=128, device="cpu")
 FLAGS = ["--model", "resnet20", "--dataset", "digits", "--epochs", str(EPOCHS), "--batch-size", "128",

@@ -23,6 +23,8 @@ from sdprune.nets.registry import create_model
 from sdprune.train.checkpoint import load_checkpoint
 from sdprune.train.distributed import gather_rows, launched_world, sum_across
 
+pytestmark = pytest.mark.long  # started first: tests/conftest.py
+
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
 FLAGS = ["--dataset", "digits", "--model", "resnet20", "--epochs", "2", "--batch-size", "64", "--device", "cpu"]
 

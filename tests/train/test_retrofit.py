@@ -162,6 +162,7 @@ def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path, inter
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+@pytest.mark.long
 def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_path):
     from torchvision.models import resnet18
 
