@@ -1,4 +1,5 @@
-"""What the benchmark tools share: evenly spaced block removal (B3, B7) and the resumable
+"""What the benchmark tools share: evenly spaced block removal (B3, B7), random weights an
+export's parity check can judge (B7), and the resumable
 runner of sdprune command lines (B5 on real networks, B7's accuracy part).
 
 Imported from beside the scripts (``tools/`` is on ``sys.path`` when one of them runs).
@@ -17,6 +18,26 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
+
+
+# Parity is judged as |logit diff| <= atol x max(1, largest |logit|): on logits under 0.1 the
+# 1e-4 bound would pass a 0.1% relative error unseen, and on zeros anything.
+MIN_LOGIT_SCALE = 0.1
+
+
+def fill_zero_weights(model, std: float = 0.02) -> None:
+    """Fill every all-zero parameter of two or more dimensions with N(0, ``std``) values.
+
+    torchvision zero-initialises some (ViT's head and class token), and a random-weight
+    network with a zero head computes logits of 0, on which any export passes its parity
+    check. Biases (one dimension) stay zero. Latency does not change.
+    """
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, std)
 
 
 def evenly_removed(model, keep: float, input_shape: tuple[int, int, int]) -> list[str]:

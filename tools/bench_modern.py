@@ -6,9 +6,11 @@ latency: each registry model (default ConvNeXt-T, EfficientNet-B0, Swin-T, ViT-B
 prune` requires: ``bench_common.evenly_removed``, B3's rule), each exported to verified
 fp32 ONNX (``export_onnx``'s parity gate, on generated images); ONNX Runtime CPU latency at
 batch 1 and 32 of a model's files interleaved in one run per thread count and batch size
-(``bench_onnx``), as ratios to the full model next to the FLOP ratio. Weights are random:
-latency does not depend on them. Resumable model by model (--out/results/<model>.json;
-ONNX files under --out/onnx).
+(``bench_onnx``), as ratios to the full model next to the FLOP ratio. Weights are random
+(latency does not depend on them), made to give logits the parity gate can judge: zero
+weights filled, BatchNorm statistics taken on the generated images after the removal; a
+variant whose largest |logit| stays under MIN_LOGIT_SCALE is refused. Resumable model by
+model (--out/results/<model>.json; ONNX files under --out/onnx).
 
 accuracy: CIFAR-sized models of two families (default convnext_cifar and vit_cifar) trained
 on the CIFAR-10 JPEG folders with their own stochastic depth ("own": the highest per-block
@@ -34,9 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import Task, evenly_removed, run_tasks  # tools/, beside this script
+from bench_common import MIN_LOGIT_SCALE, Task, evenly_removed, fill_zero_weights, run_tasks  # tools/
 
-MIN_LOGIT_SCALE = 1e-2  # below it, an absolute parity bound says nothing about the export
 LATENCY_MODELS = "tv_convnext_tiny,tv_efficientnet_b0,tv_swin_t,tv_vit_b_16"
 ACCURACY_MODELS = "convnext_cifar,vit_cifar"
 
@@ -50,6 +51,7 @@ def measure_model(args, name: str, data, out: Path) -> dict:
     from sdprune.deploy.latency import bench_onnx, cpu_name
     from sdprune.depth.structure import gated_blocks, remove_blocks
     from sdprune.nets.registry import create_model
+    from sdprune.prune.heal import recalibrate_bn
 
     load = os.getloadavg()[0]
     # the model's head, not the data's 10 classes, sets the output: the metadata must say so
@@ -58,10 +60,13 @@ def measure_model(args, name: str, data, out: Path) -> dict:
     for keep in args.keeps:
         torch.manual_seed(0)  # the same weights for every variant: pruning only removes blocks
         model = create_model(name, args.num_classes, 3).eval()
-        give_outputs(model, data)
+        fill_zero_weights(model)  # before removal: every variant keeps the same weights
         names = [n for n, _ in gated_blocks(model)]
         removed = evenly_removed(model, keep, tuple(data.input_shape))
         remove_blocks(model, removed)
+        # BatchNorm statistics of the network as exported, as healing takes them after a prune:
+        # untouched ones (mean 0, variance 1) shrink a deep network's logits to ~1e-13
+        recalibrate_bn(model, data, batches=4, batch_size=16)
         meta = {"model": {"name": name}, "data": meta_data, "blocks": names, "removed": removed}
         t0 = time.perf_counter()
         rec = export_onnx(model, meta, out / "onnx" / name / f"keep{keep:.2f}", samples=args.samples,
@@ -90,26 +95,6 @@ def measure_model(args, name: str, data, out: Path) -> dict:
             "repeats_b32": args.repeats_b32, "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
             "cores": os.cpu_count(), "load": [load, os.getloadavg()[0]], "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
-
-
-def give_outputs(model, data) -> None:
-    """Random weights with logits worth comparing: the parity gate is vacuous on zeros.
-
-    torchvision zero-initialises some heads (ViT's), and a deep BatchNorm network with
-    untouched running statistics (mean 0, variance 1) shrinks its activations layer by
-    layer (EfficientNet's random-weight logits are ~1e-20). So every all-zero weight
-    matrix gets small normal values, and BatchNorm statistics are taken on the generated
-    images, as BatchNorm healing takes them on real ones. Latency does not change.
-    """
-    import torch
-
-    from sdprune.prune.heal import recalibrate_bn
-
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and not p.any():
-                p.normal_(0.0, 0.02)
-    recalibrate_bn(model, data, batches=4, batch_size=16)
 
 
 def latency(args) -> None:

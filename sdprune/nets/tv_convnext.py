@@ -20,13 +20,15 @@ about four times the compute), its own stochastic depth torchvision's linear rul
 ``stochastic_depth_prob`` 0.1 (recorded as the blocks' survivals, 1 / survival folded into
 the layer scales; 0 builds the plain twin for direct use, ``create_model``). ``sdprune
 train`` replaces those survivals with its ``--survival`` schedule (the fold stays, an
-initial layer scale up to 1 / 0.9 times torchvision's 1e-6): ``--survival linear --p-last
+initial layer scale up to 1 / 0.9 times 0.1, where torchvision starts at 1e-6: see
+CIFAR_LAYER_SCALE): ``--survival linear --p-last
 0.9`` is the same rule to drop 0.1 (sdprune's counts the first block too), and only
 ``--survival none`` trains the plain twin, whatever ``stochastic_depth_prob`` says.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -116,7 +118,7 @@ CIFAR_SETTING = ((32, 64, 2), (64, 128, 2), (128, 256, 6), (256, None, 2))
 # the gradient. Under SGD (every sdprune run) it barely moves: trained 1 epoch on CIFAR-10
 # from 1e-6, every block's branch was 1e-4 of its input, a network of stem, downsamplers and
 # head with 12 silent blocks. CaiT's rule for the initial layer scale (Touvron et al. 2021,
-# 0.1 up to depth 18) fits a 12-block network that SGD trains.
+# 0.1 up to depth 18) fits 12 blocks; BENCHMARKS.md (B7, accuracy) says what SGD made of it.
 CIFAR_LAYER_SCALE = 0.1
 
 
@@ -133,6 +135,8 @@ def convnext_cifar(num_classes: int, in_channels: int = 3, stochastic_depth_prob
     train`` replaces them with its ``--survival`` schedule (module doc)."""
     if not isinstance(patch_size, int) or patch_size < 1:
         raise SdpruneError(f"convnext_cifar's patch_size is a positive whole number of pixels, not {patch_size!r}")
+    if isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float)) or not 0 < layer_scale < math.inf:
+        raise SdpruneError(f"convnext_cifar's layer_scale is a number > 0, not {layer_scale!r}")
     if not 0.0 <= stochastic_depth_prob < 1.0:
         raise SdpruneError(f"convnext_cifar's stochastic_depth_prob is a drop rate in [0, 1), "
                            f"not {stochastic_depth_prob!r}")

@@ -75,7 +75,6 @@ def test_decoding_raises_no_warning(tmp_path):
 
 
 def test_the_channel_probe_tells_gray_files_from_colour_ones(tmp_path):
-
     paths = write_kinds(tmp_path)
     assert probe_channels([paths["palette png"]]) == 3  # one channel of indices into a colour palette
     assert probe_channels([paths["gray-alpha png"], paths["16-bit png"]]) == 1

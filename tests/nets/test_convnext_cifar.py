@@ -49,7 +49,7 @@ def test_it_is_torchvisions_convnext_at_cifar_size_with_its_drop_rule_recorded()
     rates = [m.p for m in tv.modules() if isinstance(m, StochasticDepth)]
     assert rates == pytest.approx([0.1 * i / 11 for i in range(12)])  # torchvision's linear rule up to 0.1
     assert get_survival(ours) == pytest.approx([1 - p for p in rates])
-    with torch.no_grad():  # layer scales at their 1e-6 init would hide a wrong mapping
+    with torch.no_grad():  # layer scales all at one initial value would hide a wrong mapping
         for name, p in ours.named_parameters():
             if name.endswith("layer_scale.scale"):
                 p.normal_(0, 0.3)
@@ -84,6 +84,18 @@ def test_a_plain_twin_and_other_stems_through_the_builders_arguments():
         create_model("convnext_cifar", 10, patch_size=0)
     with pytest.raises(SdpruneError, match=r"stochastic_depth_prob is a drop rate in \[0, 1\)"):
         create_model("convnext_cifar", 10, stochastic_depth_prob=1.0)
+
+
+def test_its_layer_scale_starts_where_sgd_can_train_it():
+    """0.1 (CaiT's rule for 12 blocks), not torchvision's 1e-6; any value > 0 through the builder."""
+    plain = create_model("convnext_cifar", 10, stochastic_depth_prob=0.0)
+    scales = [p for n, p in plain.named_parameters() if n.endswith("layer_scale.scale")]
+    assert len(scales) == 12 and all(torch.all(p == 0.1) for p in scales)
+    other = create_model("convnext_cifar", 10, stochastic_depth_prob=0.0, layer_scale=1e-6)
+    assert all(torch.all(p == 1e-6) for n, p in other.named_parameters() if n.endswith("layer_scale.scale"))
+    for bad in (0.0, -1.0, float("nan"), "0.1", True):
+        with pytest.raises(SdpruneError, match="layer_scale is a number > 0"):
+            create_model("convnext_cifar", 10, layer_scale=bad)
 
 
 def cifar_like(root, n: int = 8) -> None:

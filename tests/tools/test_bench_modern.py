@@ -63,22 +63,30 @@ def test_latency_part_records_ratios_per_keep(bench, tmp_path, capsys):
     assert "done before" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["vit_cifar", "mobilenet_v2"])
-def test_random_weights_are_given_logits_worth_comparing(bench, name):
-    """ViT's head is zero-initialised; a BatchNorm network's untouched statistics shrink its outputs."""
+def test_zero_weights_are_filled_and_nothing_else(bench):
+    """ViT's head and class token start at zero: a random-weight ViT's logits are all 0."""
     import torch
 
-    from sdprune.data.bundle import load_data
     from sdprune.nets.registry import create_model
 
-    data = load_data("synthetic", image_size=32)
     torch.manual_seed(0)
-    model = create_model(name, 10, 3).eval()
-    images = torch.randn(8, 3, 32, 32)
-    before = model(images).abs().max().item()
-    bench.give_outputs(model, data)
-    after = model(images).abs().max().item()
-    assert not model.training and after >= bench.MIN_LOGIT_SCALE and after > 10 * before
+    model = create_model("vit_cifar", 10, 3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bench.fill_zero_weights(model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"class_token", "heads.head.weight"}
+    assert not model.heads.head.bias.any() and 0.01 < float(model.heads.head.weight.detach().std()) < 0.03
+
+
+def test_a_variant_whose_logits_say_nothing_is_refused(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "fill_zero_weights", lambda model: None)  # ViT's zero head stays
+    out = tmp_path / "lat"
+    with pytest.raises(SystemExit, match="vit_cifar keep 1.0: largest .logit. 0.0e.00 < 0.1: its parity check "
+                                         "would be vacuous"):
+        bench.main(["latency", "--out", str(out), "--models", "vit_cifar", "--keeps", "1", "--image-size", "32",
+                    "--num-classes", "10", "--threads", "1", "--warmup", "0", "--repeats-b1", "1",
+                    "--repeats-b32", "1", "--samples", "2"])
+    assert not (out / "results" / "vit_cifar.json").exists()
 
 
 @pytest.mark.long

@@ -6,7 +6,6 @@ CIFAR ResNets are."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
