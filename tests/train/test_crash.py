@@ -63,8 +63,12 @@ class Child:
         env = {**env, "SDPRUNE_RUNS": str(cwd / "runs")}
         if kill_at:
             env["SDPRUNE_TEST_KILL_AT"] = kill_at
+        # Ctrl-C as a user's terminal delivers it, however the suite was started: a shell that
+        # runs it in the background without job control (`cmd &` in a script) ignores SIGINT, its
+        # children inherit that, and Python then leaves SIGINT ignored (the run would finish).
         self.proc = subprocess.Popen([sys.executable, "-m", "sdprune", "train", *args], env=env, cwd=cwd,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
 
     def wait_for(self, prefix: str) -> bool:
