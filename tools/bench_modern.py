@@ -168,7 +168,8 @@ def plan(args) -> list[Task]:
     data = ["--dataset", args.dataset] + (["--data-dir", args.data_dir, "--image-size", str(args.image_size)]
                                           if args.dataset == "imagefolder" else [])
     sweep_opts = [*(["--criteria", args.criteria] if args.criteria else []),
-                  *(["--stats-images", str(args.stats_images)] if args.stats_images else [])]
+                  *(["--stats-images", str(args.stats_images)] if args.stats_images else []),
+                  *(["--allow-empty-stage"] if args.allow_empty_stage else [])]
     tasks = []
     for model in args.models:
         for rate in args.drop_rates:
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     a("--keeps", default="1,0.75,0.5,0.25", help="sweep's kept fractions")
     a("--criteria", help="sweep's criteria (default: the sweep's own)")
     a("--stats-images", help="sweep: score on N validation images, or all (default: sweep's own, 1000)")
+    a("--allow-empty-stage", action="store_true",
+      help="sweep: let a stage lose every block (ConvNeXt's 4 stages cannot keep one each at 3 of 12 blocks)")
     a("--jobs", type=int, default=1, help="arms at once")
     a("--device", default="cpu")
     a("--dry-run", action="store_true", help="print every arm's command lines and exit")

@@ -11,6 +11,9 @@ image test split, never used for a choice). Every arm gets the same E epochs:
   (a0) prune-bn    ResNet-56 pruned to the kept blocks, BatchNorm healing only (no training)
   (a)  prune       ResNet-56 pruned, then E epochs of distilled fine-tuning
                    (`sdprune prune --heal finetune --finetune-epochs E`)
+  (a0i), (ai)      the same two with the blocks chosen one at a time (`prune --iterative`:
+                   after each removal BatchNorm is re-estimated and the rest re-scored),
+                   a lever for (a): a better start than one-shot ablation's? (one seed)
   (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
                    then the free prune (`sdprune prune`, survival ranking, BN heal)
   (c)  scratch     the small architecture from scratch for E epochs (what E buys alone)
@@ -39,9 +42,11 @@ from pathlib import Path
 from bench_common import ROOT, Task, run_tasks  # tools/, beside this script
 
 BLOCKS = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
-ARMS = ("e", "d", "a0", "a", "b", "c")
+ARMS = ("e", "d", "a0", "a", "a0i", "ai", "b", "c")
 NAMES = {"e": "(e) ResNet-56, fine-tuned", "d": "(d) published small, fine-tuned", "a0": "(a0) pruned, BN heal",
-         "a": "(a) pruned + fine-tune", "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
+         "a": "(a) pruned + fine-tune", "a0i": "(a0i) pruned iteratively, BN heal",
+         "ai": "(ai) pruned iteratively + fine-tune", "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
+PRUNED = ("a0", "a", "a0i", "ai", "b")
 
 
 def small_net(kept: int) -> str:
@@ -88,7 +93,13 @@ def plan(args) -> list[Task]:
                  "--seed", str(s), "--out", str(retro)],
                 [*sd, "prune", str(retro), "--keep-blocks", str(kept), "--heal", "bn", "--out", str(retro / "pruned"),
                  *dev]], ["adopt-resnet56"], {"arm": "b", "keep": keep, "kept": kept, "seed": s}))
-        for s in other:
+        for s in other:  # the iterative choice: one seed (its only randomness is the BN batches)
+            prune = [*sd, "prune", have56, "--keep-blocks", str(kept), "--iterative", "--seed", str(s)]
+            tasks.append(Task(f"a0i-{k}-s{s}", [[*prune, "--heal", "bn", "--out", str(runs / f"a0i-{k}-s{s}"), *dev]],
+                              ["adopt-resnet56"], {"arm": "a0i", "keep": keep, "kept": kept, "seed": s}))
+            tasks.append(Task(f"ai-{k}-s{s}", [[*prune, "--heal", "finetune", "--finetune-epochs", str(args.epochs),
+                                                "--out", str(runs / f"ai-{k}-s{s}"), *dev]],
+                              ["adopt-resnet56"], {"arm": "ai", "keep": keep, "kept": kept, "seed": s}))
             tasks.append(Task(f"c-{k}-s{s}", [[*train, "--model", small, *data, "--survival", "none", "--lr", "0.1",
                                                "--lr-schedule", "cosine", "--warmup-epochs", "1", "--seed", str(s),
                                                "--out", str(runs / f"c-{k}-s{s}")]], [],
@@ -114,7 +125,7 @@ def figures(task: Task, outputs: list[dict]) -> dict:
     if trained:
         rows = [json.loads(line) for line in (Path(trained) / "metrics.jsonl").read_text().splitlines() if line]
         executed = sum(r["executed_blocks"] for r in rows)
-    if arm in ("a0", "a", "b"):
+    if arm in PRUNED:
         return {"test_acc": last["after"]["test"]["acc"], "val_acc": last["after"]["val"]["acc"],
                 "unhealed_test": last["unhealed"]["test"]["acc"], "blocks": last["blocks"]["after"],
                 "params": last["params"]["after"], "flops": last["flops"]["after"], "removed": last["removed"],
@@ -151,7 +162,7 @@ def report(out: Path) -> str:
             accs = [r["test_acc"] for r in group]
             spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
             r0 = group[0]
-            epochs = r0["epochs"] if arm != "a0" else 0
+            epochs = r0["epochs"] if arm not in ("a0", "a0i") else 0
             lines.append(f"| {NAMES[arm]} | {statistics.mean(accs):.2f}{spread} | {len(group)} | {r0['blocks']} | "
                          f"{r0['params']:,} | {r0['flops'] / 1e6:.1f} | {_block_epochs(r0, epochs)} |")
     return "\n".join(lines)
@@ -159,12 +170,12 @@ def report(out: Path) -> str:
 
 def _block_epochs(r: dict, epochs: int) -> str:
     arm = r["arm"]
-    if arm == "a0":
+    if arm in ("a0", "a0i"):
         return "0"
     student = r.get("block_epochs")
     if student is None:  # results written before block_epochs was recorded
         student = (r.get("executed_blocks") or r["blocks"]) * epochs if arm != "b" else float("nan")
-    teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "b") else 0
+    teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "ai", "b") else 0
     teacher += BLOCKS.get(r.get("net", ""), 0) * epochs if arm in ("e", "d") else 0  # distilled from itself
     return f"{student:.0f} ({teacher})"
 

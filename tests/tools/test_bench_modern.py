@@ -119,5 +119,10 @@ def test_accuracy_arms_are_the_own_rate_and_the_plain_twin(bench, capsys):
     assert "--survival linear --p-last 0.9 --drop-mode row" in plan  # p_L = 1 - its own drop rate
     assert "--survival none" in plan and "--dataset imagefolder --data-dir cifar10 --image-size 32" in plan
     assert plan.count(" sweep ") == 2 and "--keep 1,0.75,0.5,0.25" in plan
+    assert "--allow-empty-stage" not in plan  # every stage keeps a block unless asked
+    bench.main(["accuracy", "--out", "unused", "--models", "convnext_cifar", "--data-dir", "cifar10",
+                "--allow-empty-stage", "--dry-run"])
+    sweeps = [line for line in capsys.readouterr().out.splitlines() if " sweep " in line]
+    assert len(sweeps) == 2 and all("--allow-empty-stage" in line for line in sweeps)
     with pytest.raises(SystemExit, match="without stochastic depth"):
         bench.own_drop_rate("resnet20")
