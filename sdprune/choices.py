@@ -32,6 +32,9 @@ MAX_SEED = 2**63 - 1  # what every generator seeded from a --seed accepts
 
 # -- training (sdprune.train) -----------------------------------------------------------
 GRAD_SYNCS = ("auto", "ddp", "ddp-skip-unused", "allreduce")
+# sgd: Nesterov momentum, the paper's (and ResNets'); adamw: what ConvNeXt's, ViT's and
+# Swin's published recipes train with (under SGD a ConvNeXt's layer-scaled blocks barely move).
+OPTIMIZERS = ("sgd", "adamw")
 
 # -- pruning (sdprune.prune) ------------------------------------------------------------
 HEAL_MODES = ("none", "bn", "finetune")  # `sdprune prune --heal` and `sdprune sweep --heal`

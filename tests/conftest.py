@@ -67,12 +67,16 @@ def interrupt_after():
 
 
 def check_same_training_state(a: dict, b: dict) -> None:
-    """Two checkpoints hold the same weights and SGD momentum, bit for bit (an exact resume)."""
+    """Two checkpoints hold the same weights and optimizer state (SGD's momentum, AdamW's
+    moments and step), bit for bit (an exact resume)."""
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for key, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+        assert state.keys() == b["optimizer"]["state"][key].keys() and state, key
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][key][name])), name
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ plain twin (drop rate 0, `--survival none`), for the same epoch budget, then swe
 (`sdprune sweep --keep 1,0.75,0.5,0.25`): test accuracy per keep, the criterion best on the
 validation slice, comparable with B2's ResNet tables. Every arm is the sdprune command lines
 a user runs (`train`, then `sweep`), logged under --out/logs; resumable arm by arm
-(--out/results/<arm>.json), --jobs arms at once, each with OMP_NUM_THREADS=1.
+(--out/results/<arm>.json), --jobs arms at once, each with OMP_NUM_THREADS=1. With
+--optimizer adamw (and its --weight-decay) the arms are named ``...-adamw`` and reported
+apart from the SGD arms.
 
     python tools/bench_modern.py latency --out ../b7lat --threads 1,2
     python tools/bench_modern.py accuracy --out ../b7acc --data-dir /tmp/data/cifar10 --epochs 15 --jobs 2
@@ -170,6 +172,9 @@ def plan(args) -> list[Task]:
     sweep_opts = [*(["--criteria", args.criteria] if args.criteria else []),
                   *(["--stats-images", str(args.stats_images)] if args.stats_images else []),
                   *(["--allow-empty-stage"] if args.allow_empty_stage else [])]
+    optimizer = [] if args.optimizer == "sgd" and args.weight_decay is None else [
+        "--optimizer", args.optimizer, *(["--weight-decay", repr(args.weight_decay)] if args.weight_decay is not None
+                                         else [])]
     tasks = []
     for model in args.models:
         for rate in args.drop_rates:
@@ -178,14 +183,17 @@ def plan(args) -> list[Task]:
             survival = (["--survival", "linear", "--p-last", p_last, "--drop-mode", args.drop_mode] if drop > 0
                         else ["--survival", "none"])  # the plain twin
             for seed in args.seeds:
-                name, run = f"{model}-d{drop:g}-s{seed}", runs / f"{model}-d{drop:g}-s{seed}"
+                name = f"{model}-d{drop:g}-s{seed}" + ("" if args.optimizer == "sgd" else f"-{args.optimizer}")
+                run = runs / name
                 train = [*sd, "train", "--model", model, *data, *survival, "--epochs", str(args.epochs),
                          "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--lr-schedule", "cosine",
+                         *optimizer,
                          "--warmup-epochs", repr(args.warmup_epochs), "--seed", str(seed), "--workers", "0",
                          "--device", args.device, "--json", "--out", str(run)]
                 sweep = [*sd, "sweep", str(run), "--keep", args.keeps, "--no-onnx", *sweep_opts, "--seed", str(seed),
                          "--device", args.device, "--json"]
-                tasks.append(Task(name, [train, sweep], info={"model": model, "drop": drop, "seed": seed}))
+                tasks.append(Task(name, [train, sweep], info={"model": model, "drop": drop, "seed": seed,
+                                                              "optimizer": args.optimizer}))
     return tasks
 
 
@@ -215,15 +223,16 @@ def accuracy_report(out: Path) -> str:
              "the criterion best on the validation slice (its name), after the sweep's healing",
              "", "| model | drop rate | seeds | as trained | " + " | ".join(f"keep {k}" for k in keeps) + " |",
              "|---|---|---|---|" + "---|" * len(keeps)]
-    for model, drop in sorted({(r["model"], r["drop"]) for r in rows}, key=lambda md: (md[0], -md[1])):
-        group = [r for r in rows if (r["model"], r["drop"]) == (model, drop)]
+    arms = {(r["model"], r.get("optimizer", "sgd"), r["drop"]) for r in rows}  # older results: SGD
+    for model, opt, drop in sorted(arms, key=lambda a: (a[0], a[1] != "sgd", a[1], -a[2])):
+        group = [r for r in rows if (r["model"], r.get("optimizer", "sgd"), r["drop"]) == (model, opt, drop)]
         cells = []
         for k in keeps:
             pts = [r["keeps"][k] for r in group if k in r["keeps"]]
             crits = sorted({p["criterion"] for p in pts})
             cells.append(f"{spread([p['test_acc'] for p in pts])} ({pts[0]['blocks']}/{group[0]['blocks']}, "
                          f"{'/'.join(crits)})" if pts else "-")
-        lines.append(f"| {model} | {drop:g}{' (plain)' if drop == 0 else ''} | {len(group)} | "
+        lines.append(f"| {model}{'' if opt == 'sgd' else f' ({opt})'} | {drop:g}{' (plain)' if drop == 0 else ''} | {len(group)} | "
                      f"{spread([r['test_acc'] for r in group])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -264,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     a("--image-size", type=int, default=32)
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=0.05)
+    a("--optimizer", choices=("sgd", "adamw"), default="sgd", help="train's optimizer (default sgd)")
+    a("--weight-decay", type=float, help="train's weight decay (default: train's own, 1e-4)")
     a("--warmup-epochs", type=float, default=1.0)
     a("--keeps", default="1,0.75,0.5,0.25", help="sweep's kept fractions")
     a("--criteria", help="sweep's criteria (default: the sweep's own)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 def add_parser(sub):
     from sdprune.cli.common import floats, ints
     from sdprune.choices import (BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET,
-                                 SCHEDULES)
+                                 OPTIMIZERS, SCHEDULES)
     from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default
@@ -24,6 +24,9 @@ def add_parser(sub):
     a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
     a("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
     a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
+    a("--optimizer", choices=OPTIMIZERS,
+      help=f"sgd: Nesterov momentum (the paper's) | adamw: betas 0.9, 0.999, as ConvNeXt's, ViT's and Swin's "
+           f"recipes; give it their weight decay, e.g. --weight-decay 0.05 (default {d.optimizer})")
     a("--momentum", type=float, help=f"SGD momentum in [0, 1); 0: plain SGD, without Nesterov (default {d.momentum:g})")
     a("--weight-decay", type=float, help=f"on conv and linear weights (default {d.weight_decay:g})")
     a("--lr-schedule", choices=["step", "cosine"], help=f"default {d.lr_schedule}")

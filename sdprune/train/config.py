@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdprune.choices import (BAD_IMAGES, DATA_MODES, DROP_MODES, FOLDER_IMAGE_SIZE, GRAD_SYNCS, PRIOR, SCHEDULES,
-                             check_seed)
+from sdprune.choices import (BAD_IMAGES, DATA_MODES, DROP_MODES, FOLDER_IMAGE_SIZE, GRAD_SYNCS, OPTIMIZERS, PRIOR,
+                             SCHEDULES, check_seed)
 from sdprune.errors import SdpruneError
 
 MAX_IMAGE_SIZE = 4096  # pixels
@@ -46,6 +46,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64                   # images per step (the paper: 128; recipes set it)
     lr: float = 0.1                        # peak learning rate
+    optimizer: str = "sgd"                 # sgd | adamw (choices.OPTIMIZERS)
     momentum: float = 0.9                  # 0: plain SGD (then without Nesterov, which needs momentum)
     nesterov: bool = True
     weight_decay: float = 1e-4             # on conv/linear weights only
@@ -128,6 +129,8 @@ def validate(c: TrainConfig) -> None:
         bad(f"--image-size must be 1 to {MAX_IMAGE_SIZE} pixels, got {c.image_size}")
     if not (c.lr > 0 and math.isfinite(c.lr)):
         bad(f"--lr must be a positive number, got {c.lr}")
+    if c.optimizer not in OPTIMIZERS:
+        bad(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
     if not 0.0 <= c.momentum < 1.0:  # also rejects NaN
         bad(f"--momentum must be in [0, 1), got {c.momentum}")
     if not (c.weight_decay >= 0 and math.isfinite(c.weight_decay)):

@@ -180,18 +180,32 @@ class Trainer:
         return StepResult(loss_value, correct_value, executed, lr, seen)
 
 
-def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nesterov: bool,
-              weight_decay: float) -> torch.optim.SGD:
-    """SGD with weight decay on conv/linear weights only (BatchNorm and biases are not decayed).
-
-    ``momentum`` 0 is plain SGD: Nesterov needs momentum, so it is then off.
-    """
+def decay_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Parameter groups with weight decay on matrices and kernels only: norms' scales and shifts,
+    biases and layer scales (every tensor of one dimension) are not decayed, as in torchvision's
+    recipes (``--norm-weight-decay 0``)."""
     decay, no_decay = [], []
     for p in params:
         (no_decay if p.dim() <= 1 else decay).append(p)
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nesterov: bool,
+              weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on conv/linear weights only (``decay_groups``).
+
+    ``momentum`` 0 is plain SGD: Nesterov needs momentum, so it is then off.
+    """
+    return torch.optim.SGD(decay_groups(params, weight_decay), lr=lr, momentum=momentum,
+                           nesterov=nesterov and momentum > 0)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer (``config.optimizer``): SGD as ``build_sgd``, or AdamW (decoupled
+    weight decay, PyTorch's betas and eps) on the same decay groups; the lr schedule sets its rate."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(params, config.weight_decay), lr=config.lr)
+    return build_sgd(params, config.lr, config.momentum, config.nesterov, config.weight_decay)
 
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
@@ -244,7 +258,7 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
     grad_sync = resolve_grad_sync(config.grad_sync, device)
     may_skip = config.survival != "none" and config.drop_mode == "batch"
     forward_model = wrap_model(model, world, device, config.sync_bn, may_skip, grad_sync)
-    optimizer = build_sgd(model.parameters(), config.lr, config.momentum, config.nesterov, config.weight_decay)
+    optimizer = build_optimizer(model.parameters(), config)
     if steps_per_epoch is None:
         steps_per_epoch = num_batches(len(data.train), config.batch_size,
                                       drop_last=drops_last(len(data.train), config.batch_size))

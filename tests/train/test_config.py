@@ -110,6 +110,7 @@ def test_missing_recipe(tmp_path):
     ({"momentum": -0.1}, "--momentum"), ({"momentum": 1.0}, "--momentum"), ({"momentum": float("nan")}, "--momentum"),
     ({"weight_decay": -1e-4}, "--weight-decay"), ({"weight_decay": float("nan")}, "--weight-decay"),
     ({"drop_mode": "pixel"}, "--drop-mode"), ({"lr_schedule": "poly"}, "--lr-schedule"),
+    ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw, got 'adam'"),
     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"target_keep": 0.5}, "needs --survival learned"),
     ({"target_survival": 0.5}, "needs --survival learned"),
     ({"survival": "learned", "target_survival": 0.0}, "--target-survival"), ({"p_min": 1.0}, "--p-min"),

@@ -211,6 +211,26 @@ def test_momentum_zero_is_plain_sgd():
     assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in plain["params"])
 
 
+def test_adamw_decays_what_sgd_decays_and_resumes_exactly(tmp_path, interrupt_after, same_training_state):
+    data = load_data("digits")
+    trainer = build_training(TrainConfig(optimizer="adamw", weight_decay=0.05, lr=1e-3, **FAST), data,
+                             torch.device("cpu"))
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    decayed, plain = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in plain["params"])
+    # the optimizer's moments are part of the checkpoint: an interrupted AdamW run resumes exactly
+    config = dict(optimizer="adamw", weight_decay=0.05, lr=1e-3, epochs=2, **FAST)
+    train(TrainConfig(**config, out=str(tmp_path / "full")))
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "cut")), interrupt_after(1))
+    train(TrainConfig(), resume=tmp_path / "cut")
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    same_training_state(a, b)
+    assert "exp_avg_sq" in a["optimizer"]["state"][0]
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["optimizer"] == "adamw"
+
+
 def test_building_a_training_leaves_the_callers_random_state_alone():
     data = load_data("digits")
     torch.manual_seed(123)
