@@ -181,12 +181,16 @@ class Trainer:
 
 
 def decay_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
-    """Parameter groups with weight decay on matrices and kernels only: norms' scales and shifts,
-    biases and layer scales (every tensor of one dimension) are not decayed, as in torchvision's
-    recipes (``--norm-weight-decay 0``)."""
+    """Parameter groups with weight decay on matrices and kernels only.
+
+    A tensor with at most one dimension longer than 1 is a per-channel vector whatever its
+    shape: norms' scales and shifts, biases, ConvNeXt's (C, 1, 1) layer scale, ViT's (1, 1, D)
+    class token. None is decayed (timm's rule): decay would pull a layer scale, and the branch
+    it scales, towards zero, the block removal that training should decide.
+    """
     decay, no_decay = [], []
     for p in params:
-        (no_decay if p.dim() <= 1 else decay).append(p)
+        (no_decay if sum(n > 1 for n in p.shape) <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

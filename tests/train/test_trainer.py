@@ -231,6 +231,21 @@ def test_adamw_decays_what_sgd_decays_and_resumes_exactly(tmp_path, interrupt_af
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["optimizer"] == "adamw"
 
 
+@pytest.mark.parametrize("model,vectors", [("convnext_cifar", "layer_scale"), ("vit_cifar", "class_token")])
+def test_per_channel_vectors_of_any_shape_are_not_decayed(model, vectors):
+    from sdprune.nets.registry import create_model
+    from sdprune.train.trainer import decay_groups
+
+    net = create_model(model, num_classes=10)
+    decayed, plain = decay_groups(net.parameters(), 0.05)
+    named = dict(net.named_parameters())
+    shaped = [p for n, p in net.named_parameters() if vectors in n]
+    assert shaped and all(p.dim() == 3 for p in shaped)  # (C, 1, 1) / (1, 1, D): more than one dimension
+    assert {id(p) for p in shaped} <= {id(p) for p in plain["params"]}
+    assert all(sum(n > 1 for n in p.shape) >= 2 for p in decayed["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(named)
+
+
 def test_building_a_training_leaves_the_callers_random_state_alone():
     data = load_data("digits")
     torch.manual_seed(123)
