@@ -73,6 +73,7 @@ def run_tasks(tasks: list[Task], out: Path, jobs: int, threads: int,
     ``threads`` OpenMP threads), then write that file: the task's info, ``figures(task,
     outputs)``, ``extra``, wall time and commands.
 
+    A result made by other commands (other settings under the same name) is refused, not reused.
     Each step logs its command line and stderr to ``out/logs/<name>.<step>.log`` and its JSON
     output to ``.json`` beside it; a step whose JSON is there for the same command is not run
     again (an interrupted task resumes at its first unfinished step: a finished `sdprune
@@ -82,6 +83,11 @@ def run_tasks(tasks: list[Task], out: Path, jobs: int, threads: int,
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     names = {t.name for t in tasks}
+    for t in tasks:  # a finished task is reused only for the same commands, never for other settings
+        saved = out / "results" / f"{t.name}.json"
+        if saved.exists() and json.loads(saved.read_text())["commands"] != [" ".join(c) for c in t.commands]:
+            raise SystemExit(f"{saved} was made by other commands than this run's {t.name}: give another --out "
+                             "(or remove that file to run it again)")
     pending = [t for t in tasks if not (out / "results" / f"{t.name}.json").exists()]
     done = names - {t.name for t in pending}
     running: dict[str, tuple[subprocess.Popen, Task, int, float, list]] = {}

@@ -13,7 +13,7 @@ image test split, never used for a choice). Every arm gets the same E epochs:
                    (`sdprune prune --heal finetune --finetune-epochs E`)
   (a0i), (ai)      the same two with the blocks chosen one at a time (`prune --iterative`:
                    after each removal BatchNorm is re-estimated and the rest re-scored),
-                   a lever for (a): a better start than one-shot ablation's? (one seed)
+                   a lever for (a): a better start than one-shot ablation's? (seeds: --seeds-other)
   (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
                    then the free prune (`sdprune prune`, survival ranking, BN heal)
   (c)  scratch     the small architecture from scratch for E epochs (what E buys alone)

@@ -7,7 +7,7 @@ def add_parser(sub):
     from sdprune.cli.common import floats, ints
     from sdprune.choices import (BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET,
                                  OPTIMIZERS, SCHEDULES)
-    from sdprune.train.config import DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
+    from sdprune.train.config import ADAMW_DEFAULTS, DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default
 
@@ -23,12 +23,15 @@ def add_parser(sub):
            "other datasets: their own)")
     a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
     a("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
-    a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
+    a("--lr", type=float, help=f"peak learning rate (default {d.lr:g}; {ADAMW_DEFAULTS['lr']:g} with --optimizer "
+                               "adamw; with --init a tenth of these)")
     a("--optimizer", choices=OPTIMIZERS,
       help=f"sgd: Nesterov momentum (the paper's) | adamw: betas 0.9, 0.999, as ConvNeXt's, ViT's and Swin's "
-           f"recipes; give it their weight decay, e.g. --weight-decay 0.05 (default {d.optimizer})")
-    a("--momentum", type=float, help=f"SGD momentum in [0, 1); 0: plain SGD, without Nesterov (default {d.momentum:g})")
-    a("--weight-decay", type=float, help=f"on conv and linear weights (default {d.weight_decay:g})")
+           f"recipes (default {d.optimizer})")
+    a("--momentum", type=float, help=f"SGD momentum in [0, 1); 0: plain SGD, without Nesterov; unused by adamw "
+                                     f"(default {d.momentum:g})")
+    a("--weight-decay", type=float, help=f"on weight matrices and kernels (default {d.weight_decay:g}; "
+                                         f"{ADAMW_DEFAULTS['weight_decay']:g} with --optimizer adamw)")
     a("--lr-schedule", choices=["step", "cosine"], help=f"default {d.lr_schedule}")
     a("--lr-milestones", type=ints, help="comma-separated epochs where lr is divided by 10 (default 50%%,75%%)")
     a("--warmup-epochs", type=float, help=f"linear learning-rate warm-up (default {d.warmup_epochs:g})")

@@ -135,7 +135,9 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
     distillation (Hinton et al.), plain cross-entropy without. T = 1 by default: on a
     pruned Fashion-MNIST ResNet-20 the classic T = 4, alpha = 0.9 lost 6 more points in a
     one-epoch heal than T = 1 did. Learning rate follows a cosine from ``lr`` to 0;
-    Nesterov momentum 0.9; training augmentation as in training. BatchNorm statistics end
+    Nesterov momentum 0.9, whatever the network was trained with (an AdamW-trained network
+    too: a short distilled heal from its own weights, measured only with SGD); training
+    augmentation as in training. BatchNorm statistics end
     as a short moving average: re-estimate them afterwards (``recalibrate_bn``).
     Returns {"steps", "loss"} (mean loss of the last epoch). The model ends in eval mode.
     """
@@ -147,7 +149,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: DataBundle, epoc
                      f"{min(batch_size, len(data.train))} images")
     per_epoch = max(1, num_batches(len(data.train), batch_size, drop_last))
     total = max(1, round(epochs * per_epoch))
-    optimizer = build_sgd(model.parameters(), lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    optimizer = build_sgd(model, lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     mean_std = normalization(data.mean, data.std, device)
     gen_order, gen_aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     if teacher is not None:

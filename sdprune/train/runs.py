@@ -152,6 +152,8 @@ def resume_command(run_dir: Path) -> str:
 
 
 RESUME_MAY_SET = ("device", "workers")  # what a resume may change: how it runs, never what it trains
+# Fields added after runs were saved without them, with the value those runs trained with.
+ADDED_FIELDS = {"optimizer": "sgd"}
 
 
 def saved_config(path: Path, given: TrainConfig) -> TrainConfig:
@@ -166,6 +168,7 @@ def saved_config(path: Path, given: TrainConfig) -> TrainConfig:
         raise SdpruneError(f"{path} is not a run's config")
     # train writes every field: one missing would silently take its default (a run without
     # its model would restart as a resnet32), so the config must be whole
+    saved = {**ADDED_FIELDS, **saved}
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in saved and f.name not in RESUME_MAY_SET]
     if missing:
         raise SdpruneError(f"{path} lacks {', '.join(missing)}: not the config a run saved; start a new run "

@@ -118,7 +118,7 @@ class Trainer:
         or already on the device when the training set is held there).
 
         Sets the step's learning rate, moves the batch to the device, augments it there,
-        draws and installs the gates, runs forward, backward and SGD, and feeds learned
+        draws and installs the gates, runs forward, backward and the optimizer step, and feeds learned
         survival. ``part`` = (offset, total): under torchrun these are rows offset.. of a
         batch of ``total`` split across ranks; they get the crops and row gates those rows
         get on one process. Raises ``SdpruneError`` if the loss is not finite.
@@ -180,36 +180,40 @@ class Trainer:
         return StepResult(loss_value, correct_value, executed, lr, seen)
 
 
-def decay_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
-    """Parameter groups with weight decay on matrices and kernels only.
+# AdamW recipes (timm's ``no_weight_decay``, torchvision's ``--transformer-embedding-decay 0``)
+# leave these undecayed too: decay would pull a layer scale, and the branch it scales, towards
+# zero (a block removal that training should decide), and the embeddings towards nothing.
+NO_DECAY_NAMES = ("layer_scale", "class_token", "pos_embedding", "relative_position_bias_table", "logit_scale")
 
-    A tensor with at most one dimension longer than 1 is a per-channel vector whatever its
-    shape: norms' scales and shifts, biases, ConvNeXt's (C, 1, 1) layer scale, ViT's (1, 1, D)
-    class token. None is decayed (timm's rule): decay would pull a layer scale, and the branch
-    it scales, towards zero, the block removal that training should decide.
-    """
+
+def decay_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 skip: Sequence[str] = ()) -> list[dict]:
+    """Parameter groups with weight decay on matrices and kernels only: norms' scales and
+    shifts and biases (every tensor of one dimension), and parameters whose name contains one
+    of ``skip``, are not decayed."""
     decay, no_decay = [], []
-    for p in params:
-        (no_decay if sum(n > 1 for n in p.shape) <= 1 else decay).append(p)
+    for name, p in named:
+        (no_decay if p.dim() <= 1 or any(s in name for s in skip) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, nesterov: bool,
-              weight_decay: float) -> torch.optim.SGD:
-    """SGD with weight decay on conv/linear weights only (``decay_groups``).
+def build_sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on conv/linear weights only (``decay_groups``), the paper's.
 
     ``momentum`` 0 is plain SGD: Nesterov needs momentum, so it is then off.
     """
-    return torch.optim.SGD(decay_groups(params, weight_decay), lr=lr, momentum=momentum,
+    return torch.optim.SGD(decay_groups(model.named_parameters(), weight_decay), lr=lr, momentum=momentum,
                            nesterov=nesterov and momentum > 0)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The run's optimizer (``config.optimizer``): SGD as ``build_sgd``, or AdamW (decoupled
-    weight decay, PyTorch's betas and eps) on the same decay groups; the lr schedule sets its rate."""
+    weight decay, PyTorch's betas and eps) that also spares ``NO_DECAY_NAMES``, as its recipes
+    do; the lr schedule sets the rate."""
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(decay_groups(params, config.weight_decay), lr=config.lr)
-    return build_sgd(params, config.lr, config.momentum, config.nesterov, config.weight_decay)
+        return torch.optim.AdamW(decay_groups(model.named_parameters(), config.weight_decay, NO_DECAY_NAMES),
+                                 lr=config.lr)
+    return build_sgd(model, config.lr, config.momentum, config.nesterov, config.weight_decay)
 
 
 def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
@@ -262,7 +266,7 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
     grad_sync = resolve_grad_sync(config.grad_sync, device)
     may_skip = config.survival != "none" and config.drop_mode == "batch"
     forward_model = wrap_model(model, world, device, config.sync_bn, may_skip, grad_sync)
-    optimizer = build_optimizer(model.parameters(), config)
+    optimizer = build_optimizer(model, config)
     if steps_per_epoch is None:
         steps_per_epoch = num_batches(len(data.train), config.batch_size,
                                       drop_last=drops_last(len(data.train), config.batch_size))

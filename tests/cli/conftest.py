@@ -31,7 +31,7 @@ def valid_checkpoint() -> dict:
         torch.manual_seed(0)
         model = create_model("resnet20", num_classes=10, in_channels=1)
     set_survival(model, survival_schedule("linear", 9))
-    optimizer = build_sgd(model.parameters(), 0.1, 0.9, True, 1e-4)
+    optimizer = build_sgd(model, 0.1, 0.9, True, 1e-4)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # momentum buffers now exist, one per parameter

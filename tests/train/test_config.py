@@ -61,6 +61,33 @@ def test_flags_override_the_recipe_which_overrides_defaults(tmp_path):
     assert c.batch_size == TrainConfig().batch_size
 
 
+def test_adamw_brings_its_own_rate_and_decay_unless_given(tmp_path):
+    from sdprune.train.config import ADAMW_DEFAULTS, ADAMW_FINETUNE_LR, FINETUNE_DEFAULTS
+
+    c = resolve_config(None, {"optimizer": "adamw"})
+    assert (c.lr, c.weight_decay) == (ADAMW_DEFAULTS["lr"], ADAMW_DEFAULTS["weight_decay"]) != (0.1, 1e-4)
+    assert resolve_config(None, {"optimizer": "adamw", "lr": 3e-3}).lr == 3e-3
+    recipe = write(tmp_path, 'optimizer = "adamw"\nweight_decay = 0.3\n')
+    assert resolve_config(recipe, {}).weight_decay == 0.3 and resolve_config(recipe, {}).lr == ADAMW_DEFAULTS["lr"]
+    weights = tmp_path / "w.pt"
+    tuned = resolve_config(None, {"optimizer": "adamw", "init": str(weights)})  # a fine-tune: a tenth
+    assert tuned.lr == ADAMW_FINETUNE_LR and tuned.epochs == FINETUNE_DEFAULTS["epochs"]
+    assert resolve_config(None, {"init": str(weights)}).lr == FINETUNE_DEFAULTS["lr"]  # SGD's unchanged
+    assert resolve_config(None, {}).lr == TrainConfig().lr
+
+
+def test_a_run_saved_before_the_optimizer_field_resumes_as_sgd(tmp_path):
+    import json
+
+    from sdprune.train.runs import saved_config
+
+    saved = TrainConfig(model="resnet20", epochs=1).to_dict()
+    del saved["optimizer"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = saved_config(tmp_path / "config.json", TrainConfig())
+    assert config.optimizer == "sgd" and config.model == "resnet20"
+
+
 def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
     """Through the real parser and `sdprune train`'s own mapping from flags to config."""
     import sdprune.train.loop

@@ -211,14 +211,12 @@ def test_momentum_zero_is_plain_sgd():
     assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in plain["params"])
 
 
-def test_adamw_decays_what_sgd_decays_and_resumes_exactly(tmp_path, interrupt_after, same_training_state):
+def test_adamw_resumes_exactly(tmp_path, interrupt_after, same_training_state):
     data = load_data("digits")
     trainer = build_training(TrainConfig(optimizer="adamw", weight_decay=0.05, lr=1e-3, **FAST), data,
                              torch.device("cpu"))
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
-    decayed, plain = trainer.optimizer.param_groups
-    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
-    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in plain["params"])
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.05, 0.0]
     # the optimizer's moments are part of the checkpoint: an interrupted AdamW run resumes exactly
     config = dict(optimizer="adamw", weight_decay=0.05, lr=1e-3, epochs=2, **FAST)
     train(TrainConfig(**config, out=str(tmp_path / "full")))
@@ -231,19 +229,27 @@ def test_adamw_decays_what_sgd_decays_and_resumes_exactly(tmp_path, interrupt_af
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["optimizer"] == "adamw"
 
 
-@pytest.mark.parametrize("model,vectors", [("convnext_cifar", "layer_scale"), ("vit_cifar", "class_token")])
-def test_per_channel_vectors_of_any_shape_are_not_decayed(model, vectors):
+@pytest.mark.parametrize("model,spared", [("convnext_cifar", "layer_scale"), ("vit_cifar", "class_token"),
+                                          ("vit_cifar", "pos_embedding")])
+def test_adamw_spares_what_its_recipes_spare_and_sgd_decays_as_the_paper(model, spared):
     from sdprune.nets.registry import create_model
-    from sdprune.train.trainer import decay_groups
+    from sdprune.train.trainer import NO_DECAY_NAMES, build_optimizer
 
-    net = create_model(model, num_classes=10)
-    decayed, plain = decay_groups(net.parameters(), 0.05)
-    named = dict(net.named_parameters())
-    shaped = [p for n, p in net.named_parameters() if vectors in n]
-    assert shaped and all(p.dim() == 3 for p in shaped)  # (C, 1, 1) / (1, 1, D): more than one dimension
-    assert {id(p) for p in shaped} <= {id(p) for p in plain["params"]}
-    assert all(sum(n > 1 for n in p.shape) >= 2 for p in decayed["params"])
-    assert len(decayed["params"]) + len(plain["params"]) == len(named)
+    net = create_model(model, num_classes=1)  # a one-output head is still a matrix: decayed
+    name_of = {id(p): n for n, p in net.named_parameters()}
+    for optimizer in ("sgd", "adamw"):
+        decayed, plain = build_optimizer(net, TrainConfig(model=model, optimizer=optimizer)).param_groups
+        decayed_names = {name_of[id(p)] for p in decayed["params"]}
+        plain_names = {name_of[id(p)] for p in plain["params"]}
+        assert decayed_names and decayed_names.isdisjoint(plain_names)
+        assert decayed_names | plain_names == set(name_of.values())
+        assert all(net.get_parameter(n).dim() <= 1 for n in plain_names if not any(s in n for s in NO_DECAY_NAMES))
+        assert any(n.startswith("heads") or n.startswith("classifier") for n in decayed_names)  # the head
+        assert any(net.get_parameter(n).dim() == 4 or "in_proj" in n for n in decayed_names)  # kernels
+        shaped = {n for n in name_of.values() if spared in n}
+        assert shaped and all(net.get_parameter(n).dim() > 1 for n in shaped)
+        # SGD's rule is the one every earlier run trained (and resumes) with: dimension only
+        assert shaped <= (plain_names if optimizer == "adamw" else decayed_names)
 
 
 def test_building_a_training_leaves_the_callers_random_state_alone():
