@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from sdprune.choices import OPTIMIZERS  # constants only: no torch at import
+
 from bench_common import MIN_LOGIT_SCALE, Task, evenly_removed, fill_zero_weights, run_tasks  # tools/
 
 LATENCY_MODELS = "tv_convnext_tiny,tv_efficientnet_b0,tv_swin_t,tv_vit_b_16"
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     a("--image-size", type=int, default=32)
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=0.05)
-    a("--optimizer", choices=("sgd", "adamw"), default="sgd", help="train's optimizer (default sgd)")
+    a("--optimizer", choices=OPTIMIZERS, default="sgd", help="train's optimizer (default sgd)")
     a("--weight-decay", type=float, help="train's weight decay (default: train's own, 1e-4)")
     a("--warmup-epochs", type=float, default=1.0)
     a("--keeps", default="1,0.75,0.5,0.25", help="sweep's kept fractions")
