@@ -225,16 +225,19 @@ def accuracy_report(out: Path) -> str:
              "the criterion best on the validation slice (its name), after the sweep's healing",
              "", "| model | drop rate | seeds | as trained | " + " | ".join(f"keep {k}" for k in keeps) + " |",
              "|---|---|---|---|" + "---|" * len(keeps)]
-    arms = {(r["model"], r.get("optimizer", "sgd"), r["drop"]) for r in rows}  # older results: SGD
-    for model, opt, drop in sorted(arms, key=lambda a: (a[0], a[1] != "sgd", a[1], -a[2])):
-        group = [r for r in rows if (r["model"], r.get("optimizer", "sgd"), r["drop"]) == (model, opt, drop)]
+    def arm(r: dict) -> tuple[str, str, float]:
+        return r["model"], r.get("optimizer", "sgd"), r["drop"]  # older results: SGD
+
+    for model, opt, drop in sorted({arm(r) for r in rows}, key=lambda a: (a[0], a[1] != "sgd", a[1], -a[2])):
+        group = [r for r in rows if arm(r) == (model, opt, drop)]
         cells = []
         for k in keeps:
             pts = [r["keeps"][k] for r in group if k in r["keeps"]]
             crits = sorted({p["criterion"] for p in pts})
             cells.append(f"{spread([p['test_acc'] for p in pts])} ({pts[0]['blocks']}/{group[0]['blocks']}, "
                          f"{'/'.join(crits)})" if pts else "-")
-        lines.append(f"| {model}{'' if opt == 'sgd' else f' ({opt})'} | {drop:g}{' (plain)' if drop == 0 else ''} | {len(group)} | "
+        label = model if opt == "sgd" else f"{model} ({opt})"
+        lines.append(f"| {label} | {drop:g}{' (plain)' if drop == 0 else ''} | {len(group)} | "
                      f"{spread([r['test_acc'] for r in group])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -302,5 +302,5 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["ADAMW_DEFAULTS", "ADAMW_FINETUNE_LR", "DEFAULT_DISTILL", "FINETUNE_DEFAULTS", "TrainConfig", "config_fields", "distill_weight", "load_recipe",
-           "refuse_no_training", "resolve_config", "validate"]
+__all__ = ["ADAMW_DEFAULTS", "ADAMW_FINETUNE_LR", "DEFAULT_DISTILL", "FINETUNE_DEFAULTS", "TrainConfig",
+           "config_fields", "distill_weight", "load_recipe", "refuse_no_training", "resolve_config", "validate"]
