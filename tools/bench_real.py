@@ -15,7 +15,9 @@ image test split, never used for a choice). Every arm gets the same E epochs:
                    after each removal BatchNorm is re-estimated and the rest re-scored),
                    a lever for (a): a better start than one-shot ablation's? (seeds: --seeds-other)
   (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
-                   then the free prune (`sdprune prune`, survival ranking, BN heal)
+                   then the free prune (`sdprune prune`, survival ranking, BN heal);
+                   ``--criterion`` / ``--anneal-end`` run a variant of its mechanism
+                   (`train --criterion/--anneal-end`), named apart (``b-k0.33-s0-ablation-end0.2``)
   (c)  scratch     the small architecture from scratch for E epochs (what E buys alone)
 
 Every arm is the sdprune command line a user runs (logged with its output under
@@ -40,6 +42,8 @@ import sys
 from pathlib import Path
 
 from bench_common import ROOT, Task, run_tasks  # tools/, beside this script
+
+from sdprune.choices import RETROFIT_CRITERIA  # constants only: no torch at import
 
 BLOCKS = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
 ARMS = ("e", "d", "a0", "a", "a0i", "ai", "b", "c")
@@ -87,12 +91,14 @@ def plan(args) -> list[Task]:
                                                "--finetune-epochs", str(args.epochs), "--seed", str(s),
                                                "--out", str(runs / f"a-{k}-s{s}"), *dev]], ["adopt-resnet56"],
                               {"arm": "a", "keep": keep, "kept": kept, "seed": s}))
-            retro = runs / f"b-{k}-s{s}"
-            tasks.append(Task(f"b-{k}-s{s}", [
+            name = f"b-{k}-s{s}{retro_variant(args)}"
+            retro = runs / name
+            tasks.append(Task(name, [
                 [*train, "--init", have56, "--survival", "learned", "--target-keep", repr(kept / BLOCKS["resnet56"]),
-                 "--seed", str(s), "--out", str(retro)],
+                 *retro_flags(args), "--seed", str(s), "--out", str(retro)],
                 [*sd, "prune", str(retro), "--keep-blocks", str(kept), "--heal", "bn", "--out", str(retro / "pruned"),
-                 *dev]], ["adopt-resnet56"], {"arm": "b", "keep": keep, "kept": kept, "seed": s}))
+                 *dev]], ["adopt-resnet56"],
+                {"arm": "b", "keep": keep, "kept": kept, "seed": s, "variant": retro_variant(args)[1:]}))
         for s in other:  # the iterative choice: one seed (its only randomness is the BN batches)
             prune = [*sd, "prune", have56, "--keep-blocks", str(kept), "--iterative", "--seed", str(s)]
             tasks.append(Task(f"a0i-{k}-s{s}", [[*prune, "--heal", "bn", "--out", str(runs / f"a0i-{k}-s{s}"), *dev]],
@@ -106,6 +112,19 @@ def plan(args) -> list[Task]:
                               {"arm": "c", "keep": keep, "seed": s, "net": small}))
     wanted = set(args.arms.split(","))
     return [t for t in tasks if t.name.startswith("adopt") or t.info.get("arm") in wanted]
+
+
+def retro_flags(args) -> list[str]:
+    """`sdprune train`'s flags for the retrofit's mechanism, where the command line varies it."""
+    flags = ["--criterion", args.criterion] if args.criterion else []
+    return flags + (["--anneal-end", repr(args.anneal_end)] if args.anneal_end is not None else [])
+
+
+def retro_variant(args) -> str:
+    """The suffix that keeps a varied retrofit's runs and results apart from the default's."""
+    if args.criterion is None and args.anneal_end is None:
+        return ""
+    return f"-{args.criterion or 'best'}" + (f"-end{args.anneal_end:g}" if args.anneal_end is not None else "")
 
 
 def weights_file(folder: str, net: str) -> Path:
@@ -153,19 +172,25 @@ def report(out: Path) -> str:
     keeps = sorted({r["keep"] for r in rows if "keep" in r}, reverse=True)
     for keep in keeps:
         lines += ["", f"keep {keep:.2f}", "",
-                  "| arm | test acc % (mean, min-max) | seeds | blocks | params | MFLOPs | block-epochs |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| arm | test acc % (mean, min-max) | val % | seeds | blocks | params | MFLOPs | block-epochs |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for arm in ARMS:
-            group = [r for r in rows if r.get("arm") == arm and (arm in ("e",) or r.get("keep") == keep)]
-            if not group:
-                continue
-            accs = [r["test_acc"] for r in group]
-            spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
-            r0 = group[0]
-            epochs = r0["epochs"] if arm not in ("a0", "a0i") else 0
-            lines.append(f"| {NAMES[arm]} | {statistics.mean(accs):.2f}{spread} | {len(group)} | {r0['blocks']} | "
-                         f"{r0['params']:,} | {r0['flops'] / 1e6:.1f} | {_block_epochs(r0, epochs)} |")
+            for variant in sorted({r.get("variant", "") for r in rows if r.get("arm") == arm}):
+                group = [r for r in rows if r.get("arm") == arm and r.get("variant", "") == variant
+                         and (arm in ("e",) or r.get("keep") == keep)]
+                if group:
+                    lines.append(_row(arm, variant, group))
     return "\n".join(lines)
+
+
+def _row(arm: str, variant: str, group: list[dict]) -> str:
+    accs, vals = [r["test_acc"] for r in group], [r["val_acc"] for r in group]
+    spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
+    r0 = group[0]
+    epochs = r0["epochs"] if arm not in ("a0", "a0i") else 0
+    name = NAMES[arm] + (f" [{variant}]" if variant else "")
+    return (f"| {name} | {statistics.mean(accs):.2f}{spread} | {statistics.mean(vals):.2f} | {len(group)} | "
+            f"{r0['blocks']} | {r0['params']:,} | {r0['flops'] / 1e6:.1f} | {_block_epochs(r0, epochs)} |")
 
 
 def _block_epochs(r: dict, epochs: int) -> str:
@@ -192,6 +217,9 @@ def main(argv=None) -> None:
     a("--seeds", default="0,1,2", help="seeds of (a), (b), (d) at the first keep")
     a("--seeds-other", help="seeds of (e), (c) and every arm at other keeps (default: the first of --seeds)")
     a("--arms", default=",".join(ARMS))
+    a("--criterion", choices=RETROFIT_CRITERIA,
+      help="(b): the retrofit's step-0 ranking (`train --criterion`; default: train's)")
+    a("--anneal-end", type=float, help="(b): when the excluded blocks are gone (`train --anneal-end`; default: train's)")
     a("--jobs", type=int, default=1, help="tasks at once")
     a("--threads", type=int, default=1, help="torch threads per task")
     a("--device", default="cpu")

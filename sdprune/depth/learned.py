@@ -29,7 +29,7 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
 * Retrofit (a network that is already trained, ``start`` and ``ranking`` given): the
   blocks to exclude are chosen once, at step 0, from ``ranking`` (the caller's: `sdprune
   train` ranks with the pruning pipeline's val-best selection, ``prune.retrofit``), and annealed from their
-  trained survival to 0 between step 0 and ``RETROFIT_ANNEAL_END``; the kept blocks keep
+  trained survival to 0 between step 0 and ``anneal_end`` (default ``RETROFIT_ANNEAL_END``); the kept blocks keep
   their trained survival (the default budget: what the pruned network executes) or are
   fitted to ``target_survival``. Waiting for the regression to warm up would spend the
   short fine-tune on a network that is about to lose blocks anyway; the trained network
@@ -48,6 +48,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from sdprune.choices import RETROFIT_ANNEAL_END  # retrofit: excluded blocks reach survival 0 here
 from sdprune.depth.schedule import get_survival, set_survival, survival_schedule
 from sdprune.depth.select import select_blocks, target_count
 from sdprune.depth.structure import all_block_names, block_layout
@@ -55,7 +56,6 @@ from sdprune.errors import SdpruneError
 
 WARMUP = 0.15        # fraction of training with the initial (linear) survival, gathering data
 ANNEAL_END = 0.6     # prune-aware: excluded blocks reach survival 0 here
-RETROFIT_ANNEAL_END = 0.5  # retrofit: excluded blocks reach survival 0 here (annealed from step 0)
 HALF_LIFE = 0.08     # of total steps: memory of the regression
 RELAX = 0.05         # of total steps: time constant of survival moving to its target
 RIDGE = 1e-3
@@ -114,8 +114,9 @@ class LearnedSurvival:
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], *, p_last: float = 0.5,
                  target_survival: float | None = None, target_keep: float | None = None,
                  p_min: float = 0.05, start: Sequence[float] | None = None,
-                 ranking: Sequence[float] | None = None) -> None:
+                 ranking: Sequence[float] | None = None, anneal_end: float | None = None) -> None:
         self.model = model
+        self.retrofit_anneal_end = RETROFIT_ANNEAL_END if anneal_end is None else anneal_end
         self.layout = block_layout(model, input_shape)
         self.names = [row["name"] for row in self.layout]
         n = len(self.names)
@@ -250,7 +251,7 @@ class LearnedSurvival:
     @property
     def anneal_end(self) -> float:
         """Fraction of training at which the excluded blocks reach survival 0."""
-        return RETROFIT_ANNEAL_END if self.ranking is not None else ANNEAL_END
+        return self.retrofit_anneal_end if self.ranking is not None else ANNEAL_END
 
     def _retrofit_targets(self, progress: float, scores: Tensor) -> Tensor:
         """Excluded blocks: their trained survival, annealed linearly to 0 by ``anneal_end``.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdprune.choices import CRITERIA
+from sdprune.choices import CRITERIA, STATS_IMAGES
 from sdprune.data.bundle import DataBundle
-from sdprune.depth.select import Budget
+from sdprune.depth.select import Budget, importance
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
 from sdprune.prune.pipeline import Pruned, prune_model, score_blocks
@@ -44,12 +44,22 @@ def best_selection(model: nn.Module, data: DataBundle, keep: float, device: torc
     return best, candidates[best], rows
 
 
-def rank_for_retrofit(model: nn.Module, data: DataBundle, device: torch.device, keep: float) -> list[float]:
-    """One score per gated block, in forward order: the blocks ``best_selection`` keeps score in
-    [1, 1.5], the ones it removes in [0, 0.5] (ordered by their drop-one loss increase within each)."""
+def rank_for_retrofit(model: nn.Module, data: DataBundle, device: torch.device, keep: float,
+                      criterion: str | None = None) -> list[float]:
+    """One score per gated block, in forward order: the blocks the selection keeps score in
+    [1, 1.5], the ones it removes in [0, 0.5] (ordered by the chosen criterion within each).
+
+    ``criterion`` None or "best": ``best_selection`` over every measured criterion on
+    ``RANK_IMAGES``; a named one: that criterion alone on the images `sdprune prune` scores
+    by default, so the retrofit excludes exactly the blocks `prune --criterion C` removes.
+    """
     model.to(device)
-    _, chosen, rows = best_selection(model, data, keep, device)
+    if criterion in (None, "best"):
+        chosen_by, chosen, rows = best_selection(model, data, keep, device)
+    else:
+        chosen_by, chosen, rows = best_selection(model, data, keep, device, criteria=(criterion,),
+                                                 max_images=STATS_IMAGES)
     removed = set(chosen.removed)
-    loss = torch.tensor([float(r["delta_loss"]) for r in rows])
-    spread = (loss - loss.min()) / max(float(loss.max() - loss.min()), 1e-12)
+    score = torch.tensor(importance(rows, chosen_by))
+    spread = (score - score.min()) / max(float(score.max() - score.min()), 1e-12)
     return [(0.0 if r["name"] in removed else 1.0) + 0.5 * float(s) for r, s in zip(rows, spread)]

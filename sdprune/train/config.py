@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdprune.choices import (BAD_IMAGES, DATA_MODES, DROP_MODES, FOLDER_IMAGE_SIZE, GRAD_SYNCS, OPTIMIZERS, PRIOR,
+                             RETROFIT_CRITERIA,
                              SCHEDULES, check_seed)
 from sdprune.errors import SdpruneError
 
@@ -61,6 +62,9 @@ class TrainConfig:
     target_survival: float | None = None   # learned: mean survival budget (None: linear's mean)
     target_keep: float | None = None       # learned, prune-aware: fraction of blocks to keep
     p_min: float = 0.05                    # learned: lower bound of a survival probability
+    criterion: str | None = None           # retrofit, prune-aware: step-0 ranking (None: best; RETROFIT_CRITERIA)
+    anneal_end: float | None = None        # retrofit, prune-aware: fraction of training by which the excluded
+                                           # blocks are gone (None: choices.RETROFIT_ANNEAL_END)
     # retrofit: start from trained weights (see sdprune.train.adopt)
     init: str | None = None                # sdprune checkpoint/run folder or a torchvision state dict file
     distill: float | None = None           # weight of distillation from the initial network (None: 0.5 with --init)
@@ -153,6 +157,13 @@ def validate(c: TrainConfig) -> None:
                 bad(f"{flag} must be in (0, 1], got {value}")
             if c.survival != "learned":
                 bad(f"{flag} needs --survival learned (got --survival {c.survival})")
+    if c.criterion is not None and c.criterion not in RETROFIT_CRITERIA:
+        bad(f"--criterion must be one of {', '.join(RETROFIT_CRITERIA)}, got {c.criterion!r}")
+    if c.anneal_end is not None and not 0.0 < c.anneal_end <= 1.0:  # also rejects NaN
+        bad(f"--anneal-end must be in (0, 1], got {c.anneal_end}")
+    for flag, value in (("--criterion", c.criterion), ("--anneal-end", c.anneal_end)):
+        if value is not None and (c.init is None or c.target_keep is None):
+            bad(f"{flag} shapes a prune-aware retrofit: it needs --init with --survival learned --target-keep")
     if c.target_survival is not None and c.target_survival < c.p_min:
         bad(f"--target-survival {c.target_survival} is below --p-min {c.p_min}: no survivals meet it")
     if c.data_mode not in DATA_MODES:

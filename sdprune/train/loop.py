@@ -47,10 +47,11 @@ from sdprune.train.skipped import count_skipped, report_skipped
 from sdprune.train.trainer import CROP_STREAM, ORDER_STREAM, build_training, checkpoint_meta
 
 
-# Scores the blocks of a trained network (higher = more needed) for keeping a fraction of them:
-# a prune-aware retrofit's step-0 ranking. Injected by the caller (the CLI passes the pruning
-# pipeline's selection), so training does not depend on the pruning layer above it.
-RankBlocks = Callable[[nn.Module, DataBundle, torch.device, float], Sequence[float]]
+# Scores the blocks of a trained network (higher = more needed) for keeping a fraction of them,
+# by a criterion (None: the default): a prune-aware retrofit's step-0 ranking. Injected by the
+# caller (the CLI passes the pruning pipeline's selection), so training does not depend on the
+# pruning layer above it.
+RankBlocks = Callable[[nn.Module, DataBundle, torch.device, float, str | None], Sequence[float]]
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
@@ -140,7 +141,8 @@ def _train_locked(config: TrainConfig, reporter: Reporter, ckpt: dict | None, ru
                                  "(sdprune.prune.retrofit.rank_for_retrofit, as `sdprune train` passes)")
             # ranked once, on rank 0, and sent to every rank: ranks ranking apart could differ
             # (GPU nondeterminism) and would then train with different survivals
-            ranking = list(rank_blocks(adopted.model, data, device, config.target_keep)) if world.main else None
+            ranking = (list(rank_blocks(adopted.model, data, device, config.target_keep, config.criterion))
+                       if world.main else None)
             if world.enabled:
                 ranking = json.loads(broadcast_text(json.dumps(ranking) if world.main else None, world, device))
     trainer = build_training(config, data, device, adopted=adopted, ranking=ranking, world=world)

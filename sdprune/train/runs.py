@@ -153,7 +153,7 @@ def resume_command(run_dir: Path) -> str:
 
 RESUME_MAY_SET = ("device", "workers")  # what a resume may change: how it runs, never what it trains
 # Fields added after runs were saved without them, with the value those runs trained with.
-ADDED_FIELDS = {"optimizer": "sgd"}
+ADDED_FIELDS = {"optimizer": "sgd", "criterion": None, "anneal_end": None}
 
 
 def saved_config(path: Path, given: TrainConfig) -> TrainConfig:

@@ -256,7 +256,8 @@ def build_training(config: TrainConfig, data: DataBundle, device: torch.device,
     if config.survival == "learned":  # before any move to the device: a bad --target-keep fails cheaply
         controller = LearnedSurvival(model, data.input_shape, p_last=config.p_last,
                                      target_survival=config.target_survival, target_keep=config.target_keep,
-                                     p_min=config.p_min, start=start, ranking=ranking)
+                                     p_min=config.p_min, start=start, ranking=ranking,
+                                     anneal_end=config.anneal_end)
     model.to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 
+from sdprune.choices import RETROFIT_ANNEAL_END
 from sdprune.depth.gates import GateSampler
 from sdprune.depth.learned import LearnedSurvival, budget_mean, fit_budget, select_kept, shift_to_budget
 from sdprune.depth.schedule import get_survival
@@ -144,6 +145,24 @@ def test_prune_aware_drives_excluded_blocks_to_zero():
     assert int((p == 0).sum()) == 9 - n_keep
     assert set(torch.nonzero(p == 0).flatten().tolist()) == {1, 3, 5, 7}
 
+
+
+
+@pytest.mark.parametrize("anneal_end", [None, 0.2])
+def test_a_retrofit_excludes_its_ranked_blocks_by_anneal_end(anneal_end):
+    """The excluded blocks (lowest ranked) fall from their trained survival to exactly 0 by
+    ``anneal_end`` of training (default RETROFIT_ANNEAL_END), and not before it."""
+    model = create_model("resnet20", 10, 1)
+    ranking = [1.0, 0.1, 1.2, 0.2, 1.1, 0.3, 1.3, 0.4, 1.4]
+    controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.5, start=[1.0] * 9, ranking=ranking,
+                                 anneal_end=anneal_end)
+    trace: list = []
+    _simulate(controller, model, AWARE_EFFECTS, 1000, trace=trace)
+    end = RETROFIT_ANNEAL_END if anneal_end is None else anneal_end
+    excluded = [1, 3, 5, 7]
+    gone = [progress for progress, p in trace if all(float(p[i]) == 0.0 for i in excluded)]
+    assert gone and end - 0.01 <= gone[0] <= end + 0.01  # gone within one update of anneal_end
+    assert all(float(trace[-1][1][i]) == 1.0 for i in range(9) if i not in excluded)  # kept blocks held
 
 
 def test_prune_aware_budget_holds_over_the_whole_network():

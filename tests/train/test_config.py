@@ -76,16 +76,18 @@ def test_adamw_brings_its_own_rate_and_decay_unless_given(tmp_path):
     assert resolve_config(None, {}).lr == TrainConfig().lr
 
 
-def test_a_run_saved_before_the_optimizer_field_resumes_as_sgd(tmp_path):
+def test_a_run_saved_before_later_fields_resumes_as_it_trained(tmp_path):
     import json
 
     from sdprune.train.runs import saved_config
 
     saved = TrainConfig(model="resnet20", epochs=1).to_dict()
-    del saved["optimizer"]
+    for added in ("optimizer", "criterion", "anneal_end"):  # fields later than the run
+        del saved[added]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = saved_config(tmp_path / "config.json", TrainConfig())
     assert config.optimizer == "sgd" and config.model == "resnet20"
+    assert config.criterion is None and config.anneal_end is None  # the retrofit as it was
 
 
 def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
@@ -145,6 +147,10 @@ def test_missing_recipe(tmp_path):
     ({"survival": "learned", "target_survival": 0.04}, "--target-survival 0.04 is below --p-min 0.05"),
     ({"survival": "learned", "target_survival": 0.3, "p_min": 0.4}, "is below --p-min 0.4"),
     ({"lr_milestones": (5, -1)}, "--lr-milestones"),
+    ({"criterion": "ablation"}, "^--criterion shapes a prune-aware retrofit: it needs --init with"),
+    ({"anneal_end": 0.2, "init": "w.th", "survival": "learned"}, "^--anneal-end shapes a prune-aware retrofit"),
+    ({"criterion": "depth"}, "^--criterion must be one of best, ablation, influence, norm, got 'depth'"),
+    ({"anneal_end": 0.0}, r"^--anneal-end must be in \(0, 1\]"), ({"anneal_end": float("nan")}, "--anneal-end"),
 ])
 def test_validation_names_the_flag(values, message):
     with pytest.raises(SdpruneError, match=message) as err:

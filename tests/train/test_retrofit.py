@@ -145,10 +145,24 @@ def test_a_prune_aware_retrofit_excludes_the_chosen_blocks_and_its_prune_is_free
     assert torch.allclose(pruned(x), model(x), atol=1e-6)
 
 
+
+@pytest.mark.parametrize("criterion", ["ablation", "norm"])
+def test_a_named_criterion_excludes_exactly_what_prune_removes(plain, tmp_path, criterion):
+    """`train --criterion C` and `prune --criterion C` decide alike: same statistic, same images."""
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_checkpoint
+
+    data = data_for_checkpoint(load_checkpoint(plain)["meta"])
+    model = adopt(plain, None, 10, 1).model
+    ranking = rank_for_retrofit(model, data, torch.device("cpu"), 0.5, criterion)
+    excluded = {n for n, r in zip(block_names(model), ranking) if r < 1.0}
+    pruned = prune_checkpoint(plain, Budget(0.5), criterion=criterion, out=tmp_path / "p")
+    assert len(excluded) == 4 and excluded == set(pruned["removed"])
+
 def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path, interrupt_after):
     ranks = []
 
-    def rank(model, data, device, keep):
+    def rank(model, data, device, keep, criterion):
         ranks.append(keep)
         return [1.0, 1.2, 0.1, 1.1, 0.2, 0.3, 1.3, 0.4, 1.4]
 
@@ -185,7 +199,8 @@ def test_torchvision_weights_are_adopted_exactly_and_retrofitted_end_to_end(tmp_
     assert adopted.mean == [0.485, 0.456, 0.406]  # what ImageNet weights expect
     cfg = resolve_config(None, dict(init=str(weights), dataset="synthetic", image_size=32, epochs=1, batch_size=64,
                                     survival="learned", target_keep=0.5, device="cpu", out=str(tmp_path / "run")))
-    summary = train(cfg, rank_blocks=lambda model, data, device, keep: [1.0, 0.1, 1.0, 0.2, 1.0, 0.3, 1.0, 0.4])
+    ranking = [1.0, 0.1, 1.0, 0.2, 1.0, 0.3, 1.0, 0.4]
+    summary = train(cfg, rank_blocks=lambda model, data, device, keep, criterion: ranking)
     ckpt = load_checkpoint(summary["checkpoint"])
     assert ckpt["meta"]["model"]["name"] == "tv_resnet18" and ckpt["meta"]["data"]["mean"] == adopted.mean
     model, data = build_model(ckpt), data_for_checkpoint(ckpt["meta"])
@@ -202,7 +217,7 @@ def test_a_pruned_checkpoint_is_retrofitted_with_keep_a_fraction_of_the_architec
     pruned = prune_checkpoint(plain, Budget(keep_blocks=7), criterion="depth", out=tmp_path / "p")
     cfg = resolve_config(None, dict(init=pruned["checkpoint"], survival="learned", target_keep=0.5, epochs=1,
                                     out=str(tmp_path / "retro"), **FAST))
-    summary = train(cfg, rank_blocks=lambda m, d, dev, k: rank_for_retrofit(m, d, dev, k))
+    summary = train(cfg, rank_blocks=lambda m, d, dev, k, c: rank_for_retrofit(m, d, dev, k, c))
     ckpt = load_checkpoint(summary["checkpoint"])  # readable: blocks listed as the architecture has them
     model = build_model(ckpt)
     assert ckpt["meta"]["removed"] == pruned["removed"] and len(ckpt["meta"]["blocks"]) == 9
