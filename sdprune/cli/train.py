@@ -108,6 +108,8 @@ def run(args, reporter) -> int:
         config = TrainConfig(device=args.device or "auto", workers=args.workers or 0)
     else:
         config = resolve_config(args.recipe, with_init_data(overrides, args.recipe, reporter))
+        if config.optimizer == "adamw" and args.momentum is not None:
+            reporter.warn("--momentum is SGD's; adamw trains with betas 0.9, 0.999 and ignores it")
     summary = train(config, reporter, resume=resume, rank_blocks=rank_for_retrofit)
     final = summary["final"]
     if final:

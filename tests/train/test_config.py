@@ -114,6 +114,27 @@ def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
     assert c.seed == 0                                                         # default
 
 
+
+def test_the_retrofit_mechanism_flags_reach_the_config_and_momentum_under_adamw_warns(tmp_path, monkeypatch,
+                                                                                       capsys):
+    import sdprune.train.loop
+    from sdprune.cli import build_parser
+    from sdprune.report import Reporter
+
+    seen = []
+    monkeypatch.setattr(sdprune.train.loop, "train", lambda config, *a, **k: seen.append(config) or {"final": {}})
+    parse = build_parser().parse_args
+    args = parse(["train", "--init", "w.th", "--dataset", "digits", "--survival", "learned", "--target-keep", "0.5",
+                  "--criterion", "ablation", "--anneal-end", "0.2"])
+    assert args.run(args, Reporter(quiet=True)) == 0
+    assert (seen[0].criterion, seen[0].anneal_end) == ("ablation", 0.2)
+    capsys.readouterr()
+    for flags, warned in ((["--optimizer", "adamw", "--momentum", "0.8"], True), (["--optimizer", "adamw"], False),
+                          (["--momentum", "0.8"], False)):
+        args = parse(["train", "--dataset", "digits", *flags])
+        assert args.run(args, Reporter(quiet=True)) == 0
+        assert ("--momentum is SGD's" in capsys.readouterr().err) == warned
+
 @pytest.mark.parametrize("text,message", [
     ('model = "resnet20"\nepoch = 3\n', "unknown key.*epoch"),
     ('model = "resnet20"\nepochs = \n', "not valid TOML"),
