@@ -14,6 +14,9 @@ image test split, never used for a choice). Every arm gets the same E epochs:
   (a0i), (ai)      the same two with the blocks chosen one at a time (`prune --iterative`:
                    after each removal BatchNorm is re-estimated and the rest re-scored),
                    a lever for (a): a better start than one-shot ablation's? (seeds: --seeds-other)
+  (ae) prune (e)   (e)'s network, adapted E epochs, pruned as (a) is and fine-tuned E epochs
+                   distilled from itself: a lever for (a), the teacher adapted to the data
+                   rather than as published, at twice the epochs (seeds: --seeds-other)
   (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
                    then the free prune (`sdprune prune`, survival ranking, BN heal);
                    ``--criterion`` / ``--anneal-end`` run a variant of its mechanism
@@ -46,11 +49,12 @@ from bench_common import ROOT, Task, run_tasks  # tools/, beside this script
 from sdprune.choices import RETROFIT_CRITERIA  # constants only: no torch at import
 
 BLOCKS = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
-ARMS = ("e", "d", "a0", "a", "a0i", "ai", "b", "c")
+ARMS = ("e", "d", "a0", "a", "a0i", "ai", "ae", "b", "c")
 NAMES = {"e": "(e) ResNet-56, fine-tuned", "d": "(d) published small, fine-tuned", "a0": "(a0) pruned, BN heal",
          "a": "(a) pruned + fine-tune", "a0i": "(a0i) pruned iteratively, BN heal",
-         "ai": "(ai) pruned iteratively + fine-tune", "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
-PRUNED = ("a0", "a", "a0i", "ai", "b")
+         "ai": "(ai) pruned iteratively + fine-tune", "ae": "(ae) (e) pruned + fine-tune",
+         "b": "(b) retrofit + prune", "c": "(c) small from scratch"}
+PRUNED = ("a0", "a", "a0i", "ai", "ae", "b")
 
 
 def small_net(kept: int) -> str:
@@ -106,6 +110,10 @@ def plan(args) -> list[Task]:
             tasks.append(Task(f"ai-{k}-s{s}", [[*prune, "--heal", "finetune", "--finetune-epochs", str(args.epochs),
                                                 "--out", str(runs / f"ai-{k}-s{s}"), *dev]],
                               ["adopt-resnet56"], {"arm": "ai", "keep": keep, "kept": kept, "seed": s}))
+            tasks.append(Task(f"ae-{k}-s{s}", [[*sd, "prune", str(runs / f"e-s{s}"), "--keep-blocks", str(kept),
+                                                "--heal", "finetune", "--finetune-epochs", str(args.epochs),
+                                                "--seed", str(s), "--out", str(runs / f"ae-{k}-s{s}"), *dev]],
+                              [f"e-s{s}"], {"arm": "ae", "keep": keep, "kept": kept, "seed": s}))
             tasks.append(Task(f"c-{k}-s{s}", [[*train, "--model", small, *data, "--survival", "none", "--lr", "0.1",
                                                "--lr-schedule", "cosine", "--warmup-epochs", "1", "--seed", str(s),
                                                "--out", str(runs / f"c-{k}-s{s}")]], [],
@@ -115,16 +123,20 @@ def plan(args) -> list[Task]:
 
 
 def retro_flags(args) -> list[str]:
-    """`sdprune train`'s flags for the retrofit's mechanism, where the command line varies it."""
-    flags = ["--criterion", args.criterion] if args.criterion else []
-    return flags + (["--anneal-end", repr(args.anneal_end)] if args.anneal_end is not None else [])
+    """`sdprune train`'s flags for the retrofit's mechanism, where the command line varies it
+    (``best`` is train's default: no flag, so the default arm stays the one already run)."""
+    flags = ["--criterion", args.criterion] if args.criterion not in (None, "best") else []
+    return flags + (["--anneal-end", f"{args.anneal_end:g}"] if args.anneal_end is not None else [])
 
 
 def retro_variant(args) -> str:
-    """The suffix that keeps a varied retrofit's runs and results apart from the default's."""
-    if args.criterion is None and args.anneal_end is None:
+    """The suffix that keeps a varied retrofit's runs and results apart from the default's: its
+    flags' own values, so two variants never share a name."""
+    flags = retro_flags(args)
+    if not flags:
         return ""
-    return f"-{args.criterion or 'best'}" + (f"-end{args.anneal_end:g}" if args.anneal_end is not None else "")
+    criterion = flags[flags.index("--criterion") + 1] if "--criterion" in flags else "best"
+    return f"-{criterion}" + (f"-end{flags[-1]}" if "--anneal-end" in flags else "")
 
 
 def weights_file(folder: str, net: str) -> Path:
@@ -200,8 +212,10 @@ def _block_epochs(r: dict, epochs: int) -> str:
     student = r.get("block_epochs")
     if student is None:  # results written before block_epochs was recorded
         student = (r.get("executed_blocks") or r["blocks"]) * epochs if arm != "b" else float("nan")
-    teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "ai", "b") else 0
+    teacher = BLOCKS["resnet56"] * epochs if arm in ("a", "ai", "ae", "b") else 0
     teacher += BLOCKS.get(r.get("net", ""), 0) * epochs if arm in ("e", "d") else 0  # distilled from itself
+    if arm == "ae":  # (e)'s adaptation first: 27 blocks E epochs, distilled from itself
+        student, teacher = student + BLOCKS["resnet56"] * epochs, teacher + BLOCKS["resnet56"] * epochs
     return f"{student:.0f} ({teacher})"
 
 
@@ -219,7 +233,8 @@ def main(argv=None) -> None:
     a("--arms", default=",".join(ARMS))
     a("--criterion", choices=RETROFIT_CRITERIA,
       help="(b): the retrofit's step-0 ranking (`train --criterion`; default: train's)")
-    a("--anneal-end", type=float, help="(b): when the excluded blocks are gone (`train --anneal-end`; default: train's)")
+    a("--anneal-end", type=float,
+      help="(b): when the excluded blocks are gone (`train --anneal-end`; default: train's)")
     a("--jobs", type=int, default=1, help="tasks at once")
     a("--threads", type=int, default=1, help="torch threads per task")
     a("--device", default="cpu")
@@ -228,6 +243,8 @@ def main(argv=None) -> None:
     if args.report:
         print(report(Path(args.out)))
         return
+    if args.anneal_end is not None and not 0.0 < args.anneal_end <= 1.0:
+        p.error(f"--anneal-end must be in (0, 1], got {args.anneal_end}")
     if not args.data_dir:
         p.error("--data-dir is needed to run")
     run_all(args)

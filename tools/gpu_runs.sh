@@ -24,6 +24,7 @@
 # DATA_TAR (.gpu/cifar10-jpeg.tar.gz) or DATA_DIR (an unpacked cifar10 folder), WEIGHTS
 # (.gpu/pretrained), DEVICE (cuda), EPOCHS (10), KEEPS (0.333: keep 0.5 was taken on 2026-12-04), SEEDS (0,1,2), JOBS (14),
 # ARMS (e,d,a0,a,b,c: the iterative arms a0i/ai were measured and rejected on the CPU, BENCHMARKS.md B5),
+# CRITERION and ANNEAL_END ((b)'s step-0 ranking and anneal: train's defaults unless set),
 # DEADLINE (seconds from the start after which no part starts: 540).
 set -uo pipefail
 out=${1:?usage: tools/gpu_runs.sh OUT}
@@ -86,6 +87,9 @@ b5_part() {
               --image-size "${IMAGE_SIZE:-32}"
               --epochs "${EPOCHS:-10}" --keeps "${KEEPS:-0.333}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-14}"
               --arms "${ARMS:-e,d,a0,a,b,c}")
+  # (b)'s mechanism, where BENCHMARKS.md's CPU measurements chose one (bench_real --criterion/--anneal-end)
+  [[ -n ${CRITERION:-} ]] && args+=(--criterion "$CRITERION")
+  [[ -n ${ANNEAL_END:-} ]] && args+=(--anneal-end "$ANNEAL_END")
   # the results so far, packed every 20 s: a command stopped at its limit still returns them
   ( while sleep 20; do tar czf "$out/.b5.tgz" -C "$work/b5" results logs 2>/dev/null && mv "$out/.b5.tgz" "$out/b5.tgz"; done ) &
   local packer=$!

@@ -6,7 +6,8 @@ from __future__ import annotations
 def add_parser(sub):
     from sdprune.cli.common import floats, ints
     from sdprune.choices import (BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET,
-                                 OPTIMIZERS, RETROFIT_ANNEAL_END, RETROFIT_CRITERIA, SCHEDULES)
+                                 OPTIMIZERS, RETROFIT_ANNEAL_END, RETROFIT_CRITERIA, SCHEDULES,
+                                 STATS_IMAGES)
     from sdprune.train.config import ADAMW_DEFAULTS, DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
     d = TrainConfig()  # every flag not given keeps the recipe's value, else this default
@@ -44,12 +45,14 @@ def add_parser(sub):
       help="learned, prune-aware: fraction of blocks the pruned model keeps (default: not prune-aware)")
     a("--p-min", type=float, help=f"learned: lowest survival a block may get (default {d.p_min:g})")
     a("--criterion", choices=RETROFIT_CRITERIA,
-      help="retrofit with --target-keep: how the trained network's blocks are ranked at step 0 (best: the "
-           "measured criterion whose BatchNorm-healed pruned network is best on validation; a named one: as "
-           "`sdprune prune --criterion`, on the same images; default best)")
+      help="retrofit with --target-keep: how the blocks to exclude are chosen at step 0. A criterion: "
+           f"`sdprune prune --criterion`'s choice ({STATS_IMAGES} validation images, as prune scores by "
+           "default); best, a way of choosing rather than a criterion: whichever of ablation, influence and "
+           "norm leaves the best BatchNorm-healed pruned network on 2000 validation images (default best)")
     a("--anneal-end", type=float, metavar="FRACTION",
-      help="retrofit with --target-keep: fraction of training by which the excluded blocks are gone "
-           f"(annealed from step 0; default {RETROFIT_ANNEAL_END:g})")
+      help="retrofit with --target-keep: fraction of training, in (0, 1], by which the excluded blocks are "
+           "gone, their survival falling linearly from step 0 (below ~0.05 it is an abrupt removal; "
+           f"default {RETROFIT_ANNEAL_END:g})")
     a("--init", metavar="WEIGHTS",
       help="retrofit: start from a trained network (an sdprune run/checkpoint or a torchvision state dict); "
            "its architecture, a fine-tune schedule ({}) and distillation from it become the defaults "

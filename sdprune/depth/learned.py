@@ -28,7 +28,8 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
 
 * Retrofit (a network that is already trained, ``start`` and ``ranking`` given): the
   blocks to exclude are chosen once, at step 0, from ``ranking`` (the caller's: `sdprune
-  train` ranks with the pruning pipeline's val-best selection, ``prune.retrofit``), and annealed from their
+  train` ranks with the pruning pipeline's val-best selection, or with `--criterion C` prune's
+  one-shot choice, ``prune.retrofit``), and annealed from their
   trained survival to 0 between step 0 and ``anneal_end`` (default ``RETROFIT_ANNEAL_END``); the kept blocks keep
   their trained survival (the default budget: what the pruned network executes) or are
   fitted to ``target_survival``. Waiting for the regression to warm up would spend the
@@ -116,6 +117,9 @@ class LearnedSurvival:
                  p_min: float = 0.05, start: Sequence[float] | None = None,
                  ranking: Sequence[float] | None = None, anneal_end: float | None = None) -> None:
         self.model = model
+        # a retrofit's (its ranking may come later, from a resumed state): in (0, 1]
+        if anneal_end is not None and not 0.0 < anneal_end <= 1.0:
+            raise ValueError(f"anneal_end must be in (0, 1], got {anneal_end}")
         self.retrofit_anneal_end = RETROFIT_ANNEAL_END if anneal_end is None else anneal_end
         self.layout = block_layout(model, input_shape)
         self.names = [row["name"] for row in self.layout]
@@ -195,7 +199,9 @@ class LearnedSurvival:
         self.importance = -coef[1:n + 1]
         rate = min(1.0, every / max(1.0, RELAX * total_steps))
         new = self.current + rate * (self.update_targets(progress) - self.current)
-        if progress >= self.anneal_end and self.excluded:
+        # the last update zeroes them too: an anneal_end past it (1, or near 1 in a short run)
+        # still leaves exactly the network the prune cuts out
+        if (progress >= self.anneal_end or step + every >= total_steps) and self.excluded:
             new[self.excluded] = 0.0  # exactly 0: these blocks now evaluate as removed
         self.current = new
         set_survival(self.model, new.tolist())

@@ -7,8 +7,9 @@ Used two ways, so both start from the same decision:
   heals BatchNorm, and keeps the criterion whose pruned network is best on validation;
 * the step-0 ranking of a prune-aware retrofit (``sdprune train --init W --survival
   learned --target-keep K``): ``rank_for_retrofit`` returns scores that rank the blocks
-  that selection keeps above the ones it removes, so retrofit and direct pruning differ
-  only in how the network is brought to the smaller architecture.
+  that selection (or, with ``train --criterion C``, `prune --criterion C`'s one-shot choice)
+  keeps above the ones it removes, so retrofit and direct pruning differ only in how the
+  network is brought to the smaller architecture.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdprune.choices import CRITERIA, STATS_IMAGES
+from sdprune.choices import RETROFIT_CRITERIA, STATS_IMAGES
 from sdprune.data.bundle import DataBundle
 from sdprune.depth.select import Budget, importance
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
-from sdprune.prune.pipeline import Pruned, prune_model, score_blocks
+from sdprune.prune.pipeline import Pruned, choose_blocks, prune_model, score_blocks
 
 # Criteria that read the trained network (survival is only meaningful once learned;
 # depth / every-other / random ignore the data).
-MEASURED = tuple(c for c in CRITERIA if c in ("ablation", "influence", "norm"))
+MEASURED = tuple(c for c in RETROFIT_CRITERIA if c != "best")
 RANK_IMAGES = 2000  # validation images the statistics use: enough to order blocks
 
 
@@ -46,20 +47,24 @@ def best_selection(model: nn.Module, data: DataBundle, keep: float, device: torc
 
 def rank_for_retrofit(model: nn.Module, data: DataBundle, device: torch.device, keep: float,
                       criterion: str | None = None) -> list[float]:
-    """One score per gated block, in forward order: the blocks the selection keeps score in
-    [1, 1.5], the ones it removes in [0, 0.5] (ordered by the chosen criterion within each).
+    """One score per gated block, in forward order: the blocks the decision keeps score in
+    [1, 1.5], the ones it removes in [0, 0.5] (ordered within each by the criterion's importance;
+    by drop-one loss increase for the val-best decision).
 
     ``criterion`` None or "best": ``best_selection`` over every measured criterion on
-    ``RANK_IMAGES``; a named one: that criterion alone on the images `sdprune prune` scores
-    by default, so the retrofit excludes exactly the blocks `prune --criterion C` removes.
+    ``RANK_IMAGES``. A named one: ``choose_blocks``, `sdprune prune`'s one-shot choice, on
+    prune's default ``STATS_IMAGES``, so the retrofit excludes the blocks `prune --criterion C`
+    would remove from the same network on the same data.
     """
     model.to(device)
     if criterion in (None, "best"):
-        chosen_by, chosen, rows = best_selection(model, data, keep, device)
+        _, chosen, rows = best_selection(model, data, keep, device)
+        removed, order = set(chosen.removed), "ablation"
     else:
-        chosen_by, chosen, rows = best_selection(model, data, keep, device, criteria=(criterion,),
-                                                 max_images=STATS_IMAGES)
-    removed = set(chosen.removed)
-    score = torch.tensor(importance(rows, chosen_by))
+        rows = score_blocks(model, data, (criterion,), device, max_images=STATS_IMAGES)
+        kept = choose_blocks(model, rows, criterion, Budget(keep), data.input_shape,
+                             total_blocks=len(all_block_names(model)))
+        removed, order = {r["name"] for r in rows} - set(kept), criterion
+    score = torch.tensor(importance(rows, order))
     spread = (score - score.min()) / max(float(score.max() - score.min()), 1e-12)
     return [(0.0 if r["name"] in removed else 1.0) + 0.5 * float(s) for r, s in zip(rows, spread)]

@@ -148,10 +148,11 @@ def test_prune_aware_drives_excluded_blocks_to_zero():
 
 
 
-@pytest.mark.parametrize("anneal_end", [None, 0.2])
+@pytest.mark.parametrize("anneal_end", [None, 0.2, 1.0])
 def test_a_retrofit_excludes_its_ranked_blocks_by_anneal_end(anneal_end):
     """The excluded blocks (lowest ranked) fall from their trained survival to exactly 0 by
-    ``anneal_end`` of training (default RETROFIT_ANNEAL_END), and not before it."""
+    ``anneal_end`` of training (default RETROFIT_ANNEAL_END), and not before it; at 1, on the
+    last update (training never reaches progress 1), so the prune is still free."""
     model = create_model("resnet20", 10, 1)
     ranking = [1.0, 0.1, 1.2, 0.2, 1.1, 0.3, 1.3, 0.4, 1.4]
     controller = LearnedSurvival(model, (1, 8, 8), target_keep=0.5, start=[1.0] * 9, ranking=ranking,
@@ -163,6 +164,13 @@ def test_a_retrofit_excludes_its_ranked_blocks_by_anneal_end(anneal_end):
     gone = [progress for progress, p in trace if all(float(p[i]) == 0.0 for i in excluded)]
     assert gone and end - 0.01 <= gone[0] <= end + 0.01  # gone within one update of anneal_end
     assert all(float(trace[-1][1][i]) == 1.0 for i in range(9) if i not in excluded)  # kept blocks held
+
+
+@pytest.mark.parametrize("anneal_end", [0.0, -0.1, 1.5, float("nan")])
+def test_an_anneal_end_outside_the_run_is_refused(anneal_end):
+    with pytest.raises(ValueError, match="anneal_end must be in"):
+        LearnedSurvival(create_model("resnet20", 10, 1), (1, 8, 8), target_keep=0.5, start=[1.0] * 9,
+                        ranking=[1.0] * 9, anneal_end=anneal_end)
 
 
 def test_prune_aware_budget_holds_over_the_whole_network():

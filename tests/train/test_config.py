@@ -114,7 +114,6 @@ def test_command_line_flags_override_the_recipe(tmp_path, monkeypatch):
     assert c.seed == 0                                                         # default
 
 
-
 def test_the_retrofit_mechanism_flags_reach_the_config_and_momentum_under_adamw_warns(tmp_path, monkeypatch,
                                                                                        capsys):
     import sdprune.train.loop
@@ -134,6 +133,7 @@ def test_the_retrofit_mechanism_flags_reach_the_config_and_momentum_under_adamw_
         args = parse(["train", "--dataset", "digits", *flags])
         assert args.run(args, Reporter(quiet=True)) == 0
         assert ("--momentum is SGD's" in capsys.readouterr().err) == warned
+
 
 @pytest.mark.parametrize("text,message", [
     ('model = "resnet20"\nepoch = 3\n', "unknown key.*epoch"),

@@ -29,7 +29,6 @@ def plain(tmp_path_factory):
     return out
 
 
-
 def test_distillation_loss_is_cross_entropy_at_alpha_zero_and_zero_for_a_perfect_student():
     gen = torch.Generator().manual_seed(0)
     logits, teacher = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
@@ -145,8 +144,7 @@ def test_a_prune_aware_retrofit_excludes_the_chosen_blocks_and_its_prune_is_free
     assert torch.allclose(pruned(x), model(x), atol=1e-6)
 
 
-
-@pytest.mark.parametrize("criterion", ["ablation", "norm"])
+@pytest.mark.parametrize("criterion", ["ablation", "influence", "norm"])
 def test_a_named_criterion_excludes_exactly_what_prune_removes(plain, tmp_path, criterion):
     """`train --criterion C` and `prune --criterion C` decide alike: same statistic, same images."""
     from sdprune.depth.select import Budget
@@ -158,6 +156,30 @@ def test_a_named_criterion_excludes_exactly_what_prune_removes(plain, tmp_path, 
     excluded = {n for n, r in zip(block_names(model), ranking) if r < 1.0}
     pruned = prune_checkpoint(plain, Budget(0.5), criterion=criterion, out=tmp_path / "p")
     assert len(excluded) == 4 and excluded == set(pruned["removed"])
+
+
+def test_train_ranks_by_its_criterion_on_prune_s_images_and_anneals_by_its_anneal_end(plain, tmp_path,
+                                                                                     monkeypatch):
+    import sdprune.prune.retrofit as retrofit
+    from sdprune.choices import STATS_IMAGES
+    from sdprune.depth.select import Budget
+    from sdprune.prune.pipeline import prune_checkpoint
+
+    scored, score_blocks = [], retrofit.score_blocks
+    monkeypatch.setattr(retrofit, "score_blocks",
+                        lambda *a, **k: scored.append((tuple(a[2]), k.get("max_images"))) or score_blocks(*a, **k))
+    cfg = resolve_config(None, dict(init=str(plain), survival="learned", target_keep=0.5, epochs=2, criterion="norm",
+                                    anneal_end=0.3, out=str(tmp_path / "retro"), **FAST))
+    summary = train(cfg, rank_blocks=rank_for_retrofit)  # as `sdprune train` passes it
+    assert scored == [(("norm",), STATS_IMAGES)]  # prune's statistic, on prune's default image count
+    model = build_model(load_checkpoint(summary["checkpoint"]))
+    gone = {n for n, p in zip(block_names(model), get_survival(model)) if p == 0.0}
+    assert gone == set(prune_checkpoint(plain, Budget(0.5), criterion="norm", out=tmp_path / "p")["removed"])
+    adopted = adopt(plain, None, 10, 1)
+    trainer = build_training(cfg, data_for_checkpoint(load_checkpoint(plain)["meta"]), torch.device("cpu"),
+                             adopted=adopted, ranking=[1.0] * 5 + [0.0] * 4)
+    assert trainer.controller.anneal_end == 0.3
+
 
 def test_a_retrofit_resumes_exactly_without_ranking_again(plain, tmp_path, interrupt_after):
     ranks = []
