@@ -23,8 +23,8 @@
 # archive and the pretrained files into .gpu/ (ignored by git) and carries it. Knobs (env):
 # DATA_TAR (.gpu/cifar10-jpeg.tar.gz) or DATA_DIR (an unpacked cifar10 folder), WEIGHTS
 # (.gpu/pretrained), DEVICE (cuda), EPOCHS (10), KEEPS (0.333: keep 0.5 was taken on 2026-12-04), SEEDS (0,1,2), JOBS (14),
-# ARMS (e,d,a0,a,b,c: the iterative arms a0i/ai were measured and rejected on the CPU, BENCHMARKS.md B5),
-# CRITERION and ANNEAL_END ((b)'s step-0 ranking and anneal: train's defaults unless set),
+# ARMS (e,d,a0,a,ae,b,c: the iterative arms a0i/ai were measured and rejected on the CPU, BENCHMARKS.md B5),
+# CRITERION (ablation) and ANNEAL_END (0.1): (b)'s step-0 ranking and anneal (empty: train's defaults),
 # DEADLINE (seconds from the start after which no part starts: 540).
 set -uo pipefail
 out=${1:?usage: tools/gpu_runs.sh OUT}
@@ -86,10 +86,11 @@ b5_part() {
   local args=(--out "$work/b5" --data-dir "$data" --weights "${WEIGHTS:-.gpu/pretrained}" --device "$device"
               --image-size "${IMAGE_SIZE:-32}"
               --epochs "${EPOCHS:-10}" --keeps "${KEEPS:-0.333}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-14}"
-              --arms "${ARMS:-e,d,a0,a,b,c}")
-  # (b)'s mechanism, where BENCHMARKS.md's CPU measurements chose one (bench_real --criterion/--anneal-end)
-  [[ -n ${CRITERION:-} ]] && args+=(--criterion "$CRITERION")
-  [[ -n ${ANNEAL_END:-} ]] && args+=(--anneal-end "$ANNEAL_END")
+              --arms "${ARMS:-e,d,a0,a,ae,b,c}")
+  # (b)'s mechanism as the validation slice chose it on the CPU (BENCHMARKS.md B5, "The retrofit's
+  # mechanism"); set empty for train's defaults
+  [[ -n ${CRITERION-ablation} ]] && args+=(--criterion "${CRITERION-ablation}")
+  [[ -n ${ANNEAL_END-0.1} ]] && args+=(--anneal-end "${ANNEAL_END-0.1}")
   # the results so far, packed every 20 s: a command stopped at its limit still returns them
   ( while sleep 20; do tar czf "$out/.b5.tgz" -C "$work/b5" results logs 2>/dev/null && mv "$out/.b5.tgz" "$out/b5.tgz"; done ) &
   local packer=$!
