@@ -32,6 +32,7 @@ CRITERIA = ("survival", "ablation", "influence", "norm", "depth", "every-other",
 # network's blocks at step 0: one criterion that reads the network (as `prune --criterion` does,
 # on the same images), or best: the one whose BatchNorm-healed pruned network is best on validation.
 RETROFIT_CRITERIA = ("best", "ablation", "influence", "norm")
+RANK_IMAGES = 2000  # validation images best's statistics use: enough to order blocks
 # ... and by when (a fraction of training) the blocks it excludes are gone, annealed from step 0.
 RETROFIT_ANNEAL_END = 0.5
 MAX_SEED = 2**63 - 1  # what every generator seeded from a --seed accepts

@@ -3,7 +3,7 @@
 The networks are the public CIFAR-10 ResNets (``../shared/data/pretrained``: ResNet-56, -32
 and -20, trained 200 epochs by someone else); the data the CIFAR-10 JPEG folders (the
 validation slice carved from the training split as sdprune always does; the whole 10,000-
-image test split, never used for a choice). Every arm gets the same E epochs:
+image test split, never used for a choice). Every arm gets the same E epochs ((ae): E more):
 
   (e)  have56      ResNet-56 as published, fine-tuned E epochs (`sdprune train --init`, plain)
   (d)  small       the published small network of the kept depth class (ResNet-32 for 14
@@ -15,8 +15,9 @@ image test split, never used for a choice). Every arm gets the same E epochs:
                    after each removal BatchNorm is re-estimated and the rest re-scored),
                    a lever for (a): a better start than one-shot ablation's? (seeds: --seeds-other)
   (ae) prune (e)   (e)'s network, adapted E epochs, pruned as (a) is and fine-tuned E epochs
-                   distilled from itself: a lever for (a), the teacher adapted to the data
-                   rather than as published, at twice the epochs (seeds: --seeds-other)
+                   distilled from (e): a lever for (a), the teacher adapted to the data
+                   rather than as published, at twice the epochs (runs (e) first; seeds:
+                   --seeds-other)
   (b)  retrofit    `sdprune train --init` with learned, prune-aware survival for E epochs,
                    then the free prune (`sdprune prune`, survival ranking, BN heal);
                    ``--criterion`` / ``--anneal-end`` run a variant of its mechanism
@@ -119,6 +120,8 @@ def plan(args) -> list[Task]:
                                                "--out", str(runs / f"c-{k}-s{s}")]], [],
                               {"arm": "c", "keep": keep, "seed": s, "net": small}))
     wanted = set(args.arms.split(","))
+    if "ae" in wanted:  # (ae) prunes (e)'s network: asking for it asks for (e)
+        wanted.add("e")
     return [t for t in tasks if t.name.startswith("adopt") or t.info.get("arm") in wanted]
 
 
@@ -225,11 +228,11 @@ def main(argv=None) -> None:
     a("--out", required=True, help="benchmark folder (keep it outside the repository)")
     a("--data-dir", help="the CIFAR-10 JPEG folder (with train/ and test/)")
     a("--weights", default=str(ROOT.parent / "shared" / "data" / "pretrained"), help="folder of resnet*-*.th")
-    a("--epochs", type=int, default=3, help="E, for every arm")
+    a("--epochs", type=int, default=3, help="E, for every arm ((ae): E after (e)'s E)")
     a("--image-size", type=int, default=32, help="pixels (32: CIFAR's own; smaller only for a dry run)")
     a("--keeps", default="0.5,0.333", help="fractions of ResNet-56's 27 blocks (rounded up)")
     a("--seeds", default="0,1,2", help="seeds of (a), (b), (d) at the first keep")
-    a("--seeds-other", help="seeds of (e), (c) and every arm at other keeps (default: the first of --seeds)")
+    a("--seeds-other", help="seeds of (e), (c), (a0i), (ai), (ae) and every arm at other keeps (default: the first of --seeds)")
     a("--arms", default=",".join(ARMS))
     a("--criterion", choices=RETROFIT_CRITERIA,
       help="(b): the retrofit's step-0 ranking (`train --criterion`; default: train's)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The figures this project waits for a GPU to take, in one prepared command (BENCHMARKS.md:
-# "GPU runs"). About one task in eight is lent a GPU for 15 minutes of device time, starting
+# The figures this project waits for a GPU to take, in one prepared command (DEVELOPERS.md:
+# "First, every session: is a GPU lent?"). About one task in eight is lent a GPU for 15 minutes of device time, starting
 # the machine included, so one command of at most ~9 minutes does it all, and every figure
 # lands under OUT as it is taken: a command stopped at its limit still returns what it had.
 #
@@ -13,8 +13,8 @@
 #   b1         B1 on CUDA: ResNet-110 steps, plain / batch / row / learned (active phase),
 #              batch 128 then 1024 (tools/bench_train_speed.py)
 #   b5         B5 on real networks (tools/bench_real.py): the published CIFAR ResNets
-#              adopted, pruned, retrofitted and fine-tuned with E = EPOCHS epochs, every arm
-#              at once on the one GPU (accuracy only: arms that share a device time nothing)
+#              adopted, pruned, retrofitted and fine-tuned with E = EPOCHS epochs, the arms of
+#              ARMS at once on the one GPU (accuracy only: arms that share a device time nothing)
 #   b1compile  B1's per-branch torch.compile arms against eager, in whatever time is left
 #   b2         B2's run of record (tools/run_b2_parallel.sh; needs Fashion-MNIST under
 #              .gpu/fashion-mnist): longer than one command, so not in the default parts
@@ -23,7 +23,8 @@
 # archive and the pretrained files into .gpu/ (ignored by git) and carries it. Knobs (env):
 # DATA_TAR (.gpu/cifar10-jpeg.tar.gz) or DATA_DIR (an unpacked cifar10 folder), WEIGHTS
 # (.gpu/pretrained), DEVICE (cuda), EPOCHS (10), KEEPS (0.333: keep 0.5 was taken on 2026-12-04), SEEDS (0,1,2), JOBS (14),
-# ARMS (e,d,a0,a,ae,b,c: the iterative arms a0i/ai were measured and rejected on the CPU, BENCHMARKS.md B5),
+# ARMS (e,d,a0,a,b,c: the iterative arms a0i/ai were rejected on the CPU, BENCHMARKS.md B5; (ae) waits for
+# (e), doubling the part's longest path, for a gain not told from noise on the CPU: add it when time allows),
 # CRITERION (ablation) and ANNEAL_END (0.1): (b)'s step-0 ranking and anneal (empty: train's defaults),
 # DEADLINE (seconds from the start after which no part starts: 540).
 set -uo pipefail
@@ -86,9 +87,9 @@ b5_part() {
   local args=(--out "$work/b5" --data-dir "$data" --weights "${WEIGHTS:-.gpu/pretrained}" --device "$device"
               --image-size "${IMAGE_SIZE:-32}"
               --epochs "${EPOCHS:-10}" --keeps "${KEEPS:-0.333}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-14}"
-              --arms "${ARMS:-e,d,a0,a,ae,b,c}")
-  # (b)'s mechanism as the validation slice chose it on the CPU (BENCHMARKS.md B5, "The retrofit's
-  # mechanism"); set empty for train's defaults
+              --arms "${ARMS:-e,d,a0,a,b,c}")
+  # (b)'s mechanism from the CPU runs (BENCHMARKS.md B5, "The retrofit's mechanism"): ablation
+  # chosen a priori (the blocks (a) removes), anneal end 0.1 on the validation slice; empty: train's defaults
   [[ -n ${CRITERION-ablation} ]] && args+=(--criterion "${CRITERION-ablation}")
   [[ -n ${ANNEAL_END-0.1} ]] && args+=(--anneal-end "${ANNEAL_END-0.1}")
   # the results so far, packed every 20 s: a command stopped at its limit still returns them

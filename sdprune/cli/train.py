@@ -6,7 +6,7 @@ from __future__ import annotations
 def add_parser(sub):
     from sdprune.cli.common import floats, ints
     from sdprune.choices import (BAD_IMAGES, DATA_MODES, DATASETS, FOLDER_IMAGE_SIZE, GRAD_SYNCS, MEMORY_BUDGET,
-                                 OPTIMIZERS, RETROFIT_ANNEAL_END, RETROFIT_CRITERIA, SCHEDULES,
+                                 OPTIMIZERS, RANK_IMAGES, RETROFIT_ANNEAL_END, RETROFIT_CRITERIA, SCHEDULES,
                                  STATS_IMAGES)
     from sdprune.train.config import ADAMW_DEFAULTS, DEFAULT_DISTILL, FINETUNE_DEFAULTS, TrainConfig
 
@@ -48,10 +48,11 @@ def add_parser(sub):
       help="retrofit with --target-keep: how the blocks to exclude are chosen at step 0. A criterion: "
            f"`sdprune prune --criterion`'s choice ({STATS_IMAGES} validation images, as prune scores by "
            "default); best, a way of choosing rather than a criterion: whichever of ablation, influence and "
-           "norm leaves the best BatchNorm-healed pruned network on 2000 validation images (default best)")
+           f"norm leaves the best BatchNorm-healed pruned network on {RANK_IMAGES} validation images (default best)")
     a("--anneal-end", type=float, metavar="FRACTION",
       help="retrofit with --target-keep: fraction of training, in (0, 1], by which the excluded blocks are "
-           "gone, their survival falling linearly from step 0 (below ~0.05 it is an abrupt removal; "
+           "gone: their survival follows a linear fall from step 0 (lagging it by the controller's smoothing, "
+           "0.05 of the run) and is cut to exactly 0 there (below ~0.05 an abrupt removal; "
            f"default {RETROFIT_ANNEAL_END:g})")
     a("--init", metavar="WEIGHTS",
       help="retrofit: start from a trained network (an sdprune run/checkpoint or a torchvision state dict); "

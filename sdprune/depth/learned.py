@@ -28,9 +28,10 @@ Mechanism (chosen by measurement, see BENCHMARKS.md "Learned survival"):
 
 * Retrofit (a network that is already trained, ``start`` and ``ranking`` given): the
   blocks to exclude are chosen once, at step 0, from ``ranking`` (the caller's: `sdprune
-  train` ranks with the pruning pipeline's val-best selection, or with `--criterion C` prune's
-  one-shot choice, ``prune.retrofit``), and annealed from their
-  trained survival to 0 between step 0 and ``anneal_end`` (default ``RETROFIT_ANNEAL_END``); the kept blocks keep
+  train` ranks with ``prune.retrofit``: the best of the measured criteria on validation, or
+  with `--criterion C` prune's one-shot choice), and annealed from their trained survival
+  towards 0 from step 0 (the target falls linearly; survivals follow it with the ``RELAX``
+  lag) and cut to exactly 0 at ``anneal_end`` (default ``RETROFIT_ANNEAL_END``); the kept blocks keep
   their trained survival (the default budget: what the pruned network executes) or are
   fitted to ``target_survival``. Waiting for the regression to warm up would spend the
   short fine-tune on a network that is about to lose blocks anyway; the trained network

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdprune.choices import RETROFIT_CRITERIA, STATS_IMAGES
+from sdprune.choices import RANK_IMAGES, RETROFIT_CRITERIA, STATS_IMAGES
 from sdprune.data.bundle import DataBundle
 from sdprune.depth.select import Budget, importance
 from sdprune.depth.structure import all_block_names
@@ -27,7 +27,6 @@ from sdprune.prune.pipeline import Pruned, choose_blocks, prune_model, score_blo
 # Criteria that read the trained network (survival is only meaningful once learned;
 # depth / every-other / random ignore the data).
 MEASURED = tuple(c for c in RETROFIT_CRITERIA if c != "best")
-RANK_IMAGES = 2000  # validation images the statistics use: enough to order blocks
 
 
 def best_selection(model: nn.Module, data: DataBundle, keep: float, device: torch.device | str = "cpu",
