@@ -19,7 +19,7 @@ from torch import nn
 
 from sdprune.choices import RANK_IMAGES, RETROFIT_CRITERIA, STATS_IMAGES
 from sdprune.data.bundle import DataBundle
-from sdprune.depth.select import Budget, importance
+from sdprune.depth.select import Budget, importance, removed_blocks
 from sdprune.depth.structure import all_block_names
 from sdprune.prune.heal import BN_HEAL
 from sdprune.prune.pipeline import Pruned, choose_blocks, prune_model, score_blocks
@@ -63,7 +63,7 @@ def rank_for_retrofit(model: nn.Module, data: DataBundle, device: torch.device, 
         rows = score_blocks(model, data, (criterion,), device, max_images=STATS_IMAGES)
         kept = choose_blocks(model, rows, criterion, Budget(keep), data.input_shape,
                              total_blocks=len(all_block_names(model)))
-        removed, order = {r["name"] for r in rows} - set(kept), criterion
+        removed, order = set(removed_blocks(rows, kept)), criterion
     score = torch.tensor(importance(rows, order))
     spread = (score - score.min()) / max(float(score.max() - score.min()), 1e-12)
     return [(0.0 if r["name"] in removed else 1.0) + 0.5 * float(s) for r, s in zip(rows, spread)]
